@@ -1,0 +1,3 @@
+from cssa_lightning.cli import main
+
+main()

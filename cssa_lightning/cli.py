@@ -1,0 +1,43 @@
+"""The ``cssa`` command: a ``LightningCLI`` with ``fit``, ``validate``, ``test``, ``predict``."""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import ArgsType, LightningCLI
+
+from cssa_lightning.datamodule import MultiLabelDataModule
+from cssa_lightning.multilabel import MultiLabelTask
+
+
+class CSSALightningCLI(LightningCLI):
+    """Links the data module's class names into the model; optionally tests after ``fit``."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments(
+            "data.class_names", "model.init_args.class_names", apply_on="instantiate"
+        )
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="After fit, run the test loop on the final weights and print the test metrics.",
+        )
+
+    def after_fit(self) -> None:
+        if self.config.get(self.subcommand, {}).get("test_after_fit", False):
+            self.trainer.test(self.model, datamodule=self.datamodule)
+
+
+def main(args: ArgsType = None) -> CSSALightningCLI:
+    """Entry point of the ``cssa`` console script and ``python -m cssa_lightning``."""
+    return CSSALightningCLI(
+        MultiLabelTask,
+        MultiLabelDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()

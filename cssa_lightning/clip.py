@@ -1,0 +1,117 @@
+"""The CLIP wrapper: patch tokens and global feature in the joint space, class text features.
+
+Wraps any ``transformers.CLIPModel`` checkpoint (a hub id such as
+``openai/clip-vit-base-patch16`` or a local directory saved with ``save_pretrained``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoTokenizer, CLIPModel
+
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "a photo of the {}.",
+)
+
+# The shipped tiny CLIP pre-trained on the synthetic world (see cssa_lightning/assets/).
+TINY_CLIP = str(Path(__file__).parent / "assets" / "tiny-clip")
+
+
+def resolve_checkpoint(name: str) -> str:
+    """A local directory if ``name`` is one (``~`` expanded), else ``name`` as a hub id."""
+    path = Path(name).expanduser()
+    return str(path) if path.exists() else name
+
+
+class ImageFeatures(NamedTuple):
+    patch_tokens: Tensor  # (B, N, D): projected patch tokens, P in the method page
+    global_feature: Tensor  # (B, D): projected pooled (CLS) output, g
+
+
+class CLIPBackbone(nn.Module):
+    """A ``CLIPModel`` with the two feature paths CSSA needs.
+
+    Args:
+        checkpoint: Hub id or local directory of a CLIP checkpoint (model + tokenizer).
+        freeze_vision: Keep the vision tower and its projection fixed.
+        freeze_text: Keep the text tower and its projection fixed.
+    """
+
+    def __init__(self, checkpoint: str, freeze_vision: bool = False, freeze_text: bool = True):
+        super().__init__()
+        source = resolve_checkpoint(checkpoint)
+        self.model = CLIPModel.from_pretrained(source)
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        # CLIP's own temperature is not used by any head here; a trainable but unused parameter
+        # would break DDP's gradient reduction.
+        self.model.logit_scale.requires_grad_(False)
+        for module in (self.model.vision_model, self.model.visual_projection):
+            module.requires_grad_(not freeze_vision)
+        for module in (self.model.text_model, self.model.text_projection):
+            module.requires_grad_(not freeze_text)
+        self.freeze_vision = freeze_vision
+        self.freeze_text = freeze_text
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.config.projection_dim
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.vision_config.image_size
+
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's learned inverse temperature, ``exp(logit_scale)``."""
+        return float(self.model.logit_scale.exp())
+
+    def encode_image(self, pixel_values: Tensor) -> ImageFeatures:
+        """Projected patch tokens ``(B, N, D)`` and projected global feature ``(B, D)``."""
+        vision = self.model.vision_model
+        hidden = vision(pixel_values=pixel_values, interpolate_pos_encoding=True).last_hidden_state
+        # post_layernorm is applied only to the pooled CLS token inside CLIP; apply it to every
+        # token so that patches and the global feature share the joint space.
+        tokens = self.model.visual_projection(vision.post_layernorm(hidden))
+        return ImageFeatures(patch_tokens=tokens[:, 1:], global_feature=tokens[:, 0])
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """Projected text features ``(T, D)``, not normalised."""
+        device = self.model.text_projection.weight.device
+        max_length = self.model.config.text_config.max_position_embeddings
+        tokens = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(device)
+        pooled = self.model.text_model(**tokens).pooler_output
+        return self.model.text_projection(pooled)
+
+    def class_text_features(
+        self, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+    ) -> Tensor:
+        """One L2-normalised text feature per class, averaged over prompt templates ``(C, D)``.
+
+        Each prompt feature is normalised before averaging (CLIP's prompt ensembling).
+        """
+        if not templates:
+            raise ValueError("prompt templates must not be empty")
+        for template in templates:
+            if "{}" not in template:
+                raise ValueError(f"prompt template {template!r} has no '{{}}' for the class name")
+        prompts = [template.format(name) for name in class_names for template in templates]
+        features = F.normalize(self.encode_text(prompts), dim=-1)
+        features = features.view(len(class_names), len(templates), -1).mean(1)
+        return F.normalize(features, dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_scores(backbone: CLIPBackbone, pixel_values: Tensor, text_features: Tensor) -> Tensor:
+    """Zero-shot CLIP scores: cosine between the global image feature and each class text."""
+    global_feature = backbone.encode_image(pixel_values).global_feature
+    return F.normalize(global_feature, dim=-1) @ F.normalize(text_features, dim=-1).T

@@ -1,0 +1,81 @@
+"""Losses as pure functions over logits and targets."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _reduce(per_element: Tensor, mask: Tensor | None) -> Tensor:
+    # Sum over classes, mean over images: the usual multi-label convention (ASL, CAP).
+    if mask is not None:
+        per_element = per_element * mask
+    return per_element.sum() / max(per_element.shape[0], 1)
+
+
+def asymmetric_loss(
+    logits: Tensor,
+    targets: Tensor,
+    gamma_neg: float = 4.0,
+    gamma_pos: float = 0.0,
+    clip: float = 0.05,
+    mask: Tensor | None = None,
+    eps: float = 1e-8,
+) -> Tensor:
+    """Asymmetric loss (Ridnik et al., ICCV 2021) for multi-label logits.
+
+    ``L = -sum_k [ y (1-p)^g+ log p + (1-y) p_m^g- log(1-p_m) ]`` with ``p_m = max(p - clip, 0)``,
+    summed over classes and averaged over images. ``targets`` may be soft; ``mask`` (same shape)
+    zeroes entries that should not count.
+    """
+    logits = logits.float()
+    targets = targets.to(logits.dtype)
+    prob = torch.sigmoid(logits)
+    prob_neg = (prob - clip).clamp(min=0) if clip > 0 else prob
+    loss_pos = targets * F.logsigmoid(logits)
+    loss_neg = (1 - targets) * torch.log((1 - prob_neg).clamp(min=eps))
+    if gamma_pos > 0:
+        loss_pos = loss_pos * (1 - prob).pow(gamma_pos)
+    if gamma_neg > 0:
+        loss_neg = loss_neg * prob_neg.pow(gamma_neg)
+    return _reduce(-(loss_pos + loss_neg), mask)
+
+
+def binary_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+    """BCE with logits, summed over classes and averaged over images (same scale as ASL)."""
+    logits = logits.float()
+    per_element = F.binary_cross_entropy_with_logits(
+        logits, targets.to(logits.dtype), reduction="none"
+    )
+    return _reduce(per_element, mask)
+
+
+def semantic_alignment_loss(
+    label_features: Tensor, text_features: Tensor, positives: Tensor, temperature: float = 0.07
+) -> Tensor:
+    """One-to-one contrastive alignment of label-specific features with their label texts.
+
+    For each positive ``(b, k)``: ``-log softmax_j(cos(v_bk, t_j) / tau)[k]``, averaged over the
+    positives (zero when there is none).
+
+    Args:
+        label_features: ``(B, C, D)`` label-specific image features ``V``.
+        text_features: ``(C, D)`` class text features ``T``.
+        positives: ``(B, C)`` 0/1 (or weights): which ``(image, label)`` pairs to align.
+        temperature: ``tau``.
+    """
+    features = F.normalize(label_features.float(), dim=-1)
+    text = F.normalize(text_features.float(), dim=-1)
+    logits = torch.einsum("bkd,jd->bkj", features, text) / temperature
+    own = logits.log_softmax(-1).diagonal(dim1=1, dim2=2)  # (B, C): log p(k | v_bk)
+    weights = positives.to(own.dtype)
+    return -(own * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def context_loss(logits: Tensor, targets: Tensor, single_label: bool = False) -> Tensor:
+    """Context identification loss: BCE over multi-hot contexts, or CE over one context."""
+    logits = logits.float()
+    if single_label:
+        return F.cross_entropy(logits, targets.long())
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))

@@ -1,0 +1,49 @@
+"""Multi-label evaluation: mAP (macro over classes), CF1 and OF1, all x100."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MultilabelAveragePrecision,
+    MultilabelF1Score,
+    MultilabelPrecision,
+    MultilabelRecall,
+)
+
+
+class MultiLabelMetrics(nn.Module):
+    """mAP, CF1 (from per-class precision and recall) and OF1 (overall), as in SSMLL papers.
+
+    CF1 is ``2 CP CR / (CP + CR)`` with CP, CR the per-class precision and recall averaged over
+    classes; OF1 is the micro F1 over all (image, class) decisions at ``threshold``.
+    Synchronised across processes by torchmetrics.
+    """
+
+    def __init__(self, num_classes: int, threshold: float = 0.5):
+        super().__init__()
+        common = dict(num_labels=num_classes, threshold=threshold)
+        self.metrics = MetricCollection(
+            {
+                "mAP": MultilabelAveragePrecision(num_labels=num_classes, average="macro"),
+                "CP": MultilabelPrecision(average="macro", **common),
+                "CR": MultilabelRecall(average="macro", **common),
+                "OF1": MultilabelF1Score(average="micro", **common),
+            }
+        )
+
+    def update(self, probs: Tensor, target: Tensor) -> None:
+        self.metrics.update(probs.float(), target.long())
+
+    def compute(self) -> dict[str, Tensor]:
+        values = self.metrics.compute()
+        precision, recall = values["CP"], values["CR"]
+        cf1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+        return {
+            "mAP": 100 * values["mAP"],
+            "CF1": 100 * cf1,
+            "OF1": 100 * values["OF1"],
+        }
+
+    def reset(self) -> None:
+        self.metrics.reset()

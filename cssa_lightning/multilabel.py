@@ -1,0 +1,254 @@
+"""``MultiLabelTask``: the supervised baseline (labeled stream only), evaluation and prediction.
+
+``CSSATask`` (:mod:`cssa_lightning.cssa`) subclasses it; the pieces a notebook may want to
+change are small public methods (``encode``, ``supervised_loss``, ``evaluation_scores``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal, NamedTuple
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+from cssa_lightning.clip import DEFAULT_TEMPLATES, CLIPBackbone
+from cssa_lightning.heads import CosineClassifier
+from cssa_lightning.losses import asymmetric_loss, binary_cross_entropy
+from cssa_lightning.metrics import MultiLabelMetrics
+
+log = logging.getLogger(__name__)
+
+
+class Encoded(NamedTuple):
+    logits: Tensor  # (B, C) label scores s
+    global_feature: Tensor  # (B, D) g
+    label_features: Tensor | None  # (B, C, D) V, for models that have them
+
+
+class MultiLabelTask(LightningModule):
+    """Multi-label classification with CLIP, trained on labeled images only.
+
+    A cosine classifier on CLIP's global image feature, its class prototypes initialised from
+    the class text features (so the untrained model is zero-shot CLIP: ``cssa test`` with this
+    task and no checkpoint evaluates zero-shot CLIP).
+
+    Args:
+        class_names: Ordered class names (linked from the data module by the CLI).
+        clip_checkpoint: Hub id or local directory of a CLIP checkpoint.
+        prompt_templates: Prompt templates with ``{}`` for the class name, averaged.
+        freeze_vision: Keep the vision tower fixed (train heads only).
+        freeze_text: Keep the text tower fixed; class text features are then computed once and
+            stored in the checkpoint.
+        loss: Supervised loss: asymmetric loss or binary cross-entropy.
+        asl_gamma_neg: ASL focusing parameter for negatives.
+        asl_gamma_pos: ASL focusing parameter for positives.
+        asl_clip: ASL probability margin for negatives.
+        logit_scale: Initial inverse temperature ``alpha`` of the cosine scores; ``None`` takes
+            CLIP's learned value.
+        calibrate_bias: Before training, set each class bias so that the initial positive rate
+            on the labeled split equals the class prior (zero-shot cosines sit in a narrow
+            band, so a zero bias would call every class positive).
+        calibration_max_images: Labeled images used for the bias calibration.
+        lr: Peak learning rate of the CLIP towers (AdamW + OneCycle, stepped per batch).
+        head_lr: Peak learning rate of the heads, which start from scratch or from zero-shot.
+        weight_decay: AdamW weight decay (not applied to biases, norms and scales).
+        pct_start: Fraction of the schedule spent warming the learning rate up.
+        threshold: Probability threshold of the CF1/OF1 metrics and predictions.
+    """
+
+    # Suffixes of the score sets that ``evaluation_scores`` returns ("" = the model itself).
+    evaluated_scores: tuple[str, ...] = ("",)
+
+    def __init__(
+        self,
+        class_names: list[str],
+        clip_checkpoint: str = "openai/clip-vit-base-patch16",
+        prompt_templates: list[str] | None = None,
+        freeze_vision: bool = False,
+        freeze_text: bool = True,
+        loss: Literal["asl", "bce"] = "asl",
+        asl_gamma_neg: float = 4.0,
+        asl_gamma_pos: float = 0.0,
+        asl_clip: float = 0.05,
+        logit_scale: float | None = None,
+        calibrate_bias: bool = True,
+        calibration_max_images: int = 4096,
+        lr: float = 1.0e-4,
+        head_lr: float = 1.0e-3,
+        weight_decay: float = 1.0e-4,
+        pct_start: float = 0.2,
+        threshold: float = 0.5,
+    ):
+        super().__init__()
+        if not class_names:
+            raise ValueError("class_names is empty: the model needs at least one class")
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        self.prompt_templates = list(prompt_templates or DEFAULT_TEMPLATES)
+        self.clip = CLIPBackbone(clip_checkpoint, freeze_vision, freeze_text)
+        with torch.no_grad():
+            text_features = self.clip.class_text_features(self.class_names, self.prompt_templates)
+        self.register_buffer("text_features", text_features)
+        self.register_buffer("bias_calibrated", torch.tensor(False))
+        self.initial_logit_scale = logit_scale or self.clip.logit_scale
+        self.build_heads()
+        self.metrics = nn.ModuleDict(
+            {
+                split + name: MultiLabelMetrics(self.num_classes, threshold)
+                for split in ("val", "test")
+                for name in self.evaluated_scores
+            }
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def build_heads(self) -> None:
+        """Create the trainable heads (called once from ``__init__``)."""
+        self.classifier = CosineClassifier(self.text_features, self.initial_logit_scale)
+
+    def class_text_features(self) -> Tensor:
+        """``(C, D)`` class text features: the stored buffer, or recomputed when text trains."""
+        if self.hparams.freeze_text:
+            return self.text_features
+        return self.clip.class_text_features(self.class_names, self.prompt_templates)
+
+    def score_bias(self) -> nn.Parameter:
+        """The per-class bias that calibration adjusts."""
+        return self.classifier.bias
+
+    # -- model -------------------------------------------------------------------------------
+    def encode(self, images: Tensor) -> Encoded:
+        """Scores and features of a batch of images."""
+        features = self.clip.encode_image(images)
+        return Encoded(self.classifier(features.global_feature), features.global_feature, None)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Label logits ``(B, C)``; ``sigmoid`` gives probabilities."""
+        return self.encode(images).logits
+
+    def evaluation_scores(self, images: Tensor) -> dict[str, Tensor]:
+        """Probabilities to evaluate, by name (the teacher adds its own in ``CSSATask``)."""
+        return {"": torch.sigmoid(self(images))}
+
+    def supervised_loss(
+        self, logits: Tensor, targets: Tensor, mask: Tensor | None = None
+    ) -> Tensor:
+        """ASL or BCE of labeled (or pseudo-labeled, with ``mask``) logits."""
+        hp = self.hparams
+        if hp.loss == "bce":
+            return binary_cross_entropy(logits, targets, mask)
+        return asymmetric_loss(
+            logits, targets, hp.asl_gamma_neg, hp.asl_gamma_pos, hp.asl_clip, mask=mask
+        )
+
+    # -- training ----------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        labeled = batch["labeled"]
+        logits = self(labeled["image"])
+        loss = self.supervised_loss(logits, labeled["target"])
+        batch_size = labeled["image"].shape[0]
+        self.log("train/loss_sup", loss, on_step=True, on_epoch=True, batch_size=batch_size)
+        self.log(
+            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size
+        )
+        return loss
+
+    def on_fit_start(self) -> None:
+        if self.hparams.calibrate_bias and not bool(self.bias_calibrated):
+            self.calibrate_bias()
+
+    @torch.no_grad()
+    def calibrate_bias(self) -> None:
+        """Shift each class bias so the predicted positive rate on labeled data is its prior.
+
+        Every process runs the same pass over the same images, so biases agree across devices.
+        """
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "labeled_eval_dataloader"):
+            log.warning("no labeled_eval_dataloader on the data module: bias not calibrated")
+            return
+        was_training = self.training
+        self.eval()
+        logits, targets, seen = [], [], 0
+        for batch in datamodule.labeled_eval_dataloader():
+            logits.append(self(batch["image"].to(self.device)).float())
+            targets.append(batch["target"].to(self.device))
+            seen += len(batch["image"])
+            if seen >= self.hparams.calibration_max_images:
+                break
+        self.train(was_training)
+        logits, targets = torch.cat(logits), torch.cat(targets)
+        n = len(logits)
+        prior = targets.mean(0).clamp(1.0 / (n + 1), n / (n + 1))
+        cut = torch.stack(
+            [torch.quantile(logits[:, k], 1 - prior[k]) for k in range(self.num_classes)]
+        )
+        self.score_bias().sub_(cut)
+        self.bias_calibrated.fill_(True)
+        log.info("calibrated class biases on %d labeled images", n)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        backbone = {id(p) for p in self.clip.parameters()}
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for parameter in self.parameters():
+            if not parameter.requires_grad:
+                continue
+            # No decay for biases, norms and scalar scales.
+            key = (id(parameter) in backbone, parameter.ndim >= 2)
+            groups.setdefault(key, []).append(parameter)
+        param_groups = [
+            {
+                "params": params,
+                "lr": hp.lr if is_backbone else hp.head_lr,
+                "weight_decay": hp.weight_decay if decays else 0.0,
+            }
+            for (is_backbone, decays), params in groups.items()
+        ]
+        optimizer = torch.optim.AdamW(param_groups)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[group["lr"] for group in param_groups],
+            total_steps=max(int(self.trainer.estimated_stepping_batches), 1),
+            pct_start=hp.pct_start,
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # -- evaluation --------------------------------------------------------------------------
+    def _evaluation_step(self, batch: dict[str, Tensor], split: str) -> None:
+        for name, probs in self.evaluation_scores(batch["image"]).items():
+            self.metrics[split + name].update(probs, batch["target"])
+
+    def _log_evaluation(self, split: str) -> None:
+        for suffix in self.evaluated_scores:
+            metrics = self.metrics[split + suffix]
+            for name, value in metrics.compute().items():
+                self.log(f"{split}/{name}{suffix}", value, prog_bar=name == "mAP" and not suffix)
+            metrics.reset()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluation_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluation_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        probs = torch.sigmoid(self(batch["image"]))
+        return {
+            "probs": probs,
+            "predicted": probs >= self.hparams.threshold,
+            "index": batch["index"],
+        }

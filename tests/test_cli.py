@@ -1,0 +1,123 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Callback
+
+from cssa_lightning.cli import main
+from cssa_lightning.multilabel import MultiLabelTask
+
+
+class RecordMetrics(Callback):
+    """Keeps the metrics of the fit stage (``trainer.test`` replaces callback_metrics)."""
+
+    fit_metrics: dict = {}
+
+    def on_train_end(self, trainer, pl_module):
+        RecordMetrics.fit_metrics = dict(trainer.callback_metrics)
+
+
+def write_config(tmp_path: Path, folders, clip_dir, model_class: str, model_args=None, **trainer):
+    config = {
+        "seed_everything": 1,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": 2,
+            "limit_train_batches": 3,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(tmp_path),
+            "log_every_n_steps": 1,
+            "callbacks": [{"class_path": "tests.test_cli.RecordMetrics"}],
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.WandbLogger",
+                "init_args": {"project": "cssa-tests", "save_dir": str(tmp_path), "offline": True},
+            },
+            **trainer,
+        },
+        "model": {
+            "class_path": model_class,
+            "init_args": {"clip_checkpoint": str(clip_dir), "lr": 1.0e-3, **(model_args or {})},
+        },
+        "data": {
+            "class_path": "cssa_lightning.MultiLabelDataModule",
+            "init_args": {
+                "train_source": str(folders["train"]),
+                "test_source": str(folders["test"]),
+                "labeled_ratio": 0.25,
+                "image_size": 32,
+                "labeled_batch_size": 4,
+                "unlabeled_batch_size": 8,
+                "eval_batch_size": 16,
+            },
+        },
+        "test_after_fit": True,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_fit_supervised_baseline_in_process(tmp_path, image_folders, tiny_clip_dir):
+    config = write_config(tmp_path, image_folders, tiny_clip_dir, "cssa_lightning.MultiLabelTask")
+    cli = main(["fit", "--config", str(config)])
+    trainer, model = cli.trainer, cli.model
+    assert isinstance(model, MultiLabelTask)
+    assert model.class_names == ["red", "green", "blue", "yellow", "cyan", "magenta"]
+    assert trainer.global_step == 6
+    metrics = {**RecordMetrics.fit_metrics, **trainer.callback_metrics}
+    for key in (
+        "train/loss_sup",
+        "val/mAP",
+        "val/CF1",
+        "val/OF1",
+        "test/mAP",
+        "test/CF1",
+        "test/OF1",
+    ):
+        assert key in metrics and torch.isfinite(metrics[key]), key
+    assert 0 <= metrics["test/mAP"] <= 100
+    assert bool(model.bias_calibrated)
+    # A real offline W&B run was written, with the full config saved beside it.
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "no offline W&B run"
+    # The checkpoint restores without extra arguments.
+    checkpoint = next(Path(trainer.log_dir or tmp_path).rglob("*.ckpt"), None) or next(
+        tmp_path.rglob("*.ckpt")
+    )
+    restored = MultiLabelTask.load_from_checkpoint(checkpoint)
+    torch.testing.assert_close(restored.classifier.bias, model.classifier.bias)
+
+
+def test_cssa_help_subprocess():
+    result = subprocess.run(
+        [sys.executable, "-m", "cssa_lightning", "fit", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--data" in result.stdout and "--model" in result.stdout
+    assert "--test_after_fit" in result.stdout
+
+
+def test_model_help_lists_typed_options():
+    result = subprocess.run(
+        [sys.executable, "-m", "cssa_lightning", "fit", "--model.help", "MultiLabelTask"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "{asl,bce}" in result.stdout
+    assert "Peak learning rate of the heads" in result.stdout
+
+
+@pytest.mark.parametrize("bad", ["--model.init_args.loss=hinge"])
+def test_cli_rejects_bad_choice(tmp_path, image_folders, tiny_clip_dir, bad):
+    config = write_config(tmp_path, image_folders, tiny_clip_dir, "cssa_lightning.MultiLabelTask")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), bad])

@@ -1,0 +1,55 @@
+import torch
+import torch.nn.functional as F
+
+from cssa_lightning.clip import CLIPBackbone, zero_shot_scores
+
+from .conftest import CLASS_NAMES
+
+
+def test_tokenizer_known_ids(tiny_clip_dir):
+    backbone = CLIPBackbone(str(tiny_clip_dir))
+    tokenizer = backbone.tokenizer
+    ids = tokenizer("a photo of the red.")["input_ids"]
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert tokens == [
+        "<|startoftext|>",
+        "a</w>",
+        "photo</w>",
+        "of</w>",
+        "the</w>",
+        "red</w>",
+        ".</w>",
+        "<|endoftext|>",
+    ]
+    assert ids[0] == 0 and ids[-1] == 1
+    assert backbone.model.config.text_config.eos_token_id == 1
+    # Every class name is one token.
+    for name in CLASS_NAMES:
+        assert len(tokenizer(name, add_special_tokens=False)["input_ids"]) == 1
+
+
+def test_features_shapes_and_global_matches_clip(tiny_clip_dir):
+    backbone = CLIPBackbone(str(tiny_clip_dir)).eval()
+    images = torch.randn(3, 3, 32, 32)
+    features = backbone.encode_image(images)
+    assert features.patch_tokens.shape == (3, 16, 32)
+    assert features.global_feature.shape == (3, 32)
+    reference = backbone.model.get_image_features(pixel_values=images)
+    reference = getattr(reference, "pooler_output", reference)  # transformers 5 returns outputs
+    torch.testing.assert_close(features.global_feature, reference, rtol=1e-5, atol=1e-5)
+    text = backbone.class_text_features(CLASS_NAMES)
+    assert text.shape == (6, 32)
+    torch.testing.assert_close(text.norm(dim=-1), torch.ones(6))
+    scores = zero_shot_scores(backbone, images, text)
+    torch.testing.assert_close(
+        scores, F.normalize(reference, dim=-1) @ text.T, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_freezing(tiny_clip_dir):
+    backbone = CLIPBackbone(str(tiny_clip_dir), freeze_vision=True, freeze_text=True)
+    assert not any(p.requires_grad for p in backbone.parameters())
+    backbone = CLIPBackbone(str(tiny_clip_dir), freeze_vision=False, freeze_text=True)
+    assert all(p.requires_grad for p in backbone.model.vision_model.parameters())
+    assert not any(p.requires_grad for p in backbone.model.text_model.parameters())
+    assert not backbone.model.logit_scale.requires_grad

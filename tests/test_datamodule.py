@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+
+from cssa_lightning.datamodule import MultiLabelDataModule
+
+from .conftest import CLASS_NAMES
+
+
+def make_datamodule(folders, **kwargs) -> MultiLabelDataModule:
+    options = dict(
+        train_source=str(folders["train"]),
+        test_source=str(folders["test"]),
+        labeled_ratio=0.25,
+        image_size=32,
+        labeled_batch_size=4,
+        unlabeled_batch_size=8,
+        eval_batch_size=16,
+    )
+    options.update(kwargs)
+    datamodule = MultiLabelDataModule(**options)
+    datamodule.setup("fit")
+    return datamodule
+
+
+def test_split_counts_and_priors(image_folders, caplog):
+    caplog.set_level("INFO")
+    datamodule = make_datamodule(image_folders)
+    assert datamodule.class_names == CLASS_NAMES
+    assert len(datamodule.labeled_indices) == 24 and len(datamodule.unlabeled_indices) == 72
+    assert not set(datamodule.labeled_indices) & set(datamodule.unlabeled_indices)
+    assert "24 labeled, 72 unlabeled" in caplog.text
+    assert "labeled class priors: red=" in caplog.text
+    # Same seed in a second instance (as in another process): the same split.
+    again = make_datamodule(image_folders)
+    assert np.array_equal(again.labeled_indices, datamodule.labeled_indices)
+
+
+def test_two_stream_batches(image_folders):
+    datamodule = make_datamodule(image_folders)
+    loader = datamodule.train_dataloader()
+    batches = list(iter(loader))
+    # 72 unlabeled images / 8 per batch: the unlabeled stream defines the epoch.
+    assert len(batches) == 9
+    batch = batches[0][0] if isinstance(batches[0], tuple) else batches[0]
+    labeled, unlabeled = batch["labeled"], batch["unlabeled"]
+    assert labeled["image"].shape == (4, 3, 32, 32) and labeled["image"].dtype == torch.float32
+    assert labeled["target"].shape == (4, 6) and labeled["target"].dtype == torch.float32
+    assert unlabeled["image_weak"].shape == (8, 3, 32, 32)
+    assert unlabeled["image_strong"].shape == (8, 3, 32, 32)
+    assert unlabeled["target"].shape == (8, 6)
+    assert not torch.allclose(unlabeled["image_weak"], unlabeled["image_strong"])
+    # Every labeled target comes from the labeled split only.
+    labeled_targets = datamodule.labeled_targets()
+    assert labeled_targets.shape == (24, 6)
+
+
+def test_strong_view_differs_from_weak_for_every_image(image_folders):
+    datamodule = make_datamodule(image_folders)
+    _, weak, strong = datamodule._transforms()
+    from cssa_lightning.datamodule import UnlabeledImages
+
+    dataset = UnlabeledImages(
+        datamodule.train_table, datamodule.unlabeled_indices[:20], weak, strong
+    )
+    for item in dataset:
+        assert (item["image_weak"] - item["image_strong"]).abs().mean() > 0.01
+
+
+def test_fully_labeled_has_no_unlabeled_stream(image_folders):
+    datamodule = make_datamodule(image_folders, labeled_ratio=1.0)
+    batch = next(iter(datamodule.train_dataloader()))
+    batch = batch[0] if isinstance(batch, tuple) else batch
+    assert set(batch) == {"labeled"}
+
+
+def test_eval_loaders_use_test_split(image_folders):
+    datamodule = make_datamodule(image_folders)
+    batch = next(iter(datamodule.test_dataloader()))
+    assert batch["image"].shape == (16, 3, 32, 32)
+    assert len(datamodule.val_dataloader().dataset) == 32
+
+
+def test_normalisation_read_from_processor(image_folders, tiny_clip_dir):
+    datamodule = make_datamodule(image_folders, clip_processor=str(tiny_clip_dir))
+    assert datamodule.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.2])
+def test_bad_ratio(image_folders, ratio):
+    with pytest.raises(ValueError, match="labeled_ratio"):
+        make_datamodule(image_folders, labeled_ratio=ratio)
