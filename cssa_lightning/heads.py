@@ -11,49 +11,50 @@ from torch import Tensor, nn
 
 
 class AlignmentHead(nn.Module):
-    """Per-label score ``s_k = alpha * cos(v_k, t_k) + b_k``; ``sigmoid(s)`` is the probability.
+    """Per-label score ``s_k = alpha * cos(v_k, w_k) + b_k``; ``sigmoid(s)`` is the probability.
+
+    ``w_k`` are class prototypes initialised from the class text features ``t_k``: learnable,
+    or fixed to the text features. At initialisation the head ranks classes as zero-shot CLIP.
 
     Args:
-        num_classes: ``C``.
+        text_features: ``(C, D)`` class text features.
         logit_scale: Initial ``alpha`` (CLIP's own inverse temperature is a good start).
+        learnable_prototypes: Train the prototypes (else they stay the text features).
         max_logit_scale: Upper clamp of ``alpha``, as in CLIP.
     """
 
-    def __init__(self, num_classes: int, logit_scale: float, max_logit_scale: float = 100.0):
+    def __init__(
+        self,
+        text_features: Tensor,
+        logit_scale: float,
+        learnable_prototypes: bool = True,
+        max_logit_scale: float = 100.0,
+    ):
         super().__init__()
+        prototypes = F.normalize(text_features.detach().clone().float(), dim=-1)
+        if learnable_prototypes:
+            self.prototypes = nn.Parameter(prototypes)
+        else:
+            self.register_buffer("prototypes", prototypes)
         # alpha is stored as a log so that it stays positive.
         self.log_scale = nn.Parameter(torch.tensor(math.log(logit_scale)))
-        self.bias = nn.Parameter(torch.zeros(num_classes))
+        self.bias = nn.Parameter(torch.zeros(text_features.shape[0]))
         self.max_log_scale = math.log(max_logit_scale)
 
     @property
     def scale(self) -> Tensor:
         return self.log_scale.clamp(max=self.max_log_scale).exp()
 
-    def cosine(self, features: Tensor, text_features: Tensor) -> Tensor:
-        """``cos(v_k, t_k)``: ``features`` is ``(B, C, D)`` (one per label) or ``(B, D)``."""
-        text = F.normalize(text_features, dim=-1)
+    def cosine(self, features: Tensor) -> Tensor:
+        """``cos(v_k, w_k)``: ``features`` is ``(B, C, D)`` (one per label) or ``(B, D)``."""
+        prototypes = F.normalize(self.prototypes, dim=-1).to(features.dtype)
         features = F.normalize(features, dim=-1)
         if features.dim() == 2:
-            return features @ text.T
-        return (features * text.unsqueeze(0)).sum(-1)
+            return features @ prototypes.T
+        return (features * prototypes.unsqueeze(0)).sum(-1)
 
-    def forward(self, features: Tensor, text_features: Tensor) -> Tensor:
-        return self.scale * self.cosine(features, text_features) + self.bias
-
-
-class CosineClassifier(AlignmentHead):
-    """A cosine classifier on one feature per image, prototypes initialised from class texts.
-
-    At initialisation its ranking of classes is zero-shot CLIP's.
-    """
-
-    def __init__(self, text_features: Tensor, logit_scale: float):
-        super().__init__(text_features.shape[0], logit_scale)
-        self.prototypes = nn.Parameter(F.normalize(text_features.detach().clone(), dim=-1))
-
-    def forward(self, features: Tensor) -> Tensor:  # type: ignore[override]
-        return super().forward(features, self.prototypes)
+    def forward(self, features: Tensor) -> Tensor:
+        return self.scale * self.cosine(features) + self.bias
 
 
 class LabelQueryCrossAttention(nn.Module):

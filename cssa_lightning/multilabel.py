@@ -7,24 +7,18 @@ change are small public methods (``encode``, ``supervised_loss``, ``evaluation_s
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
 from cssa_lightning.clip import DEFAULT_TEMPLATES, CLIPBackbone
-from cssa_lightning.heads import CosineClassifier
 from cssa_lightning.losses import asymmetric_loss, binary_cross_entropy
 from cssa_lightning.metrics import MultiLabelMetrics
+from cssa_lightning.network import Encoded, MultiLabelCLIPNet
 
 log = logging.getLogger(__name__)
-
-
-class Encoded(NamedTuple):
-    logits: Tensor  # (B, C) label scores s
-    global_feature: Tensor  # (B, D) g
-    label_features: Tensor | None  # (B, C, D) V, for models that have them
 
 
 class MultiLabelTask(LightningModule):
@@ -32,7 +26,8 @@ class MultiLabelTask(LightningModule):
 
     A cosine classifier on CLIP's global image feature, its class prototypes initialised from
     the class text features (so the untrained model is zero-shot CLIP: ``cssa test`` with this
-    task and no checkpoint evaluates zero-shot CLIP).
+    task and no checkpoint evaluates zero-shot CLIP). The network is ``self.net``, a plain
+    :class:`~cssa_lightning.network.MultiLabelCLIPNet`.
 
     Args:
         class_names: Ordered class names (linked from the data module by the CLI).
@@ -47,6 +42,8 @@ class MultiLabelTask(LightningModule):
         asl_clip: ASL probability margin for negatives.
         logit_scale: Initial inverse temperature ``alpha`` of the cosine scores; ``None`` takes
             CLIP's learned value.
+        learnable_prototypes: Train the class prototypes (initialised from the class texts);
+            ``False`` keeps them equal to the text features.
         calibrate_bias: Before training, set each class bias so that the initial positive rate
             on the labeled split equals the class prior (zero-shot cosines sit in a narrow
             band, so a zero bias would call every class positive).
@@ -55,7 +52,7 @@ class MultiLabelTask(LightningModule):
         head_lr: Peak learning rate of the heads, which start from scratch or from zero-shot.
         weight_decay: AdamW weight decay (not applied to biases, norms and scales).
         pct_start: Fraction of the schedule spent warming the learning rate up.
-        threshold: Probability threshold of the CF1/OF1 metrics and predictions.
+        prediction_threshold: Probability threshold of the CF1/OF1 metrics and predictions.
     """
 
     # Suffixes of the score sets that ``evaluation_scores`` returns ("" = the model itself).
@@ -73,30 +70,25 @@ class MultiLabelTask(LightningModule):
         asl_gamma_pos: float = 0.0,
         asl_clip: float = 0.05,
         logit_scale: float | None = None,
+        learnable_prototypes: bool = True,
         calibrate_bias: bool = True,
         calibration_max_images: int = 4096,
         lr: float = 1.0e-4,
         head_lr: float = 1.0e-3,
         weight_decay: float = 1.0e-4,
         pct_start: float = 0.2,
-        threshold: float = 0.5,
+        prediction_threshold: float = 0.5,
     ):
         super().__init__()
         if not class_names:
             raise ValueError("class_names is empty: the model needs at least one class")
         self.save_hyperparameters()
         self.class_names = list(class_names)
-        self.prompt_templates = list(prompt_templates or DEFAULT_TEMPLATES)
-        self.clip = CLIPBackbone(clip_checkpoint, freeze_vision, freeze_text)
-        with torch.no_grad():
-            text_features = self.clip.class_text_features(self.class_names, self.prompt_templates)
-        self.register_buffer("text_features", text_features)
+        self.net = self.build_network()
         self.register_buffer("bias_calibrated", torch.tensor(False))
-        self.initial_logit_scale = logit_scale or self.clip.logit_scale
-        self.build_heads()
         self.metrics = nn.ModuleDict(
             {
-                split + name: MultiLabelMetrics(self.num_classes, threshold)
+                split + name: MultiLabelMetrics(self.num_classes, prediction_threshold)
                 for split in ("val", "test")
                 for name in self.evaluated_scores
             }
@@ -106,29 +98,31 @@ class MultiLabelTask(LightningModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def build_heads(self) -> None:
-        """Create the trainable heads (called once from ``__init__``)."""
-        self.classifier = CosineClassifier(self.text_features, self.initial_logit_scale)
+    def network_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`MultiLabelCLIPNet` beyond the shared ones."""
+        return {}
 
-    def class_text_features(self) -> Tensor:
-        """``(C, D)`` class text features: the stored buffer, or recomputed when text trains."""
-        if self.hparams.freeze_text:
-            return self.text_features
-        return self.clip.class_text_features(self.class_names, self.prompt_templates)
-
-    def score_bias(self) -> nn.Parameter:
-        """The per-class bias that calibration adjusts."""
-        return self.classifier.bias
+    def build_network(self) -> MultiLabelCLIPNet:
+        """The student network (called once from ``__init__``)."""
+        hp = self.hparams
+        clip = CLIPBackbone(hp.clip_checkpoint, hp.freeze_vision, hp.freeze_text)
+        return MultiLabelCLIPNet(
+            clip,
+            self.class_names,
+            hp.prompt_templates or DEFAULT_TEMPLATES,
+            logit_scale=hp.logit_scale or clip.logit_scale,
+            learnable_prototypes=hp.learnable_prototypes,
+            **self.network_options(),
+        )
 
     # -- model -------------------------------------------------------------------------------
     def encode(self, images: Tensor) -> Encoded:
         """Scores and features of a batch of images."""
-        features = self.clip.encode_image(images)
-        return Encoded(self.classifier(features.global_feature), features.global_feature, None)
+        return self.net(images)
 
     def forward(self, images: Tensor) -> Tensor:
         """Label logits ``(B, C)``; ``sigmoid`` gives probabilities."""
-        return self.encode(images).logits
+        return self.net(images).logits
 
     def evaluation_scores(self, images: Tensor) -> dict[str, Tensor]:
         """Probabilities to evaluate, by name (the teacher adds its own in ``CSSATask``)."""
@@ -187,13 +181,13 @@ class MultiLabelTask(LightningModule):
         cut = torch.stack(
             [torch.quantile(logits[:, k], 1 - prior[k]) for k in range(self.num_classes)]
         )
-        self.score_bias().sub_(cut)
+        self.net.alignment.bias.sub_(cut)
         self.bias_calibrated.fill_(True)
         log.info("calibrated class biases on %d labeled images", n)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        backbone = {id(p) for p in self.clip.parameters()}
+        backbone = {id(p) for p in self.net.clip.parameters()}
         groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for parameter in self.parameters():
             if not parameter.requires_grad:
@@ -249,6 +243,6 @@ class MultiLabelTask(LightningModule):
         probs = torch.sigmoid(self(batch["image"]))
         return {
             "probs": probs,
-            "predicted": probs >= self.hparams.threshold,
+            "predicted": probs >= self.hparams.prediction_threshold,
             "index": batch["index"],
         }

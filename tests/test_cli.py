@@ -89,7 +89,7 @@ def test_fit_supervised_baseline_in_process(tmp_path, image_folders, tiny_clip_d
         tmp_path.rglob("*.ckpt")
     )
     restored = MultiLabelTask.load_from_checkpoint(checkpoint)
-    torch.testing.assert_close(restored.classifier.bias, model.classifier.bias)
+    torch.testing.assert_close(restored.net.alignment.bias, model.net.alignment.bias)
 
 
 def test_cssa_help_subprocess():

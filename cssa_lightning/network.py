@@ -1,0 +1,92 @@
+"""The torch network behind every task: CLIP + heads, usable without a Trainer.
+
+``MultiLabelCLIPNet`` maps images to label scores and the features the CSSA losses need. The
+Lightning tasks hold one as the student and, for CSSA, an EMA copy as the teacher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from cssa_lightning.clip import CLIPBackbone
+from cssa_lightning.heads import AlignmentHead, ContextHead, LabelQueryCrossAttention
+
+
+class Encoded(NamedTuple):
+    logits: Tensor  # (B, C) label scores s
+    global_feature: Tensor  # (B, D) g
+    label_features: Tensor  # (B, C, D) V (g repeated when label-specific features are off)
+    context_logits: Tensor | None  # (B, K) when the network has a context head
+
+
+class MultiLabelCLIPNet(nn.Module):
+    """CLIP, optional label-query cross-attention, alignment head, optional context head.
+
+    Args:
+        clip: The CLIP backbone.
+        class_names: Ordered class names.
+        prompt_templates: Templates turning a class name into prompts.
+        logit_scale: Initial inverse temperature of the alignment head.
+        learnable_prototypes: Train the alignment head's class prototypes.
+        label_specific: Extract one feature per label by cross-attention (CSSA idea 1);
+            ``False`` uses the global feature for every label.
+        attention_heads: Heads of the label-query cross-attention.
+        num_contexts: Context logits of the context head; 0 for no context head.
+        context_hidden: Hidden width of the context head.
+        context_input: Feature the context head reads.
+    """
+
+    def __init__(
+        self,
+        clip: CLIPBackbone,
+        class_names: Sequence[str],
+        prompt_templates: Sequence[str],
+        logit_scale: float,
+        learnable_prototypes: bool = True,
+        label_specific: bool = False,
+        attention_heads: int = 8,
+        num_contexts: int = 0,
+        context_hidden: int = 256,
+        context_input: Literal["global", "label_mean"] = "global",
+    ):
+        super().__init__()
+        self.clip = clip
+        self.class_names = list(class_names)
+        self.prompt_templates = list(prompt_templates)
+        with torch.no_grad():
+            text_features = clip.class_text_features(self.class_names, self.prompt_templates)
+        # With a frozen text tower the class texts are computed once and saved in checkpoints.
+        self.register_buffer("text_features", text_features)
+        dim = clip.embed_dim
+        self.cross_attention = (
+            LabelQueryCrossAttention(dim, attention_heads) if label_specific else None
+        )
+        self.alignment = AlignmentHead(text_features, logit_scale, learnable_prototypes)
+        self.context_head = (
+            ContextHead(dim, num_contexts, context_hidden, context_input) if num_contexts else None
+        )
+
+    def class_text_features(self) -> Tensor:
+        """``(C, D)`` normalised class texts: stored, or recomputed when the text tower trains."""
+        if self.clip.freeze_text:
+            return self.text_features
+        return self.clip.class_text_features(self.class_names, self.prompt_templates)
+
+    def forward(self, images: Tensor) -> Encoded:
+        features = self.clip.encode_image(images)
+        global_feature = features.global_feature
+        if self.cross_attention is not None:
+            label_features = self.cross_attention(
+                self.class_text_features(), features.patch_tokens, global_feature
+            )
+        else:
+            label_features = global_feature.unsqueeze(1).expand(-1, len(self.class_names), -1)
+        logits = self.alignment(label_features)
+        context_logits = (
+            self.context_head(global_feature, label_features) if self.context_head else None
+        )
+        return Encoded(logits, global_feature, label_features, context_logits)
