@@ -184,7 +184,9 @@ class MultiLabelDataModule(LightningDataModule):
         )
         log.info(
             "labeled class priors: %s",
-            ", ".join(f"{n}={p:.3f}" for n, p in zip(self.class_names, priors.tolist(), strict=True)),
+            ", ".join(
+                f"{n}={p:.3f}" for n, p in zip(self.class_names, priors.tolist(), strict=True)
+            ),
         )
         absent = [n for n, p in zip(self.class_names, priors.tolist(), strict=True) if p == 0]
         if absent:
