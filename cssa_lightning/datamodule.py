@@ -53,11 +53,25 @@ class LabeledImages(Dataset):
         self.table = table
         self.indices = np.asarray(indices, dtype=np.int64)
         self.transform = transform
+        self._seeded_from: int | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    def _transforms(self) -> list[A.Compose]:
+        return [self.transform]
+
+    def _seed_transforms(self) -> None:
+        # Albumentations keeps its own generator, which seed_everything does not reach. Seed it
+        # from torch's seed of this process (a loader worker gets its own), so runs repeat.
+        seed = torch.initial_seed()
+        if seed != self._seeded_from:
+            for offset, transform in enumerate(self._transforms()):
+                transform.set_random_seed((seed + offset) % 2**32)
+            self._seeded_from = seed
+
     def _record(self, i: int) -> tuple[np.ndarray, Tensor]:
+        self._seed_transforms()
         row = self.table[int(self.indices[i])]
         return load_image(row["image"]), torch.tensor(row["target"], dtype=torch.float32)
 
@@ -74,6 +88,9 @@ class UnlabeledImages(LabeledImages):
     ):
         super().__init__(table, indices, weak)
         self.strong = strong
+
+    def _transforms(self) -> list[A.Compose]:
+        return [self.transform, self.strong]
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         image, target = self._record(i)
@@ -221,11 +238,12 @@ class MultiLabelDataModule(LightningDataModule):
 
     def train_dataloader(self) -> CombinedLoader:
         hp = self.hparams
-        _, weak, strong = self._transforms()
+        _, weak, _ = self._transforms()
         labeled = LabeledImages(self.train_table, self.labeled_indices, weak)
         if len(self.unlabeled_indices) == 0:
             loader = self._loader(labeled, hp.labeled_batch_size, shuffle=True, drop_last=True)
             return CombinedLoader({"labeled": loader}, mode="max_size_cycle")
+        _, weak, strong = self._transforms()  # the labeled stream's weak view is its own
         unlabeled = UnlabeledImages(self.train_table, self.unlabeled_indices, weak, strong)
         drop = len(unlabeled) >= hp.unlabeled_batch_size
         steps = len(unlabeled) // hp.unlabeled_batch_size if drop else 1

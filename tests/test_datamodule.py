@@ -90,3 +90,15 @@ def test_normalisation_read_from_processor(image_folders, tiny_clip_dir):
 def test_bad_ratio(image_folders, ratio):
     with pytest.raises(ValueError, match="labeled_ratio"):
         make_datamodule(image_folders, labeled_ratio=ratio)
+
+
+def test_augmentation_is_seeded_by_torch(image_folders):
+    def first_batch():
+        torch.manual_seed(7)
+        datamodule = make_datamodule(image_folders)
+        return next(iter(datamodule.train_dataloader()))
+
+    one, two = first_batch(), first_batch()
+    one, two = (b[0] if isinstance(b, tuple) else b for b in (one, two))
+    torch.testing.assert_close(one["unlabeled"]["image_strong"], two["unlabeled"]["image_strong"])
+    torch.testing.assert_close(one["labeled"]["image"], two["labeled"]["image"])

@@ -1,0 +1,128 @@
+"""CSSA and the CAP baseline trained through the real CLI on tiny data."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cssa_lightning.cli import main
+from cssa_lightning.cssa import CSSATask
+from cssa_lightning.records import split_labeled
+
+from .test_cli import RecordMetrics, write_config
+
+FAST = {"warmup_epochs": 1, "rampup_epochs": 0.5, "num_contexts": 2, "attention_heads": 4}
+LOSS_KEYS = ["train/loss_sup", "train/loss_align", "train/loss_cons", "train/loss_ctx"]
+
+
+def run_fit(tmp_path, folders, clip_dir, model_args, name="run"):
+    out = tmp_path / name
+    out.mkdir()
+    config = write_config(out, folders, clip_dir, "cssa_lightning.CSSATask", model_args)
+    cli = main(["fit", "--config", str(config), "--test_after_fit=false"])
+    return cli, dict(RecordMetrics.fit_metrics)
+
+
+def test_cssa_fit_logs_every_term(tmp_path, image_folders, tiny_clip_dir):
+    cli, metrics = run_fit(tmp_path, image_folders, tiny_clip_dir, FAST)
+    model = cli.model
+    assert isinstance(model, CSSATask)
+    for key in [
+        *LOSS_KEYS,
+        "train/mask_ratio",
+        "val/mAP",
+        "val/mAP_teacher",
+        "val/CF1",
+        "val/OF1",
+        "pseudo/precision",
+        "pseudo/recall",
+        "pseudo/F1",
+        "pseudo/threshold_mean",
+        "pseudo/threshold_min",
+        "pseudo/threshold_max",
+    ]:
+        assert key in metrics and torch.isfinite(metrics[key]), key
+    # After warm-up every term is active.
+    for key in LOSS_KEYS:
+        assert metrics[key + "_epoch"] > 0, key
+    assert bool(model.thresholds_ready) and torch.isfinite(model.thresholds).any()
+    assert set(model.class_to_context.tolist()) <= {0, 1}
+    # The teacher moved away from the student but is saved and restored with the checkpoint.
+    checkpoint = next((tmp_path / "run").rglob("*.ckpt"))
+    restored = CSSATask.load_from_checkpoint(checkpoint)
+    for (name, a), (_, b) in zip(
+        model.teacher.state_dict().items(), restored.teacher.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=name)
+    torch.testing.assert_close(restored.thresholds, model.thresholds)
+    torch.testing.assert_close(restored.class_to_context, model.class_to_context)
+    assert not torch.equal(model.teacher.module.alignment.bias, model.net.alignment.bias), (
+        "the EMA teacher should lag the student"
+    )
+
+
+def test_cap_baseline_fit(tmp_path, image_folders, tiny_clip_dir):
+    cap = {**FAST, "label_specific": False, "use_alignment": False, "use_context": False}
+    cli, metrics = run_fit(tmp_path, image_folders, tiny_clip_dir, cap)
+    assert cli.model.net.cross_attention is None and cli.model.net.context_head is None
+    assert metrics["train/loss_cons_epoch"] > 0
+    assert metrics["train/loss_align_epoch"] == 0 and metrics["train/loss_ctx_epoch"] == 0
+    for key in LOSS_KEYS:
+        assert torch.isfinite(metrics[key])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {
+            "pseudo_threshold": "fbeta",
+            "context_target": "single",
+            "context_input": "label_mean",
+            "reliability_margin": 0.05,
+        },
+        {
+            "pseudo_threshold": "fixed",
+            "threshold_refresh": "step",
+            "loss": "bce",
+            "warmup_epochs": 0,
+        },
+    ],
+)
+def test_cssa_options_run(tmp_path, image_folders, tiny_clip_dir, options):
+    _, metrics = run_fit(tmp_path, image_folders, tiny_clip_dir, {**FAST, **options})
+    for key in LOSS_KEYS:
+        assert torch.isfinite(metrics[key]), key
+
+
+def permuted_unlabeled_copy(source, destination, labeled_ratio=0.25, seed=1):
+    """The same images and labeled part, the unlabeled images' labels shuffled among them."""
+    shutil.copytree(source, destination)
+    lines = (source / "metadata.jsonl").read_text().splitlines()
+    _, unlabeled = split_labeled(len(lines), labeled_ratio, seed)
+    items = [json.loads(line) for line in lines]
+    labels = [items[i]["labels"] for i in unlabeled]
+    order = np.random.default_rng(0).permutation(len(labels))
+    for i, j in zip(unlabeled, order, strict=True):
+        items[i]["labels"] = labels[j]
+    (destination / "metadata.jsonl").write_text("\n".join(json.dumps(x) for x in items) + "\n")
+    return destination
+
+
+def test_no_leakage_of_unlabeled_ground_truth(tmp_path, image_folders, tiny_clip_dir):
+    permuted = dict(image_folders)
+    permuted["train"] = permuted_unlabeled_copy(image_folders["train"], tmp_path / "permuted-data")
+    assert (permuted["train"] / "metadata.jsonl").read_text() != (
+        image_folders["train"] / "metadata.jsonl"
+    ).read_text()
+    first, first_metrics = run_fit(tmp_path, image_folders, tiny_clip_dir, FAST, "original")
+    second, second_metrics = run_fit(tmp_path, permuted, tiny_clip_dir, FAST, "permuted")
+    for key in [*LOSS_KEYS, "train/loss", "val/mAP", "val/mAP_teacher"]:
+        torch.testing.assert_close(first_metrics[key], second_metrics[key], msg=key)
+    for (name, a), (_, b) in zip(
+        first.model.state_dict().items(), second.model.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=name)
+    # Only the monitoring of pseudo-labels against the hidden labels may differ.
+    assert not torch.equal(first_metrics["pseudo/precision"], second_metrics["pseudo/precision"])

@@ -1,0 +1,176 @@
+"""The CSSA components, each checked without a Trainer."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from cssa_lightning.clip import CLIPBackbone, zero_shot_scores
+from cssa_lightning.contexts import cluster_contexts, context_targets, cooccurrence_affinity
+from cssa_lightning.heads import AlignmentHead, LabelQueryCrossAttention
+from cssa_lightning.losses import semantic_alignment_loss
+from cssa_lightning.network import MultiLabelCLIPNet
+from cssa_lightning.pseudo_labels import (
+    cat_thresholds,
+    fbeta_thresholds,
+    fixed_thresholds,
+    pseudo_labels,
+)
+
+from .conftest import CLASS_NAMES
+
+
+def make_net(clip_dir, **kwargs):
+    torch.manual_seed(0)
+    clip = CLIPBackbone(str(clip_dir))
+    return MultiLabelCLIPNet(clip, CLASS_NAMES, ["a photo of a {}."], logit_scale=10.0, **kwargs)
+
+
+def test_zero_init_cross_attention_scores_equal_zero_shot(tiny_clip_dir):
+    net = make_net(tiny_clip_dir, label_specific=True, attention_heads=4).eval()
+    images = torch.randn(4, 3, 32, 32)
+    out = net(images)
+    assert out.label_features.shape == (4, 6, 32)
+    zero_shot = zero_shot_scores(net.clip, images, net.text_features)
+    torch.testing.assert_close(
+        net.alignment.cosine(out.label_features), zero_shot, atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(out.logits, 10.0 * zero_shot, atol=1e-4, rtol=0)
+    # The attention does contribute once W_o is non-zero.
+    torch.nn.init.normal_(net.cross_attention.attention.out_proj.weight)
+    assert not torch.allclose(net(images).label_features[:, 0], out.global_feature)
+
+
+def test_cross_attention_is_per_label():
+    layer = LabelQueryCrossAttention(dim=8, num_heads=2)
+    torch.nn.init.normal_(layer.attention.out_proj.weight)
+    text, patches, glob = torch.randn(3, 8), torch.randn(2, 5, 8), torch.randn(2, 8)
+    out = layer(text, patches, glob)
+    assert out.shape == (2, 3, 8)
+    # Different label queries attend differently: features differ across labels.
+    assert not torch.allclose(out[:, 0], out[:, 1])
+    with pytest.raises(ValueError, match="must divide"):
+        LabelQueryCrossAttention(dim=8, num_heads=3)
+
+
+def test_alignment_head_scores():
+    text = F.normalize(torch.randn(3, 4), dim=-1)
+    head = AlignmentHead(text, logit_scale=5.0, learnable_prototypes=False)
+    head.bias.data = torch.tensor([0.1, -0.2, 0.3])
+    features = torch.randn(2, 3, 4)
+    expected = torch.stack(
+        [
+            torch.stack(
+                [
+                    5.0 * F.cosine_similarity(features[b, k], text[k], dim=0) + head.bias[k]
+                    for k in range(3)
+                ]
+            )
+            for b in range(2)
+        ]
+    )
+    torch.testing.assert_close(head(features), expected, atol=1e-5, rtol=0)
+    assert "prototypes" not in dict(head.named_parameters())
+    assert "prototypes" in dict(AlignmentHead(text, 5.0).named_parameters())
+
+
+def test_alignment_loss_matches_naive_loop():
+    torch.manual_seed(0)
+    features, text = torch.randn(3, 4, 6), torch.randn(4, 6)
+    positives = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 1, 1]], dtype=torch.float32)
+    tau = 0.1
+    total, count = 0.0, 0
+    for b in range(3):
+        for k in range(4):
+            if positives[b, k]:
+                sims = (
+                    torch.stack(
+                        [F.cosine_similarity(features[b, k], text[j], dim=0) for j in range(4)]
+                    )
+                    / tau
+                )
+                total += -(sims[k] - torch.logsumexp(sims, 0))
+                count += 1
+    ours = semantic_alignment_loss(features, text, positives, tau)
+    assert ours.item() == pytest.approx((total / count).item(), rel=1e-5)
+    assert semantic_alignment_loss(features, text, torch.zeros(3, 4)).item() == 0.0
+
+
+def test_cat_positive_rate_equals_prior():
+    torch.manual_seed(0)
+    scores = torch.rand(997, 5)
+    priors = torch.tensor([0.0, 0.013, 0.1, 0.377, 1.0])
+    thresholds = cat_thresholds(scores, priors)
+    labels, mask = pseudo_labels(scores, thresholds)
+    counts = labels.sum(0)
+    expected = priors * len(scores)
+    assert torch.all((counts - expected).abs() <= 1), (counts, expected)
+    assert counts[0] == 0 and torch.isinf(thresholds[0])
+    assert torch.all(mask == 1)
+
+
+def test_reliability_mask_and_fixed_thresholds():
+    probs = torch.tensor([[0.9, 0.52, 0.1]])
+    labels, mask = pseudo_labels(probs, fixed_thresholds(3, 0.5), margin=0.1)
+    assert labels.tolist() == [[1, 1, 0]]
+    assert mask.tolist() == [[1, 0, 1]]
+
+
+def test_fbeta_thresholds_maximise_f1():
+    scores = torch.tensor([[0.9], [0.8], [0.7], [0.6], [0.2]])
+    targets = torch.tensor([[1], [1], [0], [1], [0]])
+    # Cuts: 0.9 -> F1 0.5, 0.8 -> 0.8, 0.7 -> 0.667, 0.6 -> 0.857, 0.2 -> 0.75.
+    assert fbeta_thresholds(scores, targets).item() == pytest.approx(0.6)
+    # Recall-heavy beta moves the cut down, precision-heavy keeps it high.
+    assert fbeta_thresholds(scores, targets, beta=0.3).item() == pytest.approx(0.8)
+
+
+def test_spectral_clustering_recovers_planted_blocks():
+    rng = np.random.default_rng(0)
+    blocks = [[0, 3, 6], [1, 4, 7, 9], [2, 5, 8]]
+    rows = []
+    for _ in range(400):
+        block = blocks[rng.integers(3)]
+        y = np.zeros(10)
+        y[rng.choice(block, size=rng.integers(1, len(block) + 1), replace=False)] = 1
+        rows.append(y)
+    affinity = cooccurrence_affinity(np.stack(rows))
+    assert np.allclose(affinity, affinity.T) and np.all(np.diag(affinity) == 0)
+    contexts = cluster_contexts(affinity, 3, seed=0)
+    found = {frozenset(np.flatnonzero(contexts == c).tolist()) for c in range(3)}
+    assert found == {frozenset(b) for b in blocks}
+
+
+def test_cooccurrence_on_hand_made_example():
+    y = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+    affinity = cooccurrence_affinity(y)
+    # P(1|0) = 1/2, P(0|1) = 1: W_01 = 0.75; class 2 never seen -> zero row.
+    assert affinity[0, 1] == pytest.approx(0.75) and affinity[1, 0] == pytest.approx(0.75)
+    assert np.all(affinity[2] == 0)
+
+
+def test_context_targets_hand_made():
+    class_to_context = torch.tensor([0, 1, 1, 2])
+    labels = torch.tensor([[1.0, 0, 1, 0], [0, 1, 1, 1], [0, 0, 0, 0]])
+    multi = context_targets(labels, class_to_context, 3)
+    assert multi.tolist() == [[1, 1, 0], [0, 1, 1], [0, 0, 0]]
+    single = context_targets(labels, class_to_context, 3, single_label=True)
+    assert single.tolist() == [0, 1, -100]
+
+
+def test_ema_teacher_follows_decay_and_has_no_gradients(tiny_clip_dir):
+    student = make_net(tiny_clip_dir, label_specific=True, attention_heads=4)
+    teacher = AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    teacher.requires_grad_(False)
+    teacher.update_parameters(student)  # first update copies the student
+    before = teacher.module.alignment.bias.clone()
+    with torch.no_grad():
+        student.alignment.bias.add_(1.0)
+    teacher.update_parameters(student)
+    torch.testing.assert_close(
+        teacher.module.alignment.bias, 0.9 * before + 0.1 * student.alignment.bias
+    )
+    assert not any(p.requires_grad for p in teacher.parameters())
+    out = teacher(torch.randn(2, 3, 32, 32))
+    assert not out.logits.requires_grad
