@@ -27,8 +27,13 @@ class CSSALightningCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule)
 
 
-def main(args: ArgsType = None) -> CSSALightningCLI:
+def main(args: ArgsType = None) -> None:
     """Entry point of the ``cssa`` console script and ``python -m cssa_lightning``."""
+    build_cli(args)
+
+
+def build_cli(args: ArgsType = None) -> CSSALightningCLI:
+    """Parse ``args`` (default: ``sys.argv``), run the subcommand, return the CLI object."""
     return CSSALightningCLI(
         MultiLabelTask,
         MultiLabelDataModule,

@@ -43,9 +43,18 @@ class CLIPBackbone(nn.Module):
         checkpoint: Hub id or local directory of a CLIP checkpoint (model + tokenizer).
         freeze_vision: Keep the vision tower and its projection fixed.
         freeze_text: Keep the text tower and its projection fixed.
+        trainable_vision_layers: When the vision tower trains, train only its last this many
+            transformer blocks (with the final norm and the projection); ``None`` trains all.
+            Fewer trainable blocks cost less backward compute and memory.
     """
 
-    def __init__(self, checkpoint: str, freeze_vision: bool = False, freeze_text: bool = True):
+    def __init__(
+        self,
+        checkpoint: str,
+        freeze_vision: bool = False,
+        freeze_text: bool = True,
+        trainable_vision_layers: int | None = None,
+    ):
         super().__init__()
         source = resolve_checkpoint(checkpoint)
         self.model = CLIPModel.from_pretrained(source)
@@ -57,6 +66,18 @@ class CLIPBackbone(nn.Module):
             module.requires_grad_(not freeze_vision)
         for module in (self.model.text_model, self.model.text_projection):
             module.requires_grad_(not freeze_text)
+        if not freeze_vision and trainable_vision_layers is not None:
+            vision = self.model.vision_model
+            blocks = vision.encoder.layers
+            if not 0 <= trainable_vision_layers <= len(blocks):
+                raise ValueError(
+                    f"trainable_vision_layers must be in [0, {len(blocks)}], "
+                    f"got {trainable_vision_layers}"
+                )
+            vision.embeddings.requires_grad_(False)
+            vision.pre_layrnorm.requires_grad_(False)
+            for block in blocks[: len(blocks) - trainable_vision_layers]:
+                block.requires_grad_(False)
         self.freeze_vision = freeze_vision
         self.freeze_text = freeze_text
 

@@ -7,6 +7,7 @@ labeled/unlabeled split -> torch datasets with eval/weak/strong transforms -> lo
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TypedDict
 
 import albumentations as A
@@ -160,6 +161,8 @@ class MultiLabelDataModule(LightningDataModule):
         # The resolved class names are logged with the model's hyperparameters (the CLI links
         # them there); logging the unresolved value here too would conflict with them.
         self.save_hyperparameters(ignore=["class_names"])
+        # Kept as attributes: subclasses fill them in, so they need not be in the hparams.
+        self.train_source, self.val_source, self.test_source = train_source, val_source, test_source
         # Class names are needed before setup(): the CLI links them into the model.
         self._train_records = read_source(train_source)
         self.class_names = list(
@@ -182,8 +185,10 @@ class MultiLabelDataModule(LightningDataModule):
             )
             self._log_split()
         if stage in (None, "fit", "validate", "test", "predict"):
-            self.test_table = self._eval_table(hp.test_source)
-            self.val_table = self._eval_table(hp.val_source) if hp.val_source else self.test_table
+            self.test_table = self._eval_table(self.test_source)
+            self.val_table = (
+                self._eval_table(self.val_source) if self.val_source else self.test_table
+            )
 
     def _eval_table(self, source: str | None) -> datasets.Dataset | None:
         return build_record_table(read_source(source), self.class_names) if source else None
@@ -286,3 +291,35 @@ def _normalisation(checkpoint: str | None) -> tuple[tuple[float, ...], tuple[flo
         return CLIP_MEAN, CLIP_STD
     processor = AutoImageProcessor.from_pretrained(resolve_checkpoint(checkpoint))
     return tuple(processor.image_mean), tuple(processor.image_std)
+
+
+class WorldDataModule(MultiLabelDataModule):
+    """The embedded default: the synthetic world of :mod:`cssa_lightning.world`.
+
+    Writes the train and test worlds under ``root`` on first use (seconds), then behaves as
+    :class:`MultiLabelDataModule` over those image folders.
+
+    Args:
+        root: Cache directory of generated worlds.
+        num_train: Training images (split into labeled and unlabeled).
+        num_test: Test images.
+        world_image_size: Side of the generated images.
+        world_seed: Seed of the world (train and test use disjoint streams).
+        **kwargs: Options of :class:`MultiLabelDataModule` other than the sources.
+    """
+
+    def __init__(
+        self,
+        root: str = "~/.cache/cssa_lightning/world",
+        num_train: int = 5000,
+        num_test: int = 2000,
+        world_image_size: int = 64,
+        world_seed: int = 0,
+        **kwargs,
+    ):
+        from cssa_lightning.world import ensure_world
+
+        root_path = Path(root).expanduser()
+        train = ensure_world(root_path, "train", num_train, world_image_size, world_seed)
+        test = ensure_world(root_path, "test", num_test, world_image_size, world_seed)
+        super().__init__(train_source=str(train), test_source=str(test), **kwargs)

@@ -34,6 +34,8 @@ class MultiLabelTask(LightningModule):
         clip_checkpoint: Hub id or local directory of a CLIP checkpoint.
         prompt_templates: Prompt templates with ``{}`` for the class name, averaged.
         freeze_vision: Keep the vision tower fixed (train heads only).
+        trainable_vision_layers: Train only the last this many vision blocks (with the final
+            norm and projection); ``None`` trains the whole vision tower.
         freeze_text: Keep the text tower fixed; class text features are then computed once and
             stored in the checkpoint.
         loss: Supervised loss: asymmetric loss or binary cross-entropy.
@@ -64,6 +66,7 @@ class MultiLabelTask(LightningModule):
         clip_checkpoint: str = "openai/clip-vit-base-patch16",
         prompt_templates: list[str] | None = None,
         freeze_vision: bool = False,
+        trainable_vision_layers: int | None = None,
         freeze_text: bool = True,
         loss: Literal["asl", "bce"] = "asl",
         asl_gamma_neg: float = 4.0,
@@ -105,7 +108,9 @@ class MultiLabelTask(LightningModule):
     def build_network(self) -> MultiLabelCLIPNet:
         """The student network (called once from ``__init__``)."""
         hp = self.hparams
-        clip = CLIPBackbone(hp.clip_checkpoint, hp.freeze_vision, hp.freeze_text)
+        clip = CLIPBackbone(
+            hp.clip_checkpoint, hp.freeze_vision, hp.freeze_text, hp.trainable_vision_layers
+        )
         return MultiLabelCLIPNet(
             clip,
             self.class_names,

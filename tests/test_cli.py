@@ -12,12 +12,15 @@ from cssa_lightning.multilabel import MultiLabelTask
 
 
 class RecordMetrics(Callback):
-    """Keeps the metrics of the fit stage (``trainer.test`` replaces callback_metrics)."""
+    """Keeps the trainer, the model and the fit metrics (``trainer.test`` replaces them)."""
 
     fit_metrics: dict = {}
+    trainer = None
+    model = None
 
     def on_train_end(self, trainer, pl_module):
         RecordMetrics.fit_metrics = dict(trainer.callback_metrics)
+        RecordMetrics.trainer, RecordMetrics.model = trainer, pl_module
 
 
 def write_config(tmp_path: Path, folders, clip_dir, model_class: str, model_args=None, **trainer):
@@ -64,8 +67,8 @@ def write_config(tmp_path: Path, folders, clip_dir, model_class: str, model_args
 
 def test_fit_supervised_baseline_in_process(tmp_path, image_folders, tiny_clip_dir):
     config = write_config(tmp_path, image_folders, tiny_clip_dir, "cssa_lightning.MultiLabelTask")
-    cli = main(["fit", "--config", str(config)])
-    trainer, model = cli.trainer, cli.model
+    assert main(["fit", "--config", str(config)]) is None
+    trainer, model = RecordMetrics.trainer, RecordMetrics.model
     assert isinstance(model, MultiLabelTask)
     assert model.class_names == ["red", "green", "blue", "yellow", "cyan", "magenta"]
     assert trainer.global_step == 6

@@ -53,3 +53,15 @@ def test_freezing(tiny_clip_dir):
     assert all(p.requires_grad for p in backbone.model.vision_model.parameters())
     assert not any(p.requires_grad for p in backbone.model.text_model.parameters())
     assert not backbone.model.logit_scale.requires_grad
+
+
+def test_partial_vision_training(tiny_clip_dir):
+    backbone = CLIPBackbone(str(tiny_clip_dir), trainable_vision_layers=0)
+    vision = backbone.model.vision_model
+    assert not any(p.requires_grad for p in vision.encoder.parameters())
+    assert all(p.requires_grad for p in vision.post_layernorm.parameters())
+    assert backbone.model.visual_projection.weight.requires_grad
+    import pytest
+
+    with pytest.raises(ValueError, match="trainable_vision_layers"):
+        CLIPBackbone(str(tiny_clip_dir), trainable_vision_layers=5)

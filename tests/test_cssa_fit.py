@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cssa_lightning.cli import main
+from cssa_lightning.cli import build_cli
 from cssa_lightning.cssa import CSSATask
 from cssa_lightning.records import split_labeled
 
@@ -21,7 +21,7 @@ def run_fit(tmp_path, folders, clip_dir, model_args, name="run"):
     out = tmp_path / name
     out.mkdir()
     config = write_config(out, folders, clip_dir, "cssa_lightning.CSSATask", model_args)
-    cli = main(["fit", "--config", str(config), "--test_after_fit=false"])
+    cli = build_cli(["fit", "--config", str(config), "--test_after_fit=false"])
     return cli, dict(RecordMetrics.fit_metrics)
 
 

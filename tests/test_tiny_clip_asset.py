@@ -1,0 +1,67 @@
+"""The shipped tiny CLIP (cssa_lightning/assets/tiny-clip) loads, is small and knows the world."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cssa_lightning import world
+from cssa_lightning.clip import DEFAULT_TEMPLATES, TINY_CLIP, CLIPBackbone, zero_shot_scores
+from cssa_lightning.tiny_clip import CLIP_MEAN, CLIP_STD
+from cssa_lightning.transforms import eval_transform
+
+MAX_MB = 15
+
+
+@pytest.fixture(scope="module")
+def backbone() -> CLIPBackbone:
+    if not (Path(TINY_CLIP) / "config.json").is_file():
+        pytest.fail(f"shipped checkpoint missing at {TINY_CLIP}; run scripts/pretrain_tiny_clip.py")
+    return CLIPBackbone(TINY_CLIP).eval()
+
+
+def test_checkpoint_is_small_and_documented():
+    files = [f for f in Path(TINY_CLIP).rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= MAX_MB * 1e6
+    names = {f.name for f in files}
+    assert {"config.json", "model.safetensors", "README.md"} <= names
+    assert "zero-shot" in (Path(TINY_CLIP) / "README.md").read_text().lower()
+
+
+def test_loads_with_expected_shape(backbone):
+    assert backbone.image_size == 64
+    vision = backbone.model.config.vision_config
+    assert vision.patch_size == 8 and vision.hidden_size <= 128 and vision.num_hidden_layers <= 4
+    assert 64 <= backbone.embed_dim <= 128
+
+
+def test_every_class_name_and_prompt_word_is_one_token(backbone):
+    tokenizer = backbone.tokenizer
+    words = {*world.vocabulary(), *world.CLASS_NAMES}
+    for template in DEFAULT_TEMPLATES:
+        words |= set(world.split_words(template.format("")))
+    for word in sorted(words):
+        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1, f"{word!r} is {len(ids)} tokens"
+
+
+@torch.no_grad()
+def test_zero_shot_ranks_a_true_label_above_the_median(backbone):
+    rng = np.random.default_rng(1234)
+    transform = eval_transform(backbone.image_size, CLIP_MEAN, CLIP_STD)
+    specs = [world.sample_image_spec(rng) for _ in range(24)]
+    pixels = torch.stack(
+        [transform(image=np.asarray(world.render_image(s, 64)))["image"] for s in specs]
+    )
+    text = backbone.class_text_features(world.CLASS_NAMES, DEFAULT_TEMPLATES)
+    scores = zero_shot_scores(backbone, pixels, text)
+    assert scores.shape == (24, len(world.CLASS_NAMES))
+    hits = 0
+    for spec, row in zip(specs, scores, strict=True):
+        median = row.median()
+        best_true = max(row[world.CLASS_NAMES.index(n)] for n in spec.labels)
+        hits += int(best_true > median)
+    assert hits >= 18, f"a true label beat the median class in only {hits}/24 images"
