@@ -129,6 +129,9 @@ class MultiLabelDataModule(LightningDataModule):
         eval_batch_size: Images per validation/test/predict step.
         strong_num_ops: Random ops of the strong view on top of the weak ops and cutout.
         num_workers: Loader worker processes per stream.
+        load_unlabeled: Load the unlabeled stream. ``False`` (for labeled-only baselines)
+            yields labeled batches only, but keeps the epoch length of the unlabeled stream so
+            that every method gets the same number of steps.
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class MultiLabelDataModule(LightningDataModule):
         eval_batch_size: int = 64,
         strong_num_ops: int = 2,
         num_workers: int = 0,
+        load_unlabeled: bool = True,
     ):
         super().__init__()
         if not 0.0 < labeled_ratio <= 1.0:
@@ -255,12 +259,11 @@ class MultiLabelDataModule(LightningDataModule):
         # The labeled sampler draws exactly one epoch's worth of batches (reshuffling each
         # time it wraps), so the unlabeled stream defines the epoch length.
         sampler = RandomSampler(labeled, num_samples=steps * hp.labeled_batch_size)
-        loaders = {
-            "labeled": self._loader(labeled, hp.labeled_batch_size, sampler=sampler),
-            "unlabeled": self._loader(
+        loaders = {"labeled": self._loader(labeled, hp.labeled_batch_size, sampler=sampler)}
+        if hp.load_unlabeled:
+            loaders["unlabeled"] = self._loader(
                 unlabeled, hp.unlabeled_batch_size, shuffle=True, drop_last=drop
-            ),
-        }
+            )
         return CombinedLoader(loaders, mode="max_size_cycle")
 
     def labeled_eval_dataloader(self) -> DataLoader:

@@ -102,3 +102,9 @@ def test_augmentation_is_seeded_by_torch(image_folders):
     one, two = (b[0] if isinstance(b, tuple) else b for b in (one, two))
     torch.testing.assert_close(one["unlabeled"]["image_strong"], two["unlabeled"]["image_strong"])
     torch.testing.assert_close(one["labeled"]["image"], two["labeled"]["image"])
+
+
+def test_labeled_only_keeps_the_epoch_length(image_folders):
+    datamodule = make_datamodule(image_folders, load_unlabeled=False)
+    batches = [b[0] if isinstance(b, tuple) else b for b in datamodule.train_dataloader()]
+    assert len(batches) == 9 and all(set(b) == {"labeled"} for b in batches)
