@@ -190,7 +190,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--num-train", type=int, default=2000)
     parser.add_argument("--num-test", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--warmup-epochs", type=int, default=1)
     parser.add_argument("--labeled-batch-size", type=int, default=8)
     parser.add_argument("--unlabeled-batch-size", type=int, default=56)
