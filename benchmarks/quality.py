@@ -171,7 +171,9 @@ def _plot(rows, methods, ratios, out_png: Path) -> None:
     for method in methods:
         means = []
         for ratio in ratios:
-            values = [r["test_mAP"] for r in rows if r["method"] == method and r["labeled_ratio"] == ratio]
+            values = [
+                r["test_mAP"] for r in rows if r["method"] == method and r["labeled_ratio"] == ratio
+            ]
             means.append(statistics.mean(values) if values else float("nan"))
         style = "--" if method in ("zero-shot", "fully supervised") else "-"
         axis.plot([100 * r for r in ratios], means, style, marker="o", label=method)
@@ -200,7 +202,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--trainable-vision-layers", type=int, default=None)
     parser.add_argument("--world-root", default="~/.cache/cssa_lightning/world")
     parser.add_argument("--quick", action="store_true", help="1 seed, ratio 10 %%, fewer images")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json"
+    )
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     args = parser.parse_args(argv)
     if args.quick:
