@@ -284,11 +284,12 @@ class CSSATask(MultiLabelTask):
             scores, seen = self._unlabeled_scores, self._unlabeled_seen
             if gather and self.trainer.world_size > 1:
                 # Each image was scored on one process this epoch: merge by the seen masks.
-                all_seen = self.all_gather(seen).reshape(-1, len(seen))
+                # (gathered as floats: not every backend gathers bool tensors)
+                all_seen = self.all_gather(seen.float()).reshape(-1, len(seen))
                 all_scores = self.all_gather(scores).reshape(-1, *scores.shape)
-                weights = all_seen.float().unsqueeze(-1)
+                weights = all_seen.unsqueeze(-1)
                 scores = (all_scores * weights).sum(0) / weights.sum(0).clamp(min=1)
-                seen = all_seen.any(0)
+                seen = all_seen.sum(0) > 0
             if not seen.any():
                 return
             thresholds = cat_thresholds(scores[seen], self.class_priors)
