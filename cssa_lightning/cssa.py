@@ -3,7 +3,7 @@
 On top of :class:`~cssa_lightning.multilabel.MultiLabelTask`: label-specific features by
 label-query cross-attention, one-to-one semantic alignment, context identification, an EMA
 teacher giving pseudo-labels on the weak view, and consistency on the strong view. With the
-switches off it is the CAP baseline (see ``configs/cap_demo.yaml``).
+switches off it is the CAP baseline (see ``configs/cap_coco.yaml``).
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ class CSSATask(MultiLabelTask):
         fbeta: ``beta`` of ``pseudo_threshold="fbeta"``.
         threshold_refresh: Recompute thresholds at each epoch end from the epoch's teacher
             scores (gathered across processes), or at every step from the latest teacher score of
-            each image seen so far (this process's only).
+            each image seen so far (this process's only). Until the first epoch-end refresh,
+            thresholds follow every step's scores in both modes.
         reliability_margin: Mask pseudo-labels whose teacher probability is within this
             distance of the threshold (0 keeps all).
         ema_decay: Decay of the teacher's exponential moving average.
@@ -124,6 +125,8 @@ class CSSATask(MultiLabelTask):
         self._unlabeled_scores: Tensor | None = None  # latest teacher score of each image
         self._unlabeled_seen: Tensor | None = None
         self._labeled_scores: list[tuple[Tensor, Tensor]] = []  # for F-beta thresholds
+        # True until the first epoch-end refresh: thresholds then follow every step's scores.
+        self._provisional_thresholds = True
 
     def network_options(self) -> dict[str, Any]:
         hp = self.hparams
@@ -160,6 +163,7 @@ class CSSATask(MultiLabelTask):
         if int(self.teacher.n_averaged) == 0:
             # Start the teacher from the (bias-calibrated) student, not from __init__'s copy.
             self.teacher.module.load_state_dict(self.net.state_dict())
+        self._provisional_thresholds = not bool(self.thresholds_ready)  # resumed runs have them
         num_unlabeled = len(datamodule.unlabeled_indices)
         self._unlabeled_scores = torch.zeros(num_unlabeled, self.num_classes, device=self.device)
         self._unlabeled_seen = torch.zeros(num_unlabeled, dtype=torch.bool, device=self.device)
@@ -230,7 +234,7 @@ class CSSATask(MultiLabelTask):
         if unlabeled is not None:
             probs = self.teacher_probs(unlabeled["image_weak"])
             self._record_unlabeled(unlabeled["index"], probs)
-            if hp.threshold_refresh == "step" or not bool(self.thresholds_ready):
+            if hp.threshold_refresh == "step" or self._provisional_thresholds:
                 self.refresh_thresholds(gather=False)
             labels, mask = self.pseudo_labels(probs)
             # Monitoring only: the hidden labels never reach a loss.
@@ -299,6 +303,7 @@ class CSSATask(MultiLabelTask):
     def on_train_epoch_end(self) -> None:
         if self.hparams.threshold_refresh == "epoch":
             self.refresh_thresholds(gather=True)
+            self._provisional_thresholds = not bool(self.thresholds_ready)
         self._labeled_scores.clear()
         finite = self.thresholds[torch.isfinite(self.thresholds)]
         if len(finite):

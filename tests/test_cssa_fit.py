@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch import Callback
 
 from cssa_lightning.cli import build_cli
 from cssa_lightning.cssa import CSSATask
@@ -17,11 +18,20 @@ FAST = {"warmup_epochs": 1, "rampup_epochs": 0.5, "num_contexts": 2, "attention_
 LOSS_KEYS = ["train/loss_sup", "train/loss_align", "train/loss_cons", "train/loss_ctx"]
 
 
-def run_fit(tmp_path, folders, clip_dir, model_args, name="run"):
+class ThresholdTrace(Callback):
+    """The thresholds after each training batch."""
+
+    trace: list = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        ThresholdTrace.trace.append((trainer.current_epoch, pl_module.thresholds.clone()))
+
+
+def run_fit(tmp_path, folders, clip_dir, model_args, name="run", extra=()):
     out = tmp_path / name
     out.mkdir()
     config = write_config(out, folders, clip_dir, "cssa_lightning.CSSATask", model_args)
-    cli = build_cli(["fit", "--config", str(config), "--test_after_fit=false"])
+    cli = build_cli(["fit", "--config", str(config), "--test_after_fit=false", *extra])
     return cli, dict(RecordMetrics.fit_metrics)
 
 
@@ -126,3 +136,19 @@ def test_no_leakage_of_unlabeled_ground_truth(tmp_path, image_folders, tiny_clip
         torch.testing.assert_close(a, b, msg=name)
     # Only the monitoring of pseudo-labels against the hidden labels may differ.
     assert not torch.equal(first_metrics["pseudo/precision"], second_metrics["pseudo/precision"])
+
+
+def test_thresholds_follow_the_first_epoch_then_refresh_per_epoch(
+    tmp_path, image_folders, tiny_clip_dir
+):
+    ThresholdTrace.trace = []
+    options = {**FAST, "warmup_epochs": 0, "threshold_refresh": "epoch"}
+    trace_callback = "--trainer.callbacks+=tests.test_cssa_fit.ThresholdTrace"
+    run_fit(tmp_path, image_folders, tiny_clip_dir, options, extra=[trace_callback])
+    first = [t for epoch, t in ThresholdTrace.trace if epoch == 0]
+    second = [t for epoch, t in ThresholdTrace.trace if epoch == 1]
+    assert len(first) == len(second) == 3
+    # Provisional thresholds move with the scores seen so far during the first epoch...
+    assert not torch.equal(first[0], first[-1])
+    # ...then stay fixed within an epoch once an epoch-end refresh has happened.
+    assert all(torch.equal(second[0], t) for t in second)
