@@ -47,14 +47,21 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "CSSA w/o alignment": (CSSA, {"use_alignment": False}, {}),
     "CSSA w/o context": (CSSA, {"use_context": False}, {}),
     "CSSA w/o consistency": (CSSA, {"use_consistency": False}, {}),
-    "fully supervised": (SUPERVISED, {}, {"labeled_ratio": 1.0}),
+    "fully supervised": (SUPERVISED, {}, {}),
 }
+
+
+# Methods whose result does not depend on the labeled ratio: run once per seed (zero-shot once
+# in all), stored at this ratio, and shown in every ratio column.
+RATIO_FREE = {"zero-shot": 0.0, "fully supervised": 1.0}
 
 
 def run_config(args: argparse.Namespace, method: str, ratio: float, seed: int, workdir: Path):
     task, model_options, data_options = METHODS[method]
     unlabeled_batch = args.unlabeled_batch_size
     labeled_batch = args.labeled_batch_size
+    # Zero-shot trains nothing, so its split is irrelevant: keep the column's ratio there.
+    ratio = RATIO_FREE.get(method) or ratio
     data = {
         "root": args.world_root,
         "num_train": args.num_train,
@@ -69,7 +76,7 @@ def run_config(args: argparse.Namespace, method: str, ratio: float, seed: int, w
         "num_workers": 1,
         **data_options,
     }
-    if data.get("labeled_ratio") == 1.0:
+    if ratio == 1.0:
         data["labeled_batch_size"] = labeled_batch + unlabeled_batch
     model = {
         "clip_checkpoint": TINY_CLIP,
@@ -121,7 +128,7 @@ def run_one(args, method: str, ratio: float, seed: int) -> dict[str, Any]:
     suffix = "_teacher" if "test/mAP_teacher" in test else ""
     return {
         "method": method,
-        "labeled_ratio": ratio,
+        "labeled_ratio": RATIO_FREE.get(method, ratio),
         "seed": seed,
         "test_mAP": test[f"test/mAP{suffix}"],
         "test_CF1": test[f"test/CF1{suffix}"],
@@ -134,11 +141,11 @@ def run_one(args, method: str, ratio: float, seed: int) -> dict[str, Any]:
 
 
 def summarise(rows: list[dict[str, Any]], out_md: Path, out_png: Path) -> str:
-    ratios = sorted({r["labeled_ratio"] for r in rows})
+    ratios = sorted({r["labeled_ratio"] for r in rows if r["method"] not in RATIO_FREE})
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
 
     def cell(method: str, ratio: float, key: str = "test_mAP") -> str:
-        values = [r[key] for r in rows if r["method"] == method and r["labeled_ratio"] == ratio]
+        values = [r[key] for r in rows if r["method"] == method and _in_column(r, ratio)]
         values = [v for v in values if v is not None]
         if not values:
             return "–"
@@ -178,9 +185,7 @@ def _plot(rows, methods, ratios, out_png: Path) -> None:
     for method in methods:
         means = []
         for ratio in ratios:
-            values = [
-                r["test_mAP"] for r in rows if r["method"] == method and r["labeled_ratio"] == ratio
-            ]
+            values = [r["test_mAP"] for r in rows if r["method"] == method and _in_column(r, ratio)]
             means.append(statistics.mean(values) if values else float("nan"))
         style = "--" if method in ("zero-shot", "fully supervised") else "-"
         axis.plot([100 * r for r in ratios], means, style, marker="o", label=method)
@@ -190,6 +195,10 @@ def _plot(rows, methods, ratios, out_png: Path) -> None:
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(out_png, dpi=120)
+
+
+def _in_column(row: dict[str, Any], ratio: float) -> bool:
+    return row["method"] in RATIO_FREE or row["labeled_ratio"] == ratio
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -235,9 +244,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
+    done: set[tuple[str, int]] = set()
     for ratio in args.ratios:
         for seed in args.seeds:
             for method in args.methods:
+                key = (method, 0 if method == "zero-shot" else seed)
+                if method in RATIO_FREE and key in done:
+                    continue
+                done.add(key)
                 row = run_one(args, method, ratio, seed)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
