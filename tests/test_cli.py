@@ -5,21 +5,22 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from lightning.pytorch import Callback
 
+from cssa_lightning.callbacks import FitSummary
 from cssa_lightning.cli import main
 from cssa_lightning.multilabel import MultiLabelTask
 
 
-class RecordMetrics(Callback):
-    """Keeps the trainer, the model and the fit metrics (``trainer.test`` replaces them)."""
+class RecordMetrics(FitSummary):
+    """FitSummary that also keeps the trainer and model where the test can reach them."""
 
     fit_metrics: dict = {}
     trainer = None
     model = None
 
     def on_train_end(self, trainer, pl_module):
-        RecordMetrics.fit_metrics = dict(trainer.callback_metrics)
+        super().on_train_end(trainer, pl_module)
+        RecordMetrics.fit_metrics = {k: torch.tensor(v) for k, v in self.metrics.items()}
         RecordMetrics.trainer, RecordMetrics.model = trainer, pl_module
 
 
