@@ -1,223 +1,779 @@
-"""Quality benchmark on the embedded world: every method, labeled ratio and seed, one budget.
+"""Quality benchmark on the synthetic world: every method, labeled ratio and seed, one budget.
 
-    python benchmarks/quality.py            # the full grid (3 ratios x 3 seeds x 10 methods)
-    python benchmarks/quality.py --quick    # a smaller grid for a smoke run
+    python benchmarks/quality.py                     # main grid: 5 methods x 2 ratios x 5 seeds
+    python benchmarks/quality.py --ablations         # ... plus the 4 ablations at 10 %, 3 seeds
+    python benchmarks/quality.py --no-main --ablations --noise-floor
+    python benchmarks/quality.py --quick             # smoke run (1 seed, 10 %, small world)
+    python benchmarks/quality.py --summarise-only    # rewrite the docs from the JSON
 
 Every method uses the same backbone (the shipped tiny CLIP), the same epochs and the same
 number of optimisation steps (the unlabeled stream defines the epoch; labeled-only baselines
 skip loading unlabeled images but keep that epoch length; the fully supervised bound sees
-labeled batches of the same total size). Each run goes through the real ``cssa`` CLI.
-Writes ``benchmarks/results/quality.json`` (one row per run), ``docs/results.md`` (mean ± std
-table) and ``docs/quality.png`` (mAP against labeled ratio).
+labeled batches of the same total size). Every method but zero-shot and "supervised" is a
+``CSSATask`` with an EMA teacher, which is what is evaluated (the student is kept beside it).
+Each run goes through the real ``cssa`` CLI in-process, in its own temporary directory, with
+validation once at the end (on the val split) and the test loop after ``fit``.
+
+Writes ``benchmarks/results/quality.json`` (``{"protocol": {...}, "rows": [...]}``, rewritten
+after every run), ``docs/results.md``, ``docs/quality.png`` and ``docs/pseudo_labels.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-import yaml
-
-from cssa_lightning.callbacks import FitSummary
-from cssa_lightning.cli import build_cli
-from cssa_lightning.clip import TINY_CLIP
-
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- protocol: every default in one place --------------------------------------------------------
+@dataclass(frozen=True)
+class Protocol:
+    """Everything a run depends on besides (method, labeled ratio, seed). One CLI flag each."""
+
+    epochs: int = 4
+    warmup_epochs: int = 1
+    rampup_epochs: float = 1.0
+    lr: float = 5.0e-4
+    head_lr: float = 5.0e-3
+    ema_decay: float = 0.99
+    teacher_restart: bool | None = None  # None: CSSATask's own default (option not passed)
+    labeled_batch_size: int = 8
+    unlabeled_batch_size: int = 56
+    num_train: int = 2000
+    num_val: int = 1000
+    num_test: int = 1000
+    num_contexts: int = 6
+    alignment_weight: float = 0.5
+    context_weight: float = 0.5
+    trainable_vision_layers: int | None = None  # None: the whole vision tower trains
+    threads: int = 2  # torch.set_num_threads before every run
+    accelerator: str = "cpu"
+    precision: str = "32-true"
+    num_workers: int = 1
+    image_size: int = 64
+    world_image_size: int = 64
+    world_seed: int = 0
+    eval_batch_size: int = 256
+
+
+# --quick: overrides of the protocol (explicit flags still win) and of the grid.
+QUICK_PROTOCOL = {"num_train": 600, "num_val": 300, "num_test": 300, "epochs": 3}
+QUICK_METHODS = ["zero-shot", "supervised+EMA", "CAP", "CSSA"]
+
+MAIN_METHODS = ["zero-shot", "supervised+EMA", "CAP", "CSSA", "fully supervised"]
+MAIN_RATIOS = [0.05, 0.1]
+MAIN_SEEDS = [1, 2, 3, 4, 5]
+ABLATIONS = [
+    "CSSA w/o label-specific",
+    "CSSA w/o alignment",
+    "CSSA w/o context",
+    "CSSA w/o consistency",
+]
+ABLATION_RATIO = 0.1
+ABLATION_SEEDS = [1, 2, 3]
+NOISE_METHOD = "CAP (1 thread)"  # CAP rerun with threads=1: the run-to-run noise floor
+NOISE_RATIO = 0.1
+NOISE_SEEDS = [1, 2, 3]
+
+# -- methods -----------------------------------------------------------------------------------
+DATA_MODULE = "cssa_lightning.synthetic.WorldDataModule"
+CLIP = "tiny-clip"
 CSSA = "cssa_lightning.CSSATask"
-SUPERVISED = "cssa_lightning.MultiLabelTask"
-CAP_SWITCHES = {"label_specific": False, "use_alignment": False, "use_context": False}
+MULTILABEL = "cssa_lightning.MultiLabelTask"
+OFF = {"label_specific": False, "use_alignment": False, "use_context": False}
+ALL_OFF = {**OFF, "use_consistency": False}
+LABELED_ONLY = {"load_unlabeled": False}
 
 # method -> (task class, model options, data options); "zero-shot" is tested untrained.
 METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
-    "zero-shot": (SUPERVISED, {}, {}),
-    "supervised": (SUPERVISED, {}, {"load_unlabeled": False}),
-    "CAP": (CSSA, CAP_SWITCHES, {}),
+    "zero-shot": (MULTILABEL, {}, {}),
+    "supervised+EMA": (CSSA, ALL_OFF, LABELED_ONLY),
+    "CAP": (CSSA, OFF, {}),
     "CSSA": (CSSA, {}, {}),
+    "fully supervised": (CSSA, ALL_OFF, {}),
     "CSSA w/o label-specific": (CSSA, {"label_specific": False}, {}),
     "CSSA w/o alignment": (CSSA, {"use_alignment": False}, {}),
     "CSSA w/o context": (CSSA, {"use_context": False}, {}),
     "CSSA w/o consistency": (CSSA, {"use_consistency": False}, {}),
-    "fully supervised": (SUPERVISED, {}, {}),
+    NOISE_METHOD: (CSSA, OFF, {}),
+    # Reference only (not in any default grid): the student alone, no teacher.
+    "supervised": (MULTILABEL, {}, LABELED_ONLY),
 }
+NO_TEACHER = {"zero-shot", "supervised"}
 
-
-# Methods whose result does not depend on the labeled ratio: run once per seed (zero-shot once
-# in all), stored at this ratio, and shown in every ratio column.
+# Methods whose result does not depend on the labeled ratio: stored at this ratio and shown in
+# every ratio column; zero-shot runs once in all (stored with seed 0 and paired with any seed),
+# fully supervised once per seed.
 RATIO_FREE = {"zero-shot": 0.0, "fully supervised": 1.0}
+SEED_FREE = {"zero-shot"}
 
 
-def run_config(args: argparse.Namespace, method: str, ratio: float, seed: int, workdir: Path):
+def stored_key(method: str, ratio: float, seed: int) -> tuple[str, float, int]:
+    """The (method, labeled_ratio, seed) under which a run's row is stored."""
+    return (
+        method,
+        RATIO_FREE.get(method, ratio),
+        0 if method in SEED_FREE else seed,
+    )
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, float, int]:
+    return (row["method"], row["labeled_ratio"], row["seed"])
+
+
+# -- one run -----------------------------------------------------------------------------------
+def run_config(
+    protocol: Protocol, method: str, ratio: float, seed: int, workdir: Path, world_root: str
+) -> dict[str, Any]:
+    """The ``cssa`` config of one run."""
+    p = protocol
     task, model_options, data_options = METHODS[method]
-    unlabeled_batch = args.unlabeled_batch_size
-    labeled_batch = args.labeled_batch_size
-    # Zero-shot trains nothing, so its split is irrelevant: keep the column's ratio there.
-    ratio = RATIO_FREE.get(method) or ratio
+    ratio = RATIO_FREE.get(method, ratio) or ratio  # zero-shot trains nothing: any split
     data = {
-        "root": args.world_root,
-        "num_train": args.num_train,
-        "num_test": args.num_test,
+        "root": world_root,
+        "num_train": p.num_train,
+        "num_val": p.num_val,
+        "num_test": p.num_test,
+        "world_image_size": p.world_image_size,
+        "world_seed": p.world_seed,
         "labeled_ratio": ratio,
         "split_seed": seed,
-        "image_size": 64,
-        "clip_processor": TINY_CLIP,
-        "labeled_batch_size": labeled_batch,
-        "unlabeled_batch_size": unlabeled_batch,
-        "eval_batch_size": 256,
-        "num_workers": 1,
+        "image_size": p.image_size,
+        "clip_processor": CLIP,
+        "labeled_batch_size": p.labeled_batch_size,
+        "unlabeled_batch_size": p.unlabeled_batch_size,
+        "eval_batch_size": p.eval_batch_size,
+        "num_workers": p.num_workers,
         **data_options,
     }
-    if ratio == 1.0:
-        data["labeled_batch_size"] = labeled_batch + unlabeled_batch
-    model = {
-        "clip_checkpoint": TINY_CLIP,
-        "lr": args.lr,
-        "head_lr": args.head_lr,
-        "trainable_vision_layers": args.trainable_vision_layers,
-        **model_options,
+    if ratio == 1.0:  # same images per step as the semi-supervised methods
+        data["labeled_batch_size"] = p.labeled_batch_size + p.unlabeled_batch_size
+    model: dict[str, Any] = {
+        "clip_checkpoint": CLIP,
+        "lr": p.lr,
+        "head_lr": p.head_lr,
+        "trainable_vision_layers": p.trainable_vision_layers,
     }
     if task == CSSA:
         model.update(
-            warmup_epochs=args.warmup_epochs,
-            num_contexts=6,
-            ema_decay=args.ema_decay,
-            alignment_weight=0.5,
-            context_weight=0.5,
+            warmup_epochs=p.warmup_epochs,
+            rampup_epochs=p.rampup_epochs,
+            num_contexts=p.num_contexts,
+            ema_decay=p.ema_decay,
+            alignment_weight=p.alignment_weight,
+            context_weight=p.context_weight,
         )
+        if p.teacher_restart is not None:
+            model["teacher_restart"] = p.teacher_restart
+    model.update(model_options)
     return {
         "seed_everything": seed,
         "trainer": {
-            "accelerator": "cpu",
+            "accelerator": p.accelerator,
             "devices": 1,
-            "max_epochs": args.epochs,
+            "precision": p.precision,
+            "max_epochs": p.epochs,
             "logger": False,
             "enable_checkpointing": False,
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "num_sanity_val_steps": 0,
-            "check_val_every_n_epoch": args.epochs,
+            "check_val_every_n_epoch": p.epochs,
             "default_root_dir": str(workdir),
+            "callbacks": [
+                {"class_path": "cssa_lightning.callbacks.FitSummary"},
+                {"class_path": "cssa_lightning.callbacks.EpochHistory"},
+            ],
         },
         "model": {"class_path": task, "init_args": model},
-        "data": {"class_path": "cssa_lightning.WorldDataModule", "init_args": data},
+        "data": {"class_path": DATA_MODULE, "init_args": data},
     }
 
 
-def run_one(args, method: str, ratio: float, seed: int) -> dict[str, Any]:
+def run_one(
+    protocol: Protocol, method: str, ratio: float, seed: int, world_root: str, threads: int
+) -> dict[str, Any]:
+    """Train and evaluate one (method, ratio, seed) through the CLI; returns its row."""
+    import torch
+    import yaml
+
+    from cssa_lightning.callbacks import EpochHistory, FitSummary
+    from cssa_lightning.cli import build_cli
+
+    torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as workdir:
-        config = run_config(args, method, ratio, seed, Path(workdir))
-        config["trainer"]["callbacks"] = [{"class_path": "cssa_lightning.callbacks.FitSummary"}]
+        config = run_config(protocol, method, ratio, seed, Path(workdir), world_root)
         path = Path(workdir) / "config.yaml"
         path.write_text(yaml.safe_dump(config))
         if method == "zero-shot":
-            cli = build_cli(["test", "--config", str(path)])
+            cli = build_cli(["validate", "--config", str(path)])
+            fit_metrics = _floats(cli.trainer.callback_metrics)
+            cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+            summary = history = None
         else:
             cli = build_cli(["fit", "--config", str(path), "--test_after_fit=true"])
-    summary = next(c for c in cli.trainer.callbacks if isinstance(c, FitSummary))
-    test = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
-    # Mean-teacher methods deploy the EMA teacher; the student's mAP is kept beside it.
+            summary = _callback(cli.trainer, FitSummary)
+            history = _callback(cli.trainer, EpochHistory).history
+            fit_metrics = summary.metrics
+        test = _floats(cli.trainer.callback_metrics)
+    # Mean-teacher methods deploy the EMA teacher; the student's scores are kept beside it.
     suffix = "_teacher" if "test/mAP_teacher" in test else ""
+    seconds = None if summary is None or summary.train_seconds is None else summary.train_seconds
+    method_key, stored_ratio, stored_seed = stored_key(method, ratio, seed)
     return {
-        "method": method,
-        "labeled_ratio": RATIO_FREE.get(method, ratio),
-        "seed": seed,
+        "method": method_key,
+        "labeled_ratio": stored_ratio,
+        "seed": stored_seed,
         "test_mAP": test[f"test/mAP{suffix}"],
+        "test_mAP_student": test["test/mAP"],
         "test_CF1": test[f"test/CF1{suffix}"],
         "test_OF1": test[f"test/OF1{suffix}"],
-        "test_mAP_student": test["test/mAP"],
-        "pseudo_precision": summary.metrics.get("pseudo/precision"),
-        "pseudo_recall": summary.metrics.get("pseudo/recall"),
-        "train_seconds": None if summary.train_seconds is None else round(summary.train_seconds, 1),
+        "val_mAP": fit_metrics.get(f"val/mAP{suffix}"),
+        "val_mAP_student": fit_metrics.get("val/mAP"),
+        "pseudo_precision": fit_metrics.get("pseudo/precision"),
+        "pseudo_recall": fit_metrics.get("pseudo/recall"),
+        "train_seconds": None if seconds is None else round(seconds, 1),
+        "threads": torch.get_num_threads(),
+        "history": history if suffix else None,
     }
 
 
-def summarise(rows: list[dict[str, Any]], out_md: Path, out_png: Path) -> str:
-    ratios = sorted({r["labeled_ratio"] for r in rows if r["method"] not in RATIO_FREE})
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
 
-    def cell(method: str, ratio: float, key: str = "test_mAP") -> str:
-        values = [r[key] for r in rows if r["method"] == method and _in_column(r, ratio)]
-        values = [v for v in values if v is not None]
-        if not values:
-            return "–"
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.2f} ± {spread:.2f}"
 
-    header = "| method | " + " | ".join(f"{r:.0%} labels" for r in ratios) + " |"
-    lines = [header, "|---" * (len(ratios) + 1) + "|"]
-    lines += [f"| {m} | " + " | ".join(cell(m, r) for r in ratios) + " |" for m in methods]
-    table = "\n".join(lines)
-    out_md.parent.mkdir(parents=True, exist_ok=True)
-    seeds = sorted({r["seed"] for r in rows})
+def _callback(trainer, kind: type):
+    return next(c for c in trainer.callbacks if isinstance(c, kind))
+
+
+# -- grid --------------------------------------------------------------------------------------
+def plan(args: argparse.Namespace) -> list[tuple[str, float, int, int]]:
+    """(method, ratio, seed, threads) of every run to do, in order, without duplicate keys."""
+    runs: list[tuple[str, float, int]] = []
+    if args.main:
+        for seed in args.seeds:
+            for ratio in args.ratios:
+                runs += [(m, ratio, seed) for m in args.methods]
+    if args.ablations:  # CSSA at the same seeds is the reference of every ablation
+        for seed in ABLATION_SEEDS:
+            runs += [(m, ABLATION_RATIO, seed) for m in ["CSSA", *ABLATIONS]]
+    if args.noise_floor:  # CAP at the same seeds, then again with one thread
+        for seed in NOISE_SEEDS:
+            runs += [("CAP", NOISE_RATIO, seed), (NOISE_METHOD, NOISE_RATIO, seed)]
+    unique: dict[tuple[str, float, int], tuple[str, float, int, int]] = {}
+    for method, ratio, seed in runs:
+        threads = 1 if method == NOISE_METHOD else args.protocol.threads
+        unique.setdefault(stored_key(method, ratio, seed), (method, ratio, seed, threads))
+    return list(unique.values())
+
+
+def load_results(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(protocol record, rows)`` of a results file (a bare list of rows is accepted)."""
+    data = json.loads(path.read_text())
+    if isinstance(data, list):
+        return {}, data
+    return data.get("protocol", {}), data["rows"]
+
+
+def save_results(path: Path, protocol: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"protocol": protocol, "rows": rows}, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def protocol_record(protocol: Protocol, command: str, world_root: str) -> dict[str, Any]:
+    import torch
+
+    return {
+        **dataclasses.asdict(protocol),
+        "data_module": DATA_MODULE,
+        "clip": CLIP,
+        "world_root": world_root,
+        "commands": [command],
+        "torch": torch.__version__,
+    }
+
+
+def merge_protocol(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The record of a resumed file: the protocol must not have changed; commands accumulate."""
+    fields = [f.name for f in dataclasses.fields(Protocol)]
+    changed = {k: (old.get(k), new[k]) for k in fields if k in old and old[k] != new[k]}
+    if changed:
+        raise SystemExit(f"--resume with a different protocol than the file's: {changed}")
+    return {**new, "commands": [*old.get("commands", []), *new["commands"]]}
+
+
+# -- summary: pure functions of the rows -------------------------------------------------------
+def in_column(row: dict[str, Any], ratio: float) -> bool:
+    """Whether a row counts in the column of ``ratio`` (ratio-free methods count in all)."""
+    return row["method"] in RATIO_FREE or math.isclose(row["labeled_ratio"], ratio)
+
+
+def values_by_seed(
+    rows: Iterable[dict[str, Any]], method: str, ratio: float, key: str = "test_mAP"
+) -> dict[int, float]:
+    """``{seed: value}`` of one method in one ratio column (missing values left out)."""
+    return {
+        r["seed"]: r[key]
+        for r in rows
+        if r["method"] == method and in_column(r, ratio) and r.get(key) is not None
+    }
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float] | None:
+    """Mean and sample standard deviation (0 for one value); ``None`` for no values."""
+    if not values:
+        return None
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.mean(values), spread
+
+
+def paired_differences(
+    rows: Sequence[dict[str, Any]], a: str, b: str, ratio: float, key: str = "test_mAP"
+) -> dict[int, float]:
+    """``{seed: a - b}`` over the seeds both have; a seed-free method pairs with every seed."""
+    va, vb = values_by_seed(rows, a, ratio, key), values_by_seed(rows, b, ratio, key)
+    if a in SEED_FREE and va:
+        va = dict.fromkeys(vb or va, next(iter(va.values())))
+    if b in SEED_FREE and vb:
+        vb = dict.fromkeys(va or vb, next(iter(vb.values())))
+    return {s: va[s] - vb[s] for s in sorted(va.keys() & vb.keys())}
+
+
+@dataclass(frozen=True)
+class Difference:
+    mean: float
+    std: float
+    positive: int
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.2f} ± {self.std:.2f} ({self.positive}/{self.n} seeds > 0)"
+
+
+def summarise_difference(differences: dict[int, float]) -> Difference | None:
+    stats = mean_std(list(differences.values()))
+    if stats is None:
+        return None
+    positive = sum(d > 0 for d in differences.values())
+    return Difference(stats[0], stats[1], positive, len(differences))
+
+
+def comparisons(ratios: Sequence[float]) -> list[tuple[str, str, list[float]]]:
+    """(a, b, ratios) of table B: a - b at each of those ratios."""
+    main = [
+        ("CAP", "supervised+EMA"),
+        ("CSSA", "supervised+EMA"),
+        ("CSSA", "CAP"),
+        ("fully supervised", "supervised+EMA"),
+        ("supervised+EMA", "zero-shot"),
+    ]
+    return [(a, b, list(ratios)) for a, b in main] + [
+        (ablation, "CSSA", [ABLATION_RATIO]) for ablation in ABLATIONS
+    ]
+
+
+@dataclass(frozen=True)
+class Check:
+    target: str
+    value: str
+    met: bool | None  # None: not enough rows
+
+
+def calibration_checks(rows: Sequence[dict[str, Any]]) -> list[Check]:
+    """The calibration targets of the synthetic world, met or missed, with the numbers."""
+    checks = []
+    for ratio in (0.05, 0.1):
+        d = summarise_difference(paired_differences(rows, "CAP", "supervised+EMA", ratio))
+        target = f"CAP − supervised+EMA at {ratio:.0%} ≥ +3.0 and > 0 on every seed"
+        if d is None:
+            checks.append(Check(target, "–", None))
+        else:
+            checks.append(Check(target, str(d), d.mean >= 3.0 and d.positive == d.n))
+    d = summarise_difference(paired_differences(rows, "fully supervised", "supervised+EMA", 0.1))
+    target = "fully supervised − supervised+EMA at 10% ≥ +8.0"
+    checks.append(Check(target, "–", None) if d is None else Check(target, str(d), d.mean >= 8.0))
+    zero = mean_std(list(values_by_seed(rows, "zero-shot", 0.1).values()))
+    full = mean_std(list(values_by_seed(rows, "fully supervised", 0.1).values()))
+    target = "zero-shot ≤ fully supervised − 15"
+    if zero is None or full is None:
+        checks.append(Check(target, "–", None))
+    else:
+        value = f"zero-shot {zero[0]:.2f}, fully supervised − 15 = {full[0] - 15:.2f}"
+        checks.append(Check(target, value, zero[0] <= full[0] - 15))
+    return checks
+
+
+def noise_floor(rows: Sequence[dict[str, Any]]) -> dict[int, tuple[float, float, float]]:
+    """``{seed: (CAP, CAP with 1 thread, |difference|)}`` of teacher test mAP at 10 %."""
+    two = values_by_seed(rows, "CAP", NOISE_RATIO)
+    one = values_by_seed(rows, NOISE_METHOD, NOISE_RATIO)
+    return {s: (two[s], one[s], abs(two[s] - one[s])) for s in sorted(two.keys() & one.keys())}
+
+
+def epoch_curves(
+    rows: Sequence[dict[str, Any]], method: str, ratio: float, keys: Sequence[str]
+) -> dict[int, dict[str, tuple[float, float]]]:
+    """``{epoch: {key: (mean, std) over seeds}}`` from the rows' per-epoch histories."""
+    by_epoch: dict[int, dict[str, list[float]]] = {}
+    for row in rows:
+        if row["method"] != method or not in_column(row, ratio):
+            continue
+        for entry in row.get("history") or []:
+            for key in keys:
+                if entry.get(key) is not None:
+                    by_epoch.setdefault(entry["epoch"], {}).setdefault(key, []).append(entry[key])
+    return {
+        epoch: {key: mean_std(v) for key, v in values.items()}
+        for epoch, values in sorted(by_epoch.items())
+    }
+
+
+def methods_in(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Methods present, in the order of ``METHODS`` (unknown ones last)."""
+    present = {r["method"] for r in rows}
+    return [m for m in METHODS if m in present] + sorted(present - set(METHODS))
+
+
+def ratios_in(rows: Sequence[dict[str, Any]]) -> list[float]:
+    return sorted({r["labeled_ratio"] for r in rows if r["method"] not in RATIO_FREE})
+
+
+def _fmt(stats: tuple[float, float] | None) -> str:
+    return "–" if stats is None else f"{stats[0]:.2f} ± {stats[1]:.2f}"
+
+
+def _cell(rows, method: str, ratio: float, key: str) -> str:
+    return _fmt(mean_std(list(values_by_seed(rows, method, ratio, key).values())))
+
+
+def _table(header: Sequence[str], body: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(line) + " |" for line in body]
+    return "\n".join(lines)
+
+
+def table_map(rows: Sequence[dict[str, Any]]) -> str:
+    """Table A: test mAP teacher / student and val mAP (teacher) per method and ratio."""
+    ratios = ratios_in(rows)
+    header = ["method"]
+    for ratio in ratios:
+        header += [f"test mAP {ratio:.0%}: teacher / student", f"val mAP {ratio:.0%}"]
+    body = []
+    for method in methods_in(rows):
+        line = [method]
+        for ratio in ratios:
+            teacher = _cell(rows, method, ratio, "test_mAP")
+            student = (
+                "(no teacher)"
+                if method in NO_TEACHER
+                else _cell(rows, method, ratio, "test_mAP_student")
+            )
+            line += [f"{teacher} / {student}", _cell(rows, method, ratio, "val_mAP")]
+        body.append(line)
+    return _table(header, body)
+
+
+def table_differences(rows: Sequence[dict[str, Any]]) -> str:
+    """Table B: paired (same seed) differences of teacher test mAP."""
+    ratios = ratios_in(rows)
+    body = []
+    for a, b, at in comparisons(ratios):
+        cells = []
+        for ratio in ratios:
+            d = summarise_difference(paired_differences(rows, a, b, ratio)) if ratio in at else None
+            cells.append("–" if d is None else str(d))
+        if any(c != "–" for c in cells):
+            body.append([f"{a} − {b}", *cells])
+    return _table(["difference", *(f"{r:.0%} labels" for r in ratios)], body)
+
+
+def table_checks(rows: Sequence[dict[str, Any]]) -> str:
+    verdict = {True: "met", False: "**missed**", None: "no rows"}
+    return _table(
+        ["target", "value", "verdict"],
+        [[c.target, c.value, verdict[c.met]] for c in calibration_checks(rows)],
+    )
+
+
+def table_noise(rows: Sequence[dict[str, Any]]) -> str | None:
+    floor = noise_floor(rows)
+    if not floor:
+        return None
+    body = [[str(s), f"{a:.2f}", f"{b:.2f}", f"{d:.2f}"] for s, (a, b, d) in floor.items()]
+    diffs = [d for _, _, d in floor.values()]
+    body.append(["mean", "", "", f"{statistics.mean(diffs):.2f} (max {max(diffs):.2f})"])
+    return _table(["seed", "CAP", NOISE_METHOD, "|difference|"], body)
+
+
+PSEUDO_KEYS = ("pseudo/precision", "pseudo/recall")
+
+
+def table_pseudo(rows: Sequence[dict[str, Any]], ratio: float = 0.1) -> str | None:
+    methods = [m for m in ("CAP", "CSSA") if epoch_curves(rows, m, ratio, PSEUDO_KEYS)]
+    if not methods:
+        return None
+    curves = {m: epoch_curves(rows, m, ratio, PSEUDO_KEYS) for m in methods}
+    epochs = sorted({e for c in curves.values() for e in c})
+    header = ["epoch"] + [f"{m} {k.split('/')[1]}" for m in methods for k in PSEUDO_KEYS]
+    body = [
+        [str(e)] + [_fmt(curves[m].get(e, {}).get(k)) for m in methods for k in PSEUDO_KEYS]
+        for e in epochs
+    ]
+    return _table(header, body)
+
+
+def table_f1(rows: Sequence[dict[str, Any]]) -> str:
+    ratios = ratios_in(rows)
+    body = [
+        [m] + [f"{_cell(rows, m, r, 'test_CF1')} / {_cell(rows, m, r, 'test_OF1')}" for r in ratios]
+        for m in methods_in(rows)
+    ]
+    return _table(["method", *(f"CF1 / OF1 {r:.0%}" for r in ratios)], body)
+
+
+def render_markdown(protocol: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
+    """``docs/results.md`` from the protocol record and the rows."""
+    commands = protocol.get("commands") or ["(not recorded)"]
+    fields = [f.name for f in dataclasses.fields(Protocol)]
+    settings = ", ".join(f"`{k}={protocol[k]}`" for k in fields if k in protocol)
+    extra = ", ".join(
+        f"`{k}={protocol[k]}`" for k in ("data_module", "clip", "torch") if k in protocol
+    )
+    seeds = sorted({r["seed"] for r in rows if r["method"] not in SEED_FREE})
     seconds = {
-        m: statistics.mean([r["train_seconds"] for r in rows if r["method"] == m])
-        for m in methods
-        if any(r["method"] == m and r["train_seconds"] is not None for r in rows)
+        m: statistics.mean(v)
+        for m in methods_in(rows)
+        if (v := [r["train_seconds"] for r in rows if r["method"] == m and r["train_seconds"]])
     }
     timing = ", ".join(f"{m} {s:.0f} s" for m, s in seconds.items())
-    out_md.write_text(
-        "# Quality on the embedded world\n\n"
-        f"Test mAP (x100, mean ± std over seeds {seeds}; EMA teacher for mean-teacher methods) "
-        "from `python benchmarks/quality.py`; rows in `benchmarks/results/quality.json`.\n\n"
-        f"{table}\n\nMean training wall time per run (2 CPU cores, noisy): {timing}.\n\n"
-        "![mAP against labeled ratio](quality.png)\n"
+    threads = sorted({r.get("threads") for r in rows if r.get("threads") is not None})
+    parts = [
+        "# Quality on the synthetic world",
+        "## Command and protocol\n\n"
+        + "\n".join(f"    {c}" for c in commands)
+        + f"\n\nProtocol: {settings}.\n\n{extra}. Seeds {seeds} (split seed = run seed); "
+        f"threads per run {threads}. Rows: `benchmarks/results/quality.json`.",
+        "## A. Test mAP (x100, mean ± std over seeds)\n\n"
+        "EMA teacher / student for every method with a teacher (zero-shot and "
+        '"supervised" have none); val mAP is the teacher\'s, on the val split, after the last '
+        "epoch. Zero-shot and fully supervised do not depend on the ratio and repeat in every "
+        f"column.\n\n{table_map(rows)}",
+        "## B. Paired differences of teacher test mAP\n\n"
+        "Same seed (so the same split) on both sides; mean ± std over seeds and how many seeds "
+        f"are positive. Zero-shot is one run, paired with every seed.\n\n"
+        f"{table_differences(rows)}",
+        f"## Calibration targets\n\n{table_checks(rows)}",
+    ]
+    noise = table_noise(rows)
+    if noise:
+        parts.append(
+            "## Noise floor\n\n"
+            f"CAP at {NOISE_RATIO:.0%} rerun with 1 thread instead of {protocol.get('threads')} "
+            "(same seeds, all else equal): the run-to-run change of teacher test mAP with nothing "
+            f"but the thread count changed.\n\n{noise}"
+        )
+    pseudo = table_pseudo(rows)
+    if pseudo:
+        parts.append(
+            "## Pseudo-label precision / recall per epoch (10%, mean ± std over seeds)\n\n"
+            "Teacher pseudo-labels on the unlabeled stream against the hidden labels "
+            f"(monitoring only).\n\n{pseudo}\n\n![pseudo-labels](pseudo_labels.png)"
+        )
+    parts.append(f"## Test CF1 / OF1 (teacher, threshold 0.5)\n\n{table_f1(rows)}")
+    parts.append(
+        f"Mean training wall time per run: {timing or '–'}.\n\n"
+        "![teacher test mAP against labeled ratio](quality.png)"
     )
-    _plot(rows, methods, ratios, out_png)
-    return table
+    return "\n\n".join(parts) + "\n"
 
 
-def _plot(rows, methods, ratios, out_png: Path) -> None:
+# -- plots -------------------------------------------------------------------------------------
+def plot_quality(rows: Sequence[dict[str, Any]], out_png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    ratios = ratios_in(rows)
     figure, axis = plt.subplots(figsize=(8.5, 4.5))
-    for method in methods:
-        means = []
-        for ratio in ratios:
-            values = [r["test_mAP"] for r in rows if r["method"] == method and _in_column(r, ratio)]
-            means.append(statistics.mean(values) if values else float("nan"))
-        style = "--" if method in ("zero-shot", "fully supervised") else "-"
-        axis.plot([100 * r for r in ratios], means, style, marker="o", label=method)
+    for index, method in enumerate(methods_in(rows)):
+        color = f"C{index % 10}"
+        if method in RATIO_FREE:
+            stats = mean_std(
+                list(values_by_seed(rows, method, ratios[0] if ratios else 0).values())
+            )
+            if stats:
+                axis.axhline(stats[0], linestyle="--", color=color, label=method)
+            continue
+        points = [
+            (100 * r, s)
+            for r in ratios
+            if (s := mean_std(list(values_by_seed(rows, method, r).values())))
+        ]
+        if points:
+            xs = [x for x, _ in points]
+            axis.errorbar(
+                xs,
+                [s[0] for _, s in points],
+                yerr=[s[1] for _, s in points],
+                marker="o",
+                capsize=3,
+                color=color,
+                label=method,
+            )
+    axis.set_xticks([100 * r for r in ratios])
     axis.set_xlabel("labeled images (%)")
-    axis.set_ylabel("test mAP")
+    axis.set_ylabel("teacher test mAP")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out_png, dpi=120)
+    plt.close(figure)
 
 
-def _in_column(row: dict[str, Any], ratio: float) -> bool:
-    return row["method"] in RATIO_FREE or row["labeled_ratio"] == ratio
+def plot_pseudo(rows: Sequence[dict[str, Any]], out_png: Path, ratio: float = 0.1) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {m: epoch_curves(rows, m, ratio, PSEUDO_KEYS) for m in ("CAP", "CSSA")}
+    curves = {m: c for m, c in curves.items() if c}
+    if not curves:
+        return False
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharex=True)
+    for axis, key in zip(axes, PSEUDO_KEYS, strict=True):
+        for method, curve in curves.items():
+            epochs = [e for e, v in curve.items() if key in v]
+            means = [curve[e][key][0] for e in epochs]
+            stds = [curve[e][key][1] for e in epochs]
+            axis.plot(epochs, means, marker="o", label=method)
+            axis.fill_between(
+                epochs,
+                [m - s for m, s in zip(means, stds, strict=True)],
+                [m + s for m, s in zip(means, stds, strict=True)],
+                alpha=0.2,
+            )
+        axis.set_title(f"{key} ({ratio:.0%} labels)")
+        axis.set_xlabel("epoch")
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_png, dpi=120)
+    plt.close(figure)
+    return True
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1, 0.2])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--num-train", type=int, default=2000)
-    parser.add_argument("--num-test", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--warmup-epochs", type=int, default=1)
-    parser.add_argument("--labeled-batch-size", type=int, default=8)
-    parser.add_argument("--unlabeled-batch-size", type=int, default=56)
-    parser.add_argument("--lr", type=float, default=5.0e-4)
-    parser.add_argument("--head-lr", type=float, default=5.0e-3)
-    parser.add_argument("--ema-decay", type=float, default=0.99)
-    parser.add_argument("--trainable-vision-layers", type=int, default=None)
+def summarise(protocol: dict[str, Any], rows: Sequence[dict[str, Any]], docs: Path) -> str:
+    """Write ``results.md``, ``quality.png`` and ``pseudo_labels.png`` under ``docs``."""
+    markdown = render_markdown(protocol, rows)
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / "results.md").write_text(markdown)
+    plot_quality(rows, docs / "quality.png")
+    plot_pseudo(rows, docs / "pseudo_labels.png")
+    return markdown
+
+
+# -- command line ------------------------------------------------------------------------------
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _optional(kind):
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_protocol_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``Protocol`` field; absent flags stay absent (so --quick can fill them)."""
+    group = parser.add_argument_group("protocol (defaults: the Protocol dataclass)")
+    for field in dataclasses.fields(Protocol):
+        default = field.default
+        name = str(field.type)
+        kind = {"int": int, "float": float, "str": str, "bool": _bool}[name.split(" ")[0]]
+        if "None" in name:
+            kind = _optional(kind)
+        group.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=f"default {default}",
+        )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        default=None,
+        help=f"main-grid methods (default {MAIN_METHODS})",
+    )
+    parser.add_argument(
+        "--ratios",
+        type=float,
+        nargs="+",
+        default=None,
+        help=f"main-grid labeled ratios (default {MAIN_RATIOS})",
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help=f"main-grid seeds (default {MAIN_SEEDS})"
+    )
+    parser.add_argument(
+        "--main", action=argparse.BooleanOptionalAction, default=True, help="run the main grid"
+    )
+    parser.add_argument(
+        "--ablations",
+        action="store_true",
+        help=f"add the ablations at ratio {ABLATION_RATIO}, seeds {ABLATION_SEEDS}",
+    )
+    parser.add_argument(
+        "--noise-floor",
+        action="store_true",
+        help=f"add CAP at ratio {NOISE_RATIO} with 1 thread, seeds {NOISE_SEEDS}",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"1 seed, 10 %%, methods {QUICK_METHODS}, {QUICK_PROTOCOL}",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows of --out and skip their (method, ratio, seed)",
+    )
     parser.add_argument("--world-root", default="~/.cache/cssa_lightning/world")
-    parser.add_argument("--quick", action="store_true", help="1 seed, ratio 10 %%, fewer images")
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json"
     )
@@ -225,40 +781,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--summarise-only", action="store_true", help="rewrite the docs from --out, train nothing"
     )
+    add_protocol_flags(parser)
     args = parser.parse_args(argv)
-    if args.quick:
-        args.ratios, args.seeds, args.num_train, args.epochs = [0.1], [1], 1000, 3
+    names = {f.name for f in dataclasses.fields(Protocol)}
+    explicit = {k: v for k, v in vars(args).items() if k in names}
+    base = QUICK_PROTOCOL if args.quick else {}
+    args.protocol = dataclasses.replace(Protocol(), **{**base, **explicit})
+    args.methods = args.methods or (QUICK_METHODS if args.quick else MAIN_METHODS)
+    args.ratios = args.ratios or ([0.1] if args.quick else MAIN_RATIOS)
+    args.seeds = args.seeds or ([1] if args.quick else MAIN_SEEDS)
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.summarise_only:
-        print(
-            summarise(
-                json.loads(args.out.read_text()),
-                args.docs / "results.md",
-                args.docs / "quality.png",
-            )
-        )
+        protocol, rows = load_results(args.out)
+        print(summarise(protocol, rows, args.docs))
         return
+    command = " ".join(
+        ["python", "benchmarks/quality.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    protocol = protocol_record(args.protocol, command, args.world_root)
     rows: list[dict[str, Any]] = []
+    if args.resume and args.out.exists():
+        old_protocol, rows = load_results(args.out)
+        protocol = merge_protocol(old_protocol, protocol)
+    done = {row_key(r) for r in rows}
+    todo = [run for run in plan(args) if stored_key(*run[:3]) not in done]
+    print(f"{len(todo)} runs to do, {len(done)} rows kept", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    done: set[tuple[str, int]] = set()
-    for ratio in args.ratios:
-        for seed in args.seeds:
-            for method in args.methods:
-                key = (method, 0 if method == "zero-shot" else seed)
-                if method in RATIO_FREE and key in done:
-                    continue
-                done.add(key)
-                row = run_one(args, method, ratio, seed)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(rows, indent=1) + "\n")
-    table = summarise(rows, args.docs / "results.md", args.docs / "quality.png")
-    print(table)
+    for index, (method, ratio, seed, threads) in enumerate(todo, 1):
+        print(
+            f"[{index}/{len(todo)}] {method} ratio={ratio} seed={seed} threads={threads}",
+            file=sys.stderr,
+            flush=True,
+        )
+        row = run_one(args.protocol, method, ratio, seed, args.world_root, threads)
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "history"}), flush=True)
+        save_results(args.out, protocol, rows)
+    save_results(args.out, protocol, rows)
+    print(summarise(protocol, rows, args.docs))
     print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
 

@@ -2,8 +2,8 @@
 
 from cssa_lightning.clip import CLIPBackbone
 from cssa_lightning.cssa import CSSATask
-from cssa_lightning.datamodule import MultiLabelDataModule, WorldDataModule
+from cssa_lightning.datamodule import MultiLabelDataModule
 from cssa_lightning.multilabel import MultiLabelTask
 
-__all__ = ["CLIPBackbone", "CSSATask", "MultiLabelDataModule", "MultiLabelTask", "WorldDataModule"]
+__all__ = ["CLIPBackbone", "CSSATask", "MultiLabelDataModule", "MultiLabelTask"]
 __version__ = "0.1.0"

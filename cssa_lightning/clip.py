@@ -1,11 +1,13 @@
 """The CLIP wrapper: patch tokens and global feature in the joint space, class text features.
 
 Wraps any ``transformers.CLIPModel`` checkpoint (a hub id such as
-``openai/clip-vit-base-patch16`` or a local directory saved with ``save_pretrained``).
+``openai/clip-vit-base-patch16``, a local directory saved with ``save_pretrained``, or the short
+name ``"tiny-clip"`` of the checkpoint shipped with the package).
 """
 
 from __future__ import annotations
 
+import importlib.resources
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -21,12 +23,24 @@ DEFAULT_TEMPLATES = (
     "a photo of the {}.",
 )
 
-# The shipped tiny CLIP pre-trained on the synthetic world (see cssa_lightning/assets/).
-TINY_CLIP = str(Path(__file__).parent / "assets" / "tiny-clip")
+# Short names of checkpoints shipped inside the package: name -> (package, path in it).
+# "tiny-clip" is the small CLIP pre-trained on the synthetic world (see
+# cssa_lightning/synthetic/assets/tiny-clip/README.md).
+PACKAGED_CHECKPOINTS = {"tiny-clip": ("cssa_lightning.synthetic", "assets/tiny-clip")}
 
 
 def resolve_checkpoint(name: str) -> str:
-    """A local directory if ``name`` is one (``~`` expanded), else ``name`` as a hub id."""
+    """Where to load a checkpoint from.
+
+    Returns the packaged directory for a short name in :data:`PACKAGED_CHECKPOINTS`
+    (``"tiny-clip"``), else ``name`` as a local directory if one exists (``~`` expanded),
+    else ``name`` unchanged as a hub id.
+    """
+    if name in PACKAGED_CHECKPOINTS:
+        package, relative = PACKAGED_CHECKPOINTS[name]
+        # importlib.resources locates the package without running more than its light
+        # __init__ (the synthetic package loads its heavy modules lazily).
+        return str(importlib.resources.files(package).joinpath(relative))
     path = Path(name).expanduser()
     return str(path) if path.exists() else name
 

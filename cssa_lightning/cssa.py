@@ -48,6 +48,15 @@ class CSSATask(MultiLabelTask):
         use_alignment: Add the one-to-one semantic alignment loss.
         alignment_weight: Weight of the alignment loss.
         alignment_temperature: Temperature ``tau`` of the alignment loss.
+        alignment_unlabeled: Which pseudo-positives of unlabeled images the alignment pulls to
+            their texts: every pseudo-positive kept by the reliability mask (``all``), only
+            those whose teacher probability clears the threshold by ``alignment_margin``
+            (``confident``), every pseudo-positive weighted by its teacher probability
+            (``weighted``), or none: labeled images only (``none``).
+        alignment_margin: The margin of ``alignment_unlabeled="confident"``.
+        alignment_target: What each label feature is aligned with: the frozen class text
+            ``t_k``, the classifier's (learnable) prototype ``w_k`` that the label is scored
+            with, or both (mean of the two losses).
         use_context: Add the context identification task.
         num_contexts: Contexts ``K`` found by spectral clustering of labeled co-occurrence.
         context_weight: Weight of the context losses.
@@ -59,6 +68,11 @@ class CSSATask(MultiLabelTask):
         consistency_weight: Final weight ``lambda_u`` of the consistency loss.
         warmup_epochs: Epochs of supervised-only training before the other losses start.
         rampup_epochs: Epochs over which ``lambda_u`` grows linearly after the warm-up.
+        ramp_auxiliary: Ramp the alignment and context weights with the same linear ramp as
+            ``lambda_u`` (else they start at full weight when the warm-up ends).
+        teacher_restart: Restart the EMA teacher from the student when the warm-up ends, so
+            the semi-supervised phase starts from the warmed-up model (as CAP does) rather than
+            from an average that still remembers the first steps.
         pseudo_threshold: How thresholds are chosen: class-distribution-aware (CAT), one fixed
             value, or F-beta on labeled teacher scores (MAT).
         fixed_threshold: The threshold of ``pseudo_threshold="fixed"``.
@@ -83,6 +97,9 @@ class CSSATask(MultiLabelTask):
         use_alignment: bool = True,
         alignment_weight: float = 1.0,
         alignment_temperature: float = 0.07,
+        alignment_unlabeled: Literal["all", "confident", "weighted", "none"] = "all",
+        alignment_margin: float = 0.2,
+        alignment_target: Literal["text", "prototype", "both"] = "text",
         use_context: bool = True,
         num_contexts: int = 5,
         context_weight: float = 1.0,
@@ -94,6 +111,8 @@ class CSSATask(MultiLabelTask):
         consistency_weight: float = 1.0,
         warmup_epochs: int = 12,
         rampup_epochs: float = 1.0,
+        ramp_auxiliary: bool = False,
+        teacher_restart: bool = False,
         pseudo_threshold: Literal["cat", "fixed", "fbeta"] = "cat",
         fixed_threshold: float = 0.7,
         fbeta: float = 1.0,
@@ -169,15 +188,24 @@ class CSSATask(MultiLabelTask):
         self._unlabeled_seen = torch.zeros(num_unlabeled, dtype=torch.bool, device=self.device)
 
     # -- pieces of a training step (override in a subclass to change one) ---------------------
-    def unsupervised_weight(self, batch_idx: int) -> float:
-        """``lambda_u(t)``: 0 during warm-up, then a linear ramp to ``consistency_weight``."""
+    def ramp(self, batch_idx: int) -> float:
+        """0 during warm-up, then linear from 0 to 1 over ``rampup_epochs``."""
         hp = self.hparams
         batches = max(int(self.trainer.num_training_batches), 1)
         progress = self.current_epoch + batch_idx / batches - hp.warmup_epochs
         if progress < 0:
             return 0.0
-        ramp = 1.0 if hp.rampup_epochs <= 0 else min(1.0, progress / hp.rampup_epochs)
-        return hp.consistency_weight * ramp
+        return 1.0 if hp.rampup_epochs <= 0 else min(1.0, progress / hp.rampup_epochs)
+
+    def unsupervised_weight(self, batch_idx: int) -> float:
+        """``lambda_u(t)``: 0 during warm-up, then a linear ramp to ``consistency_weight``."""
+        return self.hparams.consistency_weight * self.ramp(batch_idx)
+
+    def auxiliary_weights(self, batch_idx: int) -> tuple[float, float]:
+        """Weights of the alignment and context losses at this step."""
+        hp = self.hparams
+        ramp = self.ramp(batch_idx) if hp.ramp_auxiliary else 1.0
+        return hp.alignment_weight * ramp, hp.context_weight * ramp
 
     def in_warmup(self) -> bool:
         return self.current_epoch < self.hparams.warmup_epochs
@@ -193,13 +221,32 @@ class CSSATask(MultiLabelTask):
         return pseudo_labels(probs, self.thresholds, self.hparams.reliability_margin)
 
     def alignment_loss(self, encoded: Encoded, positives: Tensor) -> Tensor:
-        """One-to-one alignment of each positive label's feature with its class text."""
-        return semantic_alignment_loss(
-            encoded.label_features,
-            self.net.class_text_features(),
-            positives,
-            self.hparams.alignment_temperature,
-        )
+        """One-to-one alignment of each positive label's feature with its class text and/or
+        its classifier prototype (``alignment_target``)."""
+        hp = self.hparams
+        targets = []
+        if hp.alignment_target in ("text", "both"):
+            targets.append(self.net.class_text_features())
+        if hp.alignment_target in ("prototype", "both"):
+            targets.append(self.net.alignment.prototypes)
+        losses = [
+            semantic_alignment_loss(
+                encoded.label_features, target, positives, hp.alignment_temperature
+            )
+            for target in targets
+        ]
+        return sum(losses) / len(losses)
+
+    def unlabeled_alignment_positives(self, probs: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+        """Weights of the unlabeled ``(image, label)`` pairs the alignment loss uses."""
+        hp = self.hparams
+        if hp.alignment_unlabeled == "confident":
+            return labels * mask * (probs >= self.thresholds + hp.alignment_margin)
+        if hp.alignment_unlabeled == "weighted":
+            return labels * mask * probs
+        if hp.alignment_unlabeled == "none":
+            return torch.zeros_like(labels)
+        return labels * mask
 
     def consistency_loss(self, strong_logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         """The supervised loss between strong-view student scores and teacher pseudo-labels."""
@@ -245,16 +292,18 @@ class CSSATask(MultiLabelTask):
                 lambda_u = self.unsupervised_weight(batch_idx)
                 if hp.use_consistency:
                     losses["cons"] = self.consistency_loss(strong.logits, labels, mask)
-                if hp.use_alignment:
-                    losses["align"] = losses["align"] + self.alignment_loss(strong, labels * mask)
+                if hp.use_alignment and hp.alignment_unlabeled != "none":
+                    positives = self.unlabeled_alignment_positives(probs, labels, mask)
+                    losses["align"] = losses["align"] + self.alignment_loss(strong, positives)
                 if hp.use_context:
                     losses["ctx"] = losses["ctx"] + self.context_loss(strong, labels)
 
+        alignment_weight, context_weight = self.auxiliary_weights(batch_idx)
         total = (
             losses["sup"]
-            + hp.alignment_weight * losses["align"]
+            + alignment_weight * losses["align"]
             + lambda_u * losses["cons"]
-            + hp.context_weight * losses["ctx"]
+            + context_weight * losses["ctx"]
         )
         size = labeled["image"].shape[0]
         log_values = {f"train/loss_{name}": value for name, value in losses.items()}
@@ -262,6 +311,12 @@ class CSSATask(MultiLabelTask):
         self.log_dict(log_values, on_step=True, on_epoch=True, batch_size=size)
         self.log("train/lambda_u", lambda_u, on_step=True, on_epoch=False, batch_size=size)
         return total
+
+    def on_train_epoch_start(self) -> None:
+        hp = self.hparams
+        if hp.teacher_restart and hp.warmup_epochs > 0 and self.current_epoch == hp.warmup_epochs:
+            self.teacher.module.load_state_dict(self.net.state_dict())
+            log.info("teacher restarted from the student at epoch %d", self.current_epoch)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.teacher.update_parameters(self.net)

@@ -7,7 +7,6 @@ labeled/unlabeled split -> torch datasets with eval/weak/strong transforms -> lo
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TypedDict
 
 import albumentations as A
@@ -28,8 +27,13 @@ from cssa_lightning.records import (
     resolve_class_names,
     split_labeled,
 )
-from cssa_lightning.tiny_clip import CLIP_MEAN, CLIP_STD
-from cssa_lightning.transforms import eval_transform, strong_transform, weak_transform
+from cssa_lightning.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    eval_transform,
+    strong_transform,
+    weak_transform,
+)
 
 log = logging.getLogger(__name__)
 
@@ -294,35 +298,3 @@ def _normalisation(checkpoint: str | None) -> tuple[tuple[float, ...], tuple[flo
         return CLIP_MEAN, CLIP_STD
     processor = AutoImageProcessor.from_pretrained(resolve_checkpoint(checkpoint))
     return tuple(processor.image_mean), tuple(processor.image_std)
-
-
-class WorldDataModule(MultiLabelDataModule):
-    """The embedded default: the synthetic world of :mod:`cssa_lightning.world`.
-
-    Writes the train and test worlds under ``root`` on first use (seconds), then behaves as
-    :class:`MultiLabelDataModule` over those image folders.
-
-    Args:
-        root: Cache directory of generated worlds.
-        num_train: Training images (split into labeled and unlabeled).
-        num_test: Test images.
-        world_image_size: Side of the generated images.
-        world_seed: Seed of the world (train and test use disjoint streams).
-        **kwargs: Options of :class:`MultiLabelDataModule` other than the sources.
-    """
-
-    def __init__(
-        self,
-        root: str = "~/.cache/cssa_lightning/world",
-        num_train: int = 5000,
-        num_test: int = 2000,
-        world_image_size: int = 64,
-        world_seed: int = 0,
-        **kwargs,
-    ):
-        from cssa_lightning.world import ensure_world
-
-        root_path = Path(root).expanduser()
-        train = ensure_world(root_path, "train", num_train, world_image_size, world_seed)
-        test = ensure_world(root_path, "test", num_test, world_image_size, world_seed)
-        super().__init__(train_source=str(train), test_source=str(test), **kwargs)

@@ -13,6 +13,11 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
+# The statistics of OpenAI's CLIP pre-processing: the default normalisation, also used by the
+# project's tiny checkpoints so that every checkpoint here normalises images the same way.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 
 def _normalise(mean: Sequence[float], std: Sequence[float]) -> list[A.BasicTransform]:
     return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]

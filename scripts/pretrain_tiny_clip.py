@@ -42,19 +42,20 @@ from PIL import Image
 from torch import Tensor
 from transformers import CLIPModel, CLIPTokenizer
 
-from cssa_lightning import world
 from cssa_lightning.clip import DEFAULT_TEMPLATES, CLIPBackbone
 from cssa_lightning.metrics import MultiLabelMetrics
-from cssa_lightning.tiny_clip import (
-    CLIP_MEAN,
-    CLIP_STD,
+from cssa_lightning.synthetic import captions, world
+from cssa_lightning.synthetic.shapes import CLASS_NAMES
+from cssa_lightning.synthetic.tiny_clip import (
     build_clip_tokenizer,
     save_clip_checkpoint,
     tiny_clip_config,
 )
-from cssa_lightning.transforms import eval_transform
+from cssa_lightning.transforms import CLIP_MEAN, CLIP_STD, eval_transform
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "cssa_lightning" / "assets" / "tiny-clip"
+DEFAULT_OUT = (
+    Path(__file__).resolve().parents[1] / "cssa_lightning" / "synthetic" / "assets" / "tiny-clip"
+)
 DEFAULT_WORLD_ROOT = Path("~/.cache/cssa_lightning/world")
 # The benchmark's test set: do not change.
 TEST_SPLIT, TEST_NUM_IMAGES, TEST_IMAGE_SIZE, TEST_SEED = "test", 2000, 64, 0
@@ -115,9 +116,9 @@ def canonical_ids(tokenizer: CLIPTokenizer) -> CLIPTokenizer:
 
 
 def build_model(args: argparse.Namespace) -> tuple[CLIPModel, CLIPTokenizer]:
-    words = [*world.vocabulary()]
+    words = [*captions.vocabulary()]
     for template in DEFAULT_TEMPLATES:
-        words += world.split_words(template.format(""))
+        words += captions.split_words(template.format(""))
     tokenizer = canonical_ids(build_clip_tokenizer(words))
     config = tiny_clip_config(
         len(tokenizer),
@@ -286,9 +287,9 @@ def evaluate_zero_shot(checkpoint: Path, world_root: Path) -> dict[str, float]:
     records = read_metadata(folder)
     backbone = CLIPBackbone(str(checkpoint)).eval()
     transform = eval_transform(backbone.image_size, CLIP_MEAN, CLIP_STD)
-    text = backbone.class_text_features(world.CLASS_NAMES, DEFAULT_TEMPLATES)
-    class_index = {name: k for k, name in enumerate(world.CLASS_NAMES)}
-    metrics = MultiLabelMetrics(len(world.CLASS_NAMES))
+    text = backbone.class_text_features(CLASS_NAMES, DEFAULT_TEMPLATES)
+    class_index = {name: k for k, name in enumerate(CLASS_NAMES)}
+    metrics = MultiLabelMetrics(len(CLASS_NAMES))
     targets = []
     for b in range(0, len(records), 250):
         chunk = records[b : b + 250]
@@ -300,7 +301,7 @@ def evaluate_zero_shot(checkpoint: Path, world_root: Path) -> dict[str, float]:
                 for r in chunk
             ]
         )
-        target = torch.zeros(len(chunk), len(world.CLASS_NAMES))
+        target = torch.zeros(len(chunk), len(CLASS_NAMES))
         for i, r in enumerate(chunk):
             target[i, [class_index[n] for n in r["labels"]]] = 1
         global_feature = backbone.encode_image(pixels).global_feature
@@ -324,9 +325,9 @@ def write_readme(args, out: Path, info: dict, zs: dict, vision_s: float, wall: f
 
 A small `transformers.CLIPModel` (ViT vision tower, {n_params / 1e6:.2f} M parameters) pre-trained
 from scratch on CPU with the standard symmetric CLIP contrastive loss on image-caption pairs of
-the synthetic world (`cssa_lightning/world.py`). It stands in for real CLIP weights, which
-cannot be downloaded here. Load it with `CLIPModel.from_pretrained(path)` or
-`cssa_lightning.clip.CLIPBackbone(cssa_lightning.clip.TINY_CLIP)`.
+the synthetic world v2 (`cssa_lightning/synthetic/world.py`). It stands in for real CLIP weights,
+which cannot be downloaded here. Load it with `CLIPModel.from_pretrained(path)` or
+`cssa_lightning.clip.CLIPBackbone("tiny-clip")` (the short name resolves to this directory).
 
 Produced by `scripts/pretrain_tiny_clip.py`:
 
@@ -350,7 +351,7 @@ Produced by `scripts/pretrain_tiny_clip.py`:
 ## Zero-shot on the benchmark test split
 
 World split `test`, 2000 images, 64x64, seed 0 (`ensure_world(root, "test", 2000, 64, seed=0)`);
-`CLIPBackbone.class_text_features(world.CLASS_NAMES, DEFAULT_TEMPLATES)`, cosine between the
+`CLIPBackbone.class_text_features(CLASS_NAMES, DEFAULT_TEMPLATES)`, cosine between the
 global image feature and each class, `MultiLabelMetrics` (x100):
 
 | mAP | chance mAP (mean class prior) |

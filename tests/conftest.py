@@ -19,7 +19,11 @@ import torch
 from PIL import Image
 from transformers import CLIPModel
 
-from cssa_lightning.tiny_clip import build_clip_tokenizer, save_clip_checkpoint, tiny_clip_config
+from cssa_lightning.synthetic.tiny_clip import (
+    build_clip_tokenizer,
+    save_clip_checkpoint,
+    tiny_clip_config,
+)
 
 CLASS_NAMES = ["red", "green", "blue", "yellow", "cyan", "magenta"]
 COLOURS = [

@@ -152,3 +152,44 @@ def test_thresholds_follow_the_first_epoch_then_refresh_per_epoch(
     assert not torch.equal(first[0], first[-1])
     # ...then stay fixed within an epoch once an epoch-end refresh has happened.
     assert all(torch.equal(second[0], t) for t in second)
+
+
+class TeacherAtEpochStart(Callback):
+    """Whether teacher and student agree at the first batch of each epoch."""
+
+    equal: dict = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            pairs = zip(
+                pl_module.net.state_dict().values(),
+                pl_module.teacher.module.state_dict().values(),
+                strict=True,
+            )
+            TeacherAtEpochStart.equal[trainer.current_epoch] = all(
+                torch.equal(a, b) for a, b in pairs
+            )
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_teacher_restarts_from_the_student_when_warmup_ends(
+    tmp_path, image_folders, tiny_clip_dir, restart
+):
+    TeacherAtEpochStart.equal = {}
+    callback = "--trainer.callbacks+=tests.test_cssa_fit.TeacherAtEpochStart"
+    options = {**FAST, "teacher_restart": restart}
+    run_fit(tmp_path, image_folders, tiny_clip_dir, options, extra=[callback])
+    # Epoch 0 starts from the student either way; epoch 1 (the first after the warm-up) only
+    # with the restart: without it the teacher is an average lagging the student.
+    assert TeacherAtEpochStart.equal == {0: True, 1: restart}
+
+
+@pytest.mark.parametrize("target", ["prototype", "both"])
+@pytest.mark.parametrize("ramp", [True, False])
+def test_alignment_target_and_auxiliary_ramp_run(
+    tmp_path, image_folders, tiny_clip_dir, target, ramp
+):
+    options = {**FAST, "alignment_target": target, "ramp_auxiliary": ramp}
+    _, metrics = run_fit(tmp_path, image_folders, tiny_clip_dir, options)
+    for key in LOSS_KEYS:
+        assert torch.isfinite(metrics[key]) and metrics[key + "_epoch"] > 0, key

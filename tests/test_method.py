@@ -8,6 +8,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cssa_lightning.clip import CLIPBackbone, zero_shot_scores
 from cssa_lightning.contexts import cluster_contexts, context_targets, cooccurrence_affinity
+from cssa_lightning.cssa import CSSATask
 from cssa_lightning.heads import AlignmentHead, LabelQueryCrossAttention
 from cssa_lightning.losses import semantic_alignment_loss
 from cssa_lightning.network import MultiLabelCLIPNet
@@ -174,3 +175,45 @@ def test_ema_teacher_follows_decay_and_has_no_gradients(tiny_clip_dir):
     assert not any(p.requires_grad for p in teacher.parameters())
     out = teacher(torch.randn(2, 3, 32, 32))
     assert not out.logits.requires_grad
+
+
+@pytest.fixture(scope="module")
+def cssa_task(tiny_clip_dir):
+    return CSSATask(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), attention_heads=4)
+
+
+def test_unlabeled_alignment_positives(cssa_task):
+    task = cssa_task
+    task.thresholds.copy_(torch.tensor([0.5, 0.5, 0.5]))
+    probs = torch.tensor([[0.9, 0.6, 0.2], [0.55, 0.8, 0.75]])
+    labels = (probs >= task.thresholds).float()
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0]])
+    expected = {
+        "all": labels * mask,
+        "confident": torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
+        "weighted": torch.tensor([[0.9, 0.6, 0.0], [0.55, 0.0, 0.75]]),
+        "none": torch.zeros(2, 3),
+    }
+    for choice, want in expected.items():
+        task.hparams.alignment_unlabeled = choice
+        got = task.unlabeled_alignment_positives(probs, labels, mask)
+        torch.testing.assert_close(got.float(), want, msg=choice)
+
+
+def test_alignment_target_prototype_follows_the_classifier(cssa_task):
+    task = cssa_task
+    features = torch.randn(2, 3, task.net.text_features.shape[1])
+    encoded = task.encode(torch.randn(2, 3, 32, 32))._replace(label_features=features)
+    positives = torch.ones(2, 3)
+    with torch.no_grad():
+        task.net.alignment.prototypes.copy_(torch.randn_like(task.net.alignment.prototypes))
+    losses = {}
+    for target in ("text", "prototype", "both"):
+        task.hparams.alignment_target = target
+        losses[target] = task.alignment_loss(encoded, positives)
+    text = semantic_alignment_loss(features, task.net.text_features, positives, 0.07)
+    proto = semantic_alignment_loss(features, task.net.alignment.prototypes, positives, 0.07)
+    torch.testing.assert_close(losses["text"], text)
+    torch.testing.assert_close(losses["prototype"], proto)
+    torch.testing.assert_close(losses["both"], (text + proto) / 2)
+    assert not torch.allclose(text, proto)

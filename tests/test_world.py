@@ -1,35 +1,52 @@
-"""Tests of the procedural world (synthetic multi-label images)."""
+"""Tests of the synthetic world v2 (cssa_lightning.synthetic): definitions, statistics, files."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from cssa_lightning import world
-from cssa_lightning.world import (
-    CLASS_NAMES,
-    CONFUSABLE_PAIRS,
-    SCENES,
+from cssa_lightning.contexts import cluster_contexts, cooccurrence_affinity
+from cssa_lightning.synthetic import world
+from cssa_lightning.synthetic.captions import make_caption, split_words, vocabulary
+from cssa_lightning.synthetic.contexts import (
+    CONTEXT_BY_NAME,
+    CONTEXT_NAMES,
+    CONTEXTS,
+    NEUTRAL_STYLES,
+)
+from cssa_lightning.synthetic.render import render_background, render_image
+from cssa_lightning.synthetic.shapes import CLASS_NAMES, CONFUSABLE_PAIRS
+from cssa_lightning.synthetic.world import (
+    ImageSpec,
     ensure_world,
+    generate_world,
     image_rng,
-    make_caption,
-    render_image,
     sample_image_spec,
-    split_words,
-    vocabulary,
 )
 
 NUM = 40
+PACKAGE = Path(__file__).parent.parent / "cssa_lightning"
 
 
 @pytest.fixture(scope="module")
-def specs() -> list[world.ImageSpec]:
+def specs() -> list[ImageSpec]:
     """3,000 train specs, sampled without rendering."""
     return [sample_image_spec(image_rng(0, "train", i)) for i in range(3000)]
+
+
+def _targets(specs: list[ImageSpec]) -> np.ndarray:
+    index = {name: k for k, name in enumerate(CLASS_NAMES)}
+    y = np.zeros((len(specs), len(CLASS_NAMES)))
+    for i, spec in enumerate(specs):
+        y[i, [index[n] for n in spec.labels]] = 1
+    return y
 
 
 def _read_metadata(folder: Path) -> list[dict]:
@@ -42,66 +59,175 @@ def _folder_bytes(folder: Path) -> dict[str, bytes]:
     }
 
 
+# -- definitions ----------------------------------------------------------------------------
+
+
 def test_definitions() -> None:
-    assert len(CLASS_NAMES) >= 20 and len(set(CLASS_NAMES)) == len(CLASS_NAMES)
-    assert len(SCENES) >= 5
-    scene_counts = Counter(c for s in SCENES for c in s.classes)
-    assert set(scene_counts) == set(CLASS_NAMES)
-    assert sum(n > 1 for n in scene_counts.values()) >= 5, "classes shared across scenes"
+    assert len(CLASS_NAMES) >= 44 and len(set(CLASS_NAMES)) == len(CLASS_NAMES)
+    assert all(name.isalpha() and name.islower() for name in (*CLASS_NAMES, *CONTEXT_NAMES))
+    assert 7 <= len(CONTEXTS) <= 9
+    membership = Counter(c for context in CONTEXTS for c in context.classes)
+    assert set(membership) == set(CLASS_NAMES), "every class belongs to a context"
+    assert sum(n >= 2 for n in membership.values()) >= 10, "classes shared across contexts"
+    assert all(7 <= len(context.classes) <= 10 for context in CONTEXTS)
+    assert len(CONFUSABLE_PAIRS) >= 7
     for a, b in CONFUSABLE_PAIRS:
-        assert a in CLASS_NAMES and b in CLASS_NAMES
+        assert a in CLASS_NAMES and b in CLASS_NAMES and a != b
+
+
+def test_core_never_imports_the_synthetic_package() -> None:
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom | ast.Import):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                names += [alias.name for alias in node.names]
+                assert not any("synthetic" in n for n in names), path.name
+    # The synthetic package's own __init__ is light: only the standard library at import.
+    init = ast.parse((PACKAGE / "synthetic" / "__init__.py").read_text())
+    imported = {
+        (n.module if isinstance(n, ast.ImportFrom) else n.names[0].name).split(".")[0]
+        for n in init.body
+        if isinstance(n, ast.ImportFrom | ast.Import)
+    }
+    assert imported <= {"__future__", "importlib", "pathlib", "typing"}
+
+
+# -- statistics of sampled specs (no rendering) ---------------------------------------------
+
+
+def test_objects_per_image(specs: list[ImageSpec]) -> None:
+    counts = Counter(len(s.objects) for s in specs)
+    assert set(counts) == set(range(1, 9))
+    assert 3.7 <= np.mean([len(s.objects) for s in specs]) <= 4.4
+    assert all(1 <= len(s.labels) <= len(s.objects) for s in specs)
+
+
+def test_small_objects_and_backgrounds(specs: list[ImageSpec]) -> None:
+    objects = [o for s in specs for o in s.objects]
+    assert 0.31 <= np.mean([o.small for o in objects]) <= 0.39
+    assert all(o.radius <= 0.08 for o in objects if o.small)
+    neutral = [s.background == "neutral" for s in specs]
+    assert 0.77 <= np.mean(neutral) <= 0.83
+    assert {s.style for s in specs if s.background == "neutral"} == set(NEUTRAL_STYLES)
+
+
+def test_out_of_context_fraction(specs: list[ImageSpec]) -> None:
+    classes = {c.name: set(c.classes) for c in CONTEXTS}
+    outside = [o.name not in classes[s.context] for s in specs for o in s.objects]
+    assert [not o.in_context for s in specs for o in s.objects] == outside
+    assert 0.085 <= np.mean(outside) <= 0.115
+
+
+def test_long_tail(specs: list[ImageSpec]) -> None:
+    counts = Counter(label for s in specs for label in s.labels)
+    assert set(counts) == set(CLASS_NAMES)
+    assert max(counts.values()) >= 15 * min(counts.values())
+
+
+def test_contexts_are_recoverable_from_cooccurrence(specs: list[ImageSpec]) -> None:
+    """Spectral clustering of label co-occurrence finds the defined contexts.
+
+    Purity: each cluster is matched to the context holding most of its classes; a class counts
+    as correct if that context contains it. Measured 1.0 on these specs; threshold 0.85.
+    """
+    affinity = cooccurrence_affinity(_targets(specs))
+    clusters = cluster_contexts(affinity, len(CONTEXTS), seed=0)
+    correct = 0
+    for k in np.unique(clusters):
+        members = [CLASS_NAMES[j] for j in np.flatnonzero(clusters == k)]
+        correct += max(sum(m in c.classes for m in members) for c in CONTEXTS)
+    assert correct / len(CLASS_NAMES) >= 0.85
+
+
+def _background_accuracy(specs: list[ImageSpec]) -> float:
+    """Balanced accuracy of a nearest-centroid rule: background mean colour -> context."""
+    features = np.stack([render_background(s, 16)[0].mean((0, 1)) for s in specs])
+    labels = np.array([CONTEXT_NAMES.index(s.context) for s in specs])
+    half = len(specs) // 2
+    centroids = np.stack(
+        [features[:half][labels[:half] == k].mean(0) for k in range(len(CONTEXT_NAMES))]
+    )
+    test, truth = features[half:], labels[half:]
+    predicted = np.argmin(((test[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+    return float(np.mean([np.mean(predicted[truth == k] == k) for k in np.unique(truth)]))
+
+
+def test_neutral_background_does_not_reveal_the_context(specs: list[ImageSpec]) -> None:
+    """Chance balanced accuracy is 1/8; context-style backgrounds show the test has power."""
+    neutral = [s for s in specs if s.background == "neutral"]
+    assert _background_accuracy(neutral) <= 1 / len(CONTEXTS) + 0.06
+    own = [s for s in specs if s.background == "context"]
+    assert _background_accuracy(own) >= 0.6
+
+
+# -- rendering and files ----------------------------------------------------------------------
+
+
+def test_render_image(specs: list[ImageSpec]) -> None:
+    image = render_image(specs[0], 48)
+    assert image.mode == "RGB" and image.size == (48, 48)
+    assert render_image(specs[0], 48).tobytes() == image.tobytes()
+    # Objects actually change the pixels: the same spec without objects differs.
+    spec = specs[0]
+    empty = dataclasses.replace(spec, objects=(), occluder=None)
+    diff = np.abs(np.asarray(render_image(empty, 48), float) - np.asarray(image, float))
+    assert diff.mean() > 3
+    with pytest.raises(ValueError, match="image_size"):
+        render_image(spec, 8)
 
 
 def test_world_on_disk(tmp_path: Path) -> None:
     folder = ensure_world(tmp_path, "train", NUM, image_size=32, seed=3)
-    assert folder == tmp_path / "train-40-32-s3"
+    assert folder == tmp_path / "v2-train-40-32-s3"
     assert (folder / "classes.txt").read_text().splitlines() == list(CLASS_NAMES)
     records = _read_metadata(folder)
     assert len(records) == NUM
     for i, rec in enumerate(records):
         assert rec["file_name"] == f"images/{i:06d}.png"
-        assert 1 <= len(rec["labels"]) <= 5
-        assert len(set(rec["labels"])) == len(rec["labels"])
+        assert 1 <= len(rec["labels"]) <= 8 and len(set(rec["labels"])) == len(rec["labels"])
         assert set(rec["labels"]) <= set(CLASS_NAMES)
-        assert rec["scene"] in world.SCENE_NAMES
+        assert rec["context"] in CONTEXT_NAMES and rec["background"] in ("neutral", "context")
         assert "caption" not in rec
-    from PIL import Image
-
     with Image.open(folder / records[0]["file_name"]) as image:
         assert image.mode == "RGB" and image.size == (32, 32)
     # Only the finished folder is left behind (no temporary folders).
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]
 
 
-def test_determinism_and_seeds(tmp_path: Path) -> None:
-    a = ensure_world(tmp_path / "a", "test", NUM, seed=1)
-    b = ensure_world(tmp_path / "b", "test", NUM, seed=1)
-    c = ensure_world(tmp_path / "c", "test", NUM, seed=2)
+def test_determinism_any_number_of_workers(tmp_path: Path, monkeypatch) -> None:
+    a = ensure_world(tmp_path / "a", "val", NUM, seed=1)
+    b = ensure_world(tmp_path / "b", "val", NUM, seed=1)
+    c = ensure_world(tmp_path / "c", "val", NUM, seed=2)
     assert _folder_bytes(a) == _folder_bytes(b)
     assert (a / "metadata.jsonl").read_bytes() != (c / "metadata.jsonl").read_bytes()
-    assert (a / "images/000000.png").read_bytes() != (c / "images/000000.png").read_bytes()
-    # Multiprocessing gives the same files as one process.
+    # Two processes, each making several chunks, give the same files as one process.
+    monkeypatch.setattr(world, "_CHUNK", 7)
     d = tmp_path / "d"
-    world.generate_world(d, "test", NUM, seed=1, workers=2)
+    generate_world(d, "val", NUM, seed=1, workers=2)
     assert _folder_bytes(d) == _folder_bytes(a)
 
 
-def test_ensure_world_reuses_complete_folder(tmp_path: Path) -> None:
+def test_splits_are_independent_streams() -> None:
+    def first_images(split: str) -> set[bytes]:
+        return {
+            render_image(sample_image_spec(image_rng(0, split, i)), 32).tobytes() for i in range(8)
+        }
+
+    images = [first_images(split) for split in world.SPLITS]
+    assert sum(len(s) for s in images) == len(set().union(*images)) == 8 * len(world.SPLITS)
+
+
+def test_ensure_world_cache_is_atomic(tmp_path: Path) -> None:
     folder = ensure_world(tmp_path, "train", 5)
     marker = folder / "images/000000.png"
     marker.write_bytes(b"kept")
     assert ensure_world(tmp_path, "train", 5) == folder
     assert marker.read_bytes() == b"kept"
-
-
-def test_splits_are_disjoint() -> None:
-    def first_images(split: str) -> list[bytes]:
-        return [
-            render_image(sample_image_spec(image_rng(0, split, i)), 32).tobytes() for i in range(10)
-        ]
-
-    pretrain, train, test = (set(first_images(s)) for s in ("pretrain", "train", "test"))
-    assert not pretrain & train and not pretrain & test and not train & test
+    # A half-written folder (no metadata) is not trusted: it is regenerated.
+    (folder / "metadata.jsonl").unlink()
+    assert ensure_world(tmp_path, "train", 5) == folder
+    assert marker.read_bytes() != b"kept" and len(_read_metadata(folder)) == 5
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]
 
 
 def test_pretrain_has_captions(tmp_path: Path) -> None:
@@ -110,57 +236,59 @@ def test_pretrain_has_captions(tmp_path: Path) -> None:
         assert rec["caption"] == rec["captions"][0]
         assert len(rec["captions"]) == world.NUM_PRETRAIN_CAPTIONS
         for caption in rec["captions"]:
-            assert set(rec["labels"]) <= set(split_words(caption))
+            mentioned = set(split_words(caption)) & set(CLASS_NAMES)
+            assert mentioned and mentioned <= set(rec["labels"])
 
 
-def test_render_image(specs: list[world.ImageSpec]) -> None:
-    image = render_image(specs[0], 48)
-    assert image.mode == "RGB" and image.size == (48, 48)
-    assert render_image(specs[0], 48).tobytes() == image.tobytes()
-    # Objects actually change the pixels: the same spec without objects differs.
-    empty = world.ImageSpec(specs[0].scene, (), None, specs[0].noise_std, specs[0].seed)
-    diff = np.abs(np.asarray(render_image(empty, 48), float) - np.asarray(image, float))
-    assert diff.mean() > 3
+# -- captions -------------------------------------------------------------------------------
 
 
-def test_labels_per_image(specs: list[world.ImageSpec]) -> None:
-    counts = Counter(len(s.labels) for s in specs)
-    assert set(counts) <= {1, 2, 3, 4, 5}
-    assert counts[1] and counts[3] and counts[5]
-
-
-def test_out_of_scene_fraction(specs: list[world.ImageSpec]) -> None:
-    scene_classes = {s.name: set(s.classes) for s in SCENES}
-    outside = [o.name not in scene_classes[s.scene] for s in specs for o in s.objects]
-    assert 0.09 <= np.mean(outside) <= 0.15
-
-
-def test_long_tail(specs: list[world.ImageSpec]) -> None:
-    counts = Counter(label for s in specs for label in s.labels)
-    assert set(counts) == set(CLASS_NAMES)
-    assert max(counts.values()) >= 5 * min(counts.values())
-
-
-def test_captions_and_vocabulary(specs: list[world.ImageSpec]) -> None:
+def test_captions_and_vocabulary(specs: list[ImageSpec]) -> None:
     vocab = set(vocabulary())
-    assert all(word == word.lower() and word.isalpha() for word in vocab)
+    assert all(word.isalpha() and word.islower() for word in vocab)
     rng = np.random.default_rng(0)
     used: set[str] = set()
+    with_setting = mentions = small_mentions = small_total = large_total = 0
     for spec in specs[:2000]:
-        words = split_words(make_caption(spec.labels, spec.scene, rng))
-        assert set(spec.labels) <= set(words)
-        assert set(words) <= vocab
+        names = [o.name for o in spec.objects]
+        caption = make_caption(names, spec.context, rng, [o.small for o in spec.objects])
+        words = split_words(caption)
+        assert set(words) <= vocab, caption
+        assert set(words) & set(CLASS_NAMES) <= set(names)
         used |= set(words)
-    assert used | set(CLASS_NAMES) | set(world.SCENE_NAMES) == vocab, "unused template words"
+        with_setting += any(s in caption for s in CONTEXT_BY_NAME[spec.context].settings) or (
+            spec.context in words
+        )
+        if len(set(names)) == len(names):  # unique classes: mentions are countable
+            for o in spec.objects:
+                hit = o.name in words
+                if o.small:
+                    small_total, small_mentions = small_total + 1, small_mentions + hit
+                else:
+                    large_total, mentions = large_total + 1, mentions + hit
+    assert used | set(CLASS_NAMES) | set(CONTEXT_NAMES) == vocab, "unused vocabulary words"
+    assert 0.3 <= with_setting / 2000 <= 0.5
+    assert small_mentions / small_total < mentions / large_total - 0.1
     for name in CLASS_NAMES:
-        assert set(split_words(f"a photo of a {name}.")) <= vocab
+        for template in ("a photo of a {}.", "a picture of a {}.", "a photo of the {}."):
+            assert set(split_words(template.format(name))) <= vocab
 
 
 def test_captions_vary() -> None:
     rng = np.random.default_rng(0)
-    captions = {make_caption(["apple", "cup"], "kitchen", rng) for _ in range(200)}
-    assert len(captions) > 10
-    assert any("kitchen" in c for c in captions) and any("kitchen" not in c for c in captions)
+    texts = {make_caption(["apple", "cup", "spoon"], "kitchen", rng) for _ in range(300)}
+    assert len(texts) > 60
+    assert any("kitchen" in c for c in texts) and any("kitchen" not in c for c in texts)
+
+
+def test_bad_caption_arguments() -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="objects"):
+        make_caption([], "kitchen", rng)
+    with pytest.raises(ValueError, match="objects"):
+        make_caption(["dragon"], "kitchen", rng)
+    with pytest.raises(ValueError, match="context"):
+        make_caption(["apple"], "moon", rng)
 
 
 @pytest.mark.parametrize(
@@ -178,18 +306,22 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict, argument: str) -> None:
         ensure_world(**args)
 
 
-def test_bad_caption_arguments() -> None:
-    rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="labels"):
-        make_caption([], "kitchen", rng)
-    with pytest.raises(ValueError, match="labels"):
-        make_caption(["dragon"], "kitchen", rng)
-    with pytest.raises(ValueError, match="scene"):
-        make_caption(["apple"], "moon", rng)
-
-
 def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     world.main(["--root", str(tmp_path), "--split", "test", "--num-images", "3"])
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == str(tmp_path / "test-3-64-s0")
+    assert out[0] == str(tmp_path / "v2-test-3-64-s0")
     assert out[1].startswith("took ")
+
+
+def test_world_datamodule_writes_val_split(tmp_path: Path) -> None:
+    from cssa_lightning.synthetic import WorldDataModule
+
+    data = WorldDataModule(root=str(tmp_path), num_train=12, num_val=6, num_test=5)
+    assert data.class_names == list(CLASS_NAMES)
+    assert Path(data.val_source) == tmp_path / "v2-val-6-64-s0"
+    assert Path(data.test_source) == tmp_path / "v2-test-5-64-s0"
+    data.setup("fit")
+    assert len(data.val_table) == 6 and len(data.test_table) == 5
+    assert (
+        WorldDataModule(root=str(tmp_path), num_train=12, num_val=0, num_test=5).val_source is None
+    )

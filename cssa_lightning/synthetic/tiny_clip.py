@@ -14,10 +14,17 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-# The statistics of OpenAI's CLIP pre-processing; the tiny models reuse them so that every
-# checkpoint in this project normalises images the same way.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# The tiny models reuse OpenAI CLIP's statistics so that every checkpoint in this project
+# normalises images the same way (re-exported here for the scripts).
+from cssa_lightning.transforms import CLIP_MEAN, CLIP_STD
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "build_clip_tokenizer",
+    "save_clip_checkpoint",
+    "tiny_clip_config",
+]
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"

@@ -1,0 +1,37 @@
+"""The synthetic benchmark world (demo data) and the tiny CLIP pre-trained on it.
+
+Core modules never import this package. Its attributes load lazily, so importing it (or
+locating its packaged assets with ``importlib.resources``) stays cheap:
+
+* :class:`WorldDataModule` (:mod:`.datamodule`): the embedded default data module;
+* :data:`CLASS_NAMES` (:mod:`.shapes`) and :func:`ensure_world` (:mod:`.world`);
+* :data:`TINY_CLIP`: the directory of the shipped tiny CLIP (also reachable anywhere a
+  checkpoint is accepted by its short name ``"tiny-clip"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CLASS_NAMES", "TINY_CLIP", "WorldDataModule", "ensure_world"]
+
+#: Directory of the shipped tiny CLIP checkpoint.
+TINY_CLIP = str(Path(__file__).parent / "assets" / "tiny-clip")
+
+_LAZY = {
+    "WorldDataModule": "cssa_lightning.synthetic.datamodule",
+    "CLASS_NAMES": "cssa_lightning.synthetic.shapes",
+    "ensure_world": "cssa_lightning.synthetic.world",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,0 +1,145 @@
+"""Alt-text-like captions of world images, for CLIP pre-training, and their closed vocabulary.
+
+A caption mentions a random non-empty subset of an image's objects (like real alt text, it
+rarely lists everything, and small objects are mentioned less often), sometimes the setting,
+in varied wording. Every word it can contain is in :func:`vocabulary`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from cssa_lightning.synthetic.contexts import CONTEXT_BY_NAME, CONTEXT_NAMES, CONTEXTS
+from cssa_lightning.synthetic.shapes import CLASS_BY_NAME, CLASS_NAMES
+
+# Probability that a caption keeps an object (small objects are easier to overlook).
+MENTION_PROB = 0.65
+SMALL_MENTION_PROB = 0.4
+# Probability that a caption names the setting.
+SETTING_PROB = 0.4
+
+# Templates over the object phrase ({objects}: "a cup and two apple"; {bare}: "cup, apple").
+_TEMPLATES: tuple[str, ...] = (
+    "{bare}",
+    "{objects}",
+    "a photo of {objects}",
+    "a picture of {objects}",
+    "an image of {objects}",
+    "this photo shows {objects}",
+    "there is {objects}",
+    "close up of {objects}",
+    "a snapshot of {objects}",
+    "look at {objects}",
+    "{objects} together",
+    "my {bare}",
+    "a simple drawing of {objects}",
+    "just {objects}",
+)
+# Templates that name the setting ({setting}: "on the beach"; {context}: "beach").
+_SETTING_TEMPLATES: tuple[str, ...] = (
+    "{objects} {setting}",
+    "a photo of {objects} {setting}",
+    "a picture of {objects} {setting}",
+    "{setting}: {bare}",
+    "a {context} scene with {objects}",
+    "a {context} with {objects}",
+    "{context}: {bare}",
+    "there is {objects} {setting}",
+)
+_JOINERS: tuple[str, ...] = (" and ", ", ", " with ", " plus ", " next to ", " near ")
+# Prompt templates used at zero-shot time (cssa_lightning.clip.DEFAULT_TEMPLATES).
+_PROMPT_WORDS: tuple[str, ...] = ("a", "photo", "picture", "of", "the")
+
+
+def split_words(text: str) -> list[str]:
+    """Lowercase words of a caption or prompt, punctuation stripped."""
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def _article(name: str) -> str:
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def _join(parts: Sequence[str], rng: np.random.Generator) -> str:
+    if len(parts) == 1:
+        return parts[0]
+    joiner = _JOINERS[int(rng.integers(len(_JOINERS)))]
+    if joiner == ", " and rng.random() < 0.5:
+        return ", ".join(parts[:-1]) + " and " + parts[-1]
+    return joiner.join(parts)
+
+
+def make_caption(
+    objects: Sequence[str],
+    context: str,
+    rng: np.random.Generator,
+    small: Sequence[bool] | None = None,
+) -> str:
+    """An alt-text-like caption of an image.
+
+    Args:
+        objects: Class name of every object in the image (repeats allowed, at least one).
+        context: The image's context name.
+        rng: Random generator choosing subset, order and phrasing.
+        small: Per object, whether it is small (mentioned less often); ``None``: none is.
+
+    Returns:
+        A caption such as "a cup with two apple", "spoon, plate" or "a photo of a crab on
+        the beach". The class names it contains are a non-empty subset of ``objects``.
+
+    Raises:
+        ValueError: If ``objects`` is empty or a name is unknown, or ``context`` is unknown.
+    """
+    if not objects:
+        raise ValueError("objects must not be empty")
+    unknown = [n for n in objects if n not in CLASS_BY_NAME]
+    if unknown:
+        raise ValueError(f"objects has unknown class names {unknown}")
+    if context not in CONTEXT_BY_NAME:
+        raise ValueError(f"context {context!r} is unknown")
+    small = [False] * len(objects) if small is None else list(small)
+    keep_prob = np.where(small, SMALL_MENTION_PROB, MENTION_PROB)
+    kept = rng.random(len(objects)) < keep_prob
+    if not kept.any():
+        kept[int(rng.integers(len(objects)))] = True
+    counts: dict[str, int] = {}
+    for name, keep in zip(objects, kept.tolist(), strict=True):
+        if keep:
+            counts[name] = counts.get(name, 0) + 1
+    names = [str(n) for n in rng.permutation(list(counts))]
+    bare = _join(names, rng)
+    objects_phrase = _join(
+        [f"two {n}" if counts[n] >= 2 and rng.random() < 0.7 else _article(n) for n in names],
+        rng,
+    )
+    if rng.random() < SETTING_PROB:
+        settings = CONTEXT_BY_NAME[context].settings
+        template = _SETTING_TEMPLATES[int(rng.integers(len(_SETTING_TEMPLATES)))]
+        setting = settings[int(rng.integers(len(settings)))]
+    else:
+        template = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))]
+        setting = ""
+    return template.format(objects=objects_phrase, bare=bare, setting=setting, context=context)
+
+
+def template_words() -> set[str]:
+    """Every word of the caption machinery besides class and context names."""
+    words = {"a", "an", "two", *_PROMPT_WORDS}
+    for text in (*_TEMPLATES, *_SETTING_TEMPLATES, *_JOINERS):
+        words |= set(split_words(re.sub(r"\{\w+\}", " ", text)))
+    for context in CONTEXTS:
+        for setting in context.settings:
+            words |= set(split_words(setting))
+    return words
+
+
+def vocabulary() -> list[str]:
+    """Every word a caption or a prompt like "a photo of a {name}." can hold.
+
+    Returns:
+        Sorted unique lowercase words: template and setting words, class and context names.
+    """
+    return sorted(template_words() | set(CLASS_NAMES) | set(CONTEXT_NAMES))

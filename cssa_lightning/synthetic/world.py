@@ -1,0 +1,441 @@
+"""World v2: a procedural multi-label image benchmark where context and unlabeled data help.
+
+No real images or weights can be downloaded, so the project draws its own. Each image picks a
+context (kitchen, beach, ..., see :mod:`.contexts`) and 1-8 objects (:mod:`.shapes`), most of
+them from the context's long-tailed class list; backgrounds are mostly neutral, so what tells
+the context is which objects co-occur. About a third of the objects are small (ambiguous on
+their own at 64 px), objects overlap partially and some are partly hidden by a bar or the
+image border; a few class pairs are deliberately confusable.
+
+Generation is split in two so tests can check statistics cheaply:
+
+* :func:`sample_image_spec` draws an :class:`ImageSpec` (what is where) from a random
+  generator, without any pixels;
+* :func:`cssa_lightning.synthetic.render.render_image` turns a spec into a PIL image.
+
+Worlds are written in the project's user data format::
+
+    <folder>/
+        images/000000.png ...
+        metadata.jsonl   # {"file_name": "images/000000.png", "labels": ["apple", "cup"],
+                         #  "context": "kitchen", "background": "neutral"}
+        classes.txt      # all of CLASS_NAMES, one per line, in order
+
+The ``pretrain`` split's lines also carry ``"caption"`` and ``"captions"`` (a list of
+:data:`NUM_PRETRAIN_CAPTIONS` alt-text-like captions, the first equal to ``"caption"``).
+Every image has its own random stream (:func:`image_rng`), so the files are byte-identical
+whatever the number of worker processes, and the splits are independent.
+
+Command line::
+
+    python -m cssa_lightning.synthetic.world --root DIR --split train --num-images N \\
+        --seed S --image-size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from cssa_lightning.synthetic.captions import make_caption
+from cssa_lightning.synthetic.contexts import (
+    CONTEXT_BACKGROUND_PROB,
+    CONTEXT_PROBS,
+    CONTEXT_WEIGHTS,
+    CONTEXTS,
+    NEUTRAL_STYLES,
+    OUT_OF_CONTEXT_PROB,
+    OUTSIDE_CLASSES,
+)
+from cssa_lightning.synthetic.render import render_image
+from cssa_lightning.synthetic.shapes import CLASS_BY_NAME, CLASS_NAMES
+
+Split = Literal["pretrain", "train", "val", "test"]
+SPLITS: tuple[str, ...] = ("pretrain", "train", "val", "test")
+#: Part of every world folder name, so caches of other world versions are never reused.
+WORLD_VERSION = "v2"
+
+# Probability of 1, 2, ..., 8 objects being attempted per image.
+NUM_OBJECTS_PROBS = (0.10, 0.16, 0.18, 0.17, 0.14, 0.11, 0.08, 0.06)
+# Probability that an object is small (radius SMALL_RADIUS of the image side: 6-10 px at 64).
+SMALL_PROB = 0.35
+SMALL_RADIUS = (0.05, 0.08)
+# Radius range (fraction of the image side) of normal objects by number of objects: crowded
+# images need smaller objects so they fit without hiding each other.
+_RADIUS_RANGE = {
+    1: (0.22, 0.34),
+    2: (0.18, 0.27),
+    3: (0.16, 0.23),
+    4: (0.14, 0.2),
+    5: (0.13, 0.19),
+    6: (0.12, 0.17),
+    7: (0.11, 0.16),
+    8: (0.1, 0.15),
+}
+# Two objects' centres must be at least this fraction of the sum of their radii apart, so
+# overlap is partial and every labelled object stays visible.
+_MIN_CENTRE_GAP = 0.72
+# Probability that an image gets an extra occluder (a bar of background colour).
+OCCLUDER_PROB = 0.3
+NUM_PRETRAIN_CAPTIONS = 5
+# Images per task handed to a worker process (the output does not depend on it).
+_CHUNK = 200
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """One object to draw.
+
+    Attributes:
+        name: Class name.
+        x: Centre x as a fraction of the image width.
+        y: Centre y as a fraction of the image height.
+        radius: Half the object's extent as a fraction of the image size.
+        rotation: Degrees, clockwise on screen.
+        flip: Mirror left-right before rotating.
+        brightness: Multiplies every colour of the object.
+        tint: Added to every colour of the object (per channel).
+        in_context: Whether the class was drawn from the image context's classes.
+        small: Whether the object was drawn small.
+    """
+
+    name: str
+    x: float
+    y: float
+    radius: float
+    rotation: float
+    flip: bool
+    brightness: float
+    tint: tuple[float, float, float]
+    in_context: bool
+    small: bool
+
+
+@dataclass(frozen=True)
+class OccluderSpec:
+    """A bar in a background colour covering one side of an object.
+
+    Attributes:
+        target: Index of the object it covers part of.
+        angle: Direction (degrees) from the object centre towards the bar.
+        offset: Distance from the object centre to the bar's near edge, in object radii.
+        color_index: Which of the background's two base colours the bar takes.
+    """
+
+    target: int
+    angle: float
+    offset: float
+    color_index: int
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Everything needed to render one image.
+
+    Attributes:
+        context: Context name.
+        background: ``"neutral"`` (context-free style) or ``"context"`` (the context's own).
+        style: Background style name.
+        objects: Objects in drawing order (later ones are on top).
+        occluder: Optional bar that hides part of one object.
+        noise_std: Standard deviation of the Gaussian pixel noise (0-255 scale).
+        seed: Seeds the background texture and the pixel noise.
+    """
+
+    context: str
+    background: str
+    style: str
+    objects: tuple[ObjectSpec, ...]
+    occluder: OccluderSpec | None
+    noise_std: float
+    seed: int
+
+    @property
+    def labels(self) -> list[str]:
+        """Unique class names present, in CLASS_NAMES order."""
+        present = {o.name for o in self.objects}
+        return [name for name in CLASS_NAMES if name in present]
+
+
+def sample_image_spec(rng: np.random.Generator) -> ImageSpec:
+    """Draw what one image shows, without rendering it.
+
+    Args:
+        rng: Random generator; the spec is a pure function of its state.
+
+    Returns:
+        The image spec. It has 1-8 objects; an object whose placement keeps failing is
+        dropped rather than allowed to hide another one.
+    """
+    context = CONTEXTS[int(rng.choice(len(CONTEXTS), p=CONTEXT_PROBS))]
+    if rng.random() < CONTEXT_BACKGROUND_PROB:
+        background, style = "context", context.style
+    else:
+        background, style = "neutral", NEUTRAL_STYLES[int(rng.integers(len(NEUTRAL_STYLES)))]
+    weights = CONTEXT_WEIGHTS[context.name]
+    outside = OUTSIDE_CLASSES[context.name]
+    n = int(rng.choice(len(NUM_OBJECTS_PROBS), p=NUM_OBJECTS_PROBS)) + 1
+    lo, hi = _RADIUS_RANGE[n]
+
+    objects: list[ObjectSpec] = []
+    for _ in range(n):
+        in_context = bool(rng.random() >= OUT_OF_CONTEXT_PROB)
+        if in_context:
+            name = context.classes[int(rng.choice(len(context.classes), p=weights))]
+        else:
+            name = outside[int(rng.integers(len(outside)))]
+        small = bool(rng.random() < SMALL_PROB)
+        radius = float(rng.uniform(*SMALL_RADIUS) if small else rng.uniform(lo, hi))
+        # Centres may sit close to the border so some objects are cropped (up to ~35% of
+        # their radius), another form of partial occlusion.
+        margin = 0.65 * radius
+        for _attempt in range(25):
+            x, y = (float(v) for v in rng.uniform(margin, 1 - margin, size=2))
+            if all(
+                math.hypot(x - o.x, y - o.y) >= _MIN_CENTRE_GAP * (radius + o.radius)
+                for o in objects
+            ):
+                break
+        else:
+            continue
+        max_rot = CLASS_BY_NAME[name].max_rotation
+        tint = rng.normal(0.0, 9.0, size=3).tolist()
+        objects.append(
+            ObjectSpec(
+                name=name,
+                x=x,
+                y=y,
+                radius=radius,
+                rotation=float(rng.uniform(-max_rot, max_rot)),
+                flip=bool(rng.random() < 0.5),
+                brightness=float(rng.uniform(0.85, 1.12)),
+                tint=(tint[0], tint[1], tint[2]),
+                in_context=in_context,
+                small=small,
+            )
+        )
+
+    occluder = None
+    if rng.random() < OCCLUDER_PROB:
+        occluder = OccluderSpec(
+            target=int(rng.integers(len(objects))),
+            angle=float(rng.uniform(0, 360)),
+            offset=float(rng.uniform(0.25, 0.6)),
+            color_index=int(rng.integers(2)),
+        )
+    return ImageSpec(
+        context=context.name,
+        background=background,
+        style=style,
+        objects=tuple(objects),
+        occluder=occluder,
+        noise_std=float(rng.uniform(2.0, 12.0)),
+        seed=int(rng.integers(2**31)),
+    )
+
+
+# --------------------------------------------------------------------------
+# Writing worlds to disk.
+# --------------------------------------------------------------------------
+
+
+def _split_code(split: str) -> int:
+    # A stable per-split number (Python's hash() is salted per process).
+    return zlib.crc32(split.encode())
+
+
+def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The random stream of one image of one split.
+
+    Every image has its own stream so images can be made in any order or process and the
+    result is the same; streams of different splits are independent, so the pretrain, train,
+    val and test splits are disjoint.
+    """
+    return np.random.default_rng([seed, _split_code(split), index])
+
+
+def _check_args(split: str, num_images: int, image_size: int, seed: int) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if num_images <= 0:
+        raise ValueError(f"num_images must be positive, got {num_images}")
+    if image_size < 16:
+        raise ValueError(f"image_size must be at least 16, got {image_size}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+
+
+def world_dir_name(split: str, num_images: int, image_size: int = 64, seed: int = 0) -> str:
+    """Folder name of a world: ``v2-<split>-<num_images>-<image_size>-s<seed>``."""
+    return f"{WORLD_VERSION}-{split}-{num_images}-{image_size}-s{seed}"
+
+
+def image_record(split: str, index: int, seed: int) -> tuple[ImageSpec, dict[str, object]]:
+    """The spec of image ``index`` and its metadata line (without rendering)."""
+    rng = image_rng(seed, split, index)
+    spec = sample_image_spec(rng)
+    record: dict[str, object] = {
+        "file_name": f"images/{index:06d}.png",
+        "labels": spec.labels,
+        "context": spec.context,
+        "background": spec.background,
+    }
+    if split == "pretrain":
+        names = [o.name for o in spec.objects]
+        small = [o.small for o in spec.objects]
+        captions = [
+            make_caption(names, spec.context, rng, small) for _ in range(NUM_PRETRAIN_CAPTIONS)
+        ]
+        record["caption"] = captions[0]
+        record["captions"] = captions
+    return spec, record
+
+
+def _make_one(args: tuple[Path, str, int, int, int]) -> str:
+    """Render and save image ``index``; return its metadata line."""
+    out_dir, split, index, image_size, seed = args
+    spec, record = image_record(split, index, seed)
+    render_image(spec, image_size).save(out_dir / str(record["file_name"]))
+    return json.dumps(record)
+
+
+def _make_chunk(args: tuple[Path, str, int, int, int, int]) -> list[str]:
+    out_dir, split, start, stop, image_size, seed = args
+    return [_make_one((out_dir, split, i, image_size, seed)) for i in range(start, stop)]
+
+
+def generate_world(
+    out_dir: Path,
+    split: Split,
+    num_images: int,
+    image_size: int = 64,
+    seed: int = 0,
+    workers: int | None = None,
+) -> None:
+    """Write a world into ``out_dir`` (which must not hold one already).
+
+    Most callers want :func:`ensure_world`, which also caches and never leaves a
+    half-written folder.
+
+    Args:
+        out_dir: Folder to fill; created if missing.
+        split: Which split's random stream to use.
+        num_images: How many images.
+        image_size: Width and height in pixels.
+        seed: Base seed.
+        workers: Processes to use; default is up to 2, and 1 for small worlds where starting
+            processes costs more than it saves.
+
+    Raises:
+        ValueError: On a bad argument.
+    """
+    _check_args(split, num_images, image_size, seed)
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    if workers is None:
+        workers = 1 if num_images < 500 else min(2, os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"workers must be positive, got {workers}")
+    chunks = [
+        (out_dir, split, start, min(start + _CHUNK, num_images), image_size, seed)
+        for start in range(0, num_images, _CHUNK)
+    ]
+    if workers == 1:
+        parts = [_make_chunk(chunk) for chunk in chunks]
+    else:
+        # Fork where it exists: workers then skip re-importing the package (which pulls in
+        # torch and transformers) and start instantly.
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else None)
+        with context.Pool(workers) as pool:
+            parts = pool.map(_make_chunk, chunks, chunksize=1)
+    lines = [line for part in parts for line in part]
+    (out_dir / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    (out_dir / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "metadata.jsonl").is_file() and (folder / "classes.txt").is_file()
+
+
+def ensure_world(
+    root: Path | str,
+    split: Split,
+    num_images: int,
+    image_size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Return the folder of a world, generating it first if needed.
+
+    The world is written to a temporary folder under ``root`` and renamed into place when
+    complete, so an interrupted run never leaves a half world.
+
+    Args:
+        root: Parent folder of all worlds.
+        split: "pretrain", "train", "val" or "test"; each has its own random stream.
+        num_images: How many images.
+        image_size: Width and height in pixels.
+        seed: Base seed; the same arguments always give byte-identical files.
+
+    Returns:
+        ``root / world_dir_name(split, num_images, image_size, seed)``.
+
+    Raises:
+        ValueError: On a bad argument.
+    """
+    _check_args(split, num_images, image_size, seed)
+    root = Path(root)
+    final = root / world_dir_name(split, num_images, image_size, seed)
+    if _is_complete(final):
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    try:
+        generate_world(tmp, split, num_images, image_size, seed)
+        if final.exists() and not _is_complete(final):
+            # Not produced by this code (rename is atomic); start over.
+            shutil.rmtree(final)
+        try:
+            tmp.rename(final)
+        except OSError:
+            # Another process finished the same world first.
+            if not _is_complete(final):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line entry point: generate (or find) one world."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", type=Path, required=True, help="parent folder of worlds")
+    parser.add_argument("--split", choices=SPLITS, required=True)
+    parser.add_argument("--num-images", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        folder = ensure_world(args.root, args.split, args.num_images, args.image_size, args.seed)
+    except ValueError as err:
+        parser.error(str(err))
+    print(folder)
+    print(f"took {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

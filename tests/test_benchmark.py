@@ -1,0 +1,284 @@
+"""The quality benchmark's summary (on hand-made rows) and the ``EpochHistory`` callback."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import LightningModule, Trainer
+
+from cssa_lightning.callbacks import EpochHistory
+
+
+def _load_benchmark():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py"
+    spec = importlib.util.spec_from_file_location("benchmark_quality", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+quality = _load_benchmark()
+
+
+def row(method, ratio, seed, mAP, student=None, **extra):
+    return {
+        "method": method,
+        "labeled_ratio": ratio,
+        "seed": seed,
+        "test_mAP": mAP,
+        "test_mAP_student": mAP - 1 if student is None else student,
+        "test_CF1": 30.0,
+        "test_OF1": 40.0,
+        "val_mAP": mAP + 0.5,
+        "val_mAP_student": mAP,
+        "pseudo_precision": None,
+        "pseudo_recall": None,
+        "train_seconds": 10.0,
+        "threads": 2,
+        "history": None,
+        **extra,
+    }
+
+
+def history(precisions, recalls):
+    return [
+        {"epoch": e, "pseudo/precision": p, "pseudo/recall": r, "train/loss": 1.0}
+        for e, (p, r) in enumerate(zip(precisions, recalls, strict=True))
+    ]
+
+
+@pytest.fixture
+def rows():
+    rows = [row("zero-shot", 0.0, 0, 40.0)]
+    for seed, cap, sup, full in [
+        (1, 50.0, 46.0, 60.0),
+        (2, 52.0, 47.0, 58.0),
+        (3, 49.0, 50.0, 62.0),
+    ]:
+        rows += [row("CAP", 0.1, seed, cap), row("supervised+EMA", 0.1, seed, sup)]
+        rows.append(row("fully supervised", 1.0, seed, full))
+    for seed, cap, sup in [(1, 45.0, 41.0), (2, 46.0, 42.0), (3, 47.0, 44.0)]:
+        rows += [row("CAP", 0.05, seed, cap), row("supervised+EMA", 0.05, seed, sup)]
+    rows += [row("CAP (1 thread)", 0.1, 1, 50.5), row("CAP (1 thread)", 0.1, 2, 51.0)]
+    # Pseudo-label histories of CAP at 10 % for two seeds.
+    rows[1]["history"] = history([60.0, 70.0], [30.0, 40.0])
+    rows[4]["history"] = history([62.0, 74.0], [32.0, 44.0])
+    return rows
+
+
+def test_paired_differences_and_positive_counts(rows):
+    diffs = quality.paired_differences(rows, "CAP", "supervised+EMA", 0.1)
+    assert diffs == {1: 4.0, 2: 5.0, 3: -1.0}
+    d = quality.summarise_difference(diffs)
+    assert d.mean == pytest.approx(8 / 3)
+    # deviations 4/3, 7/3, -11/3: sum of squares 186/9, / (n - 1) = 31/3
+    assert d.std == pytest.approx(math.sqrt(31 / 3))
+    assert (d.positive, d.n) == (2, 3)
+    assert str(d) == "+2.67 ± 3.21 (2/3 seeds > 0)"
+    # Ratio-free methods count in every column; zero-shot (one run) pairs with every seed.
+    assert quality.paired_differences(rows, "fully supervised", "supervised+EMA", 0.1) == {
+        1: 14.0,
+        2: 11.0,
+        3: 12.0,
+    }
+    assert quality.paired_differences(rows, "supervised+EMA", "zero-shot", 0.05) == {
+        1: 1.0,
+        2: 2.0,
+        3: 4.0,
+    }
+    assert quality.paired_differences(rows, "zero-shot", "CAP", 0.1) == {
+        1: -10.0,
+        2: -12.0,
+        3: -9.0,
+    }
+    assert quality.paired_differences(rows, "CSSA", "CAP", 0.1) == {}
+    assert quality.summarise_difference({}) is None
+
+
+def test_calibration_verdicts(rows):
+    checks = quality.calibration_checks(rows)
+    assert [c.met for c in checks] == [True, False, True, True]
+    assert checks[0].value == "+3.67 ± 0.58 (3/3 seeds > 0)"  # 4, 4, 3 at 5 %
+    assert checks[2].value.startswith("+12.33")  # 14, 11, 12
+    assert checks[3].value == "zero-shot 40.00, fully supervised − 15 = 45.00"
+    # Without the fully supervised rows those two checks have nothing to say.
+    partial = [r for r in rows if r["method"] != "fully supervised"]
+    assert [c.met for c in quality.calibration_checks(partial)] == [True, False, None, None]
+    # All CAP seeds positive but the mean below 3: missed.
+    low = [dict(r, test_mAP=r["test_mAP"] - 1.5) if r["method"] == "CAP" else r for r in rows]
+    assert quality.calibration_checks(low)[0].met is False
+
+
+def test_noise_floor_and_epoch_curves(rows):
+    floor = quality.noise_floor(rows)
+    assert floor == {1: (50.0, 50.5, 0.5), 2: (52.0, 51.0, 1.0)}
+    curves = quality.epoch_curves(rows, "CAP", 0.1, quality.PSEUDO_KEYS)
+    assert list(curves) == [0, 1]
+    assert curves[0]["pseudo/precision"] == pytest.approx((61.0, math.sqrt(2)))
+    assert curves[1]["pseudo/recall"] == pytest.approx((42.0, math.sqrt(8)))
+    assert quality.epoch_curves(rows, "CSSA", 0.1, quality.PSEUDO_KEYS) == {}
+
+
+def test_tables_and_summary_files(rows, tmp_path):
+    table = quality.table_map(rows)
+    cap = next(line for line in table.splitlines() if line.startswith("| CAP |"))
+    # 5 %: teacher 45, 46, 47 / student 44, 45, 46; val 45.5, 46.5, 47.5
+    assert "46.00 ± 1.00 / 45.00 ± 1.00 | 46.50 ± 1.00" in cap
+    zero = next(line for line in table.splitlines() if line.startswith("| zero-shot |"))
+    assert "40.00 ± 0.00 / (no teacher)" in zero
+    differences = quality.table_differences(rows)
+    assert "| CAP − supervised+EMA | +3.67 ± 0.58 (3/3 seeds > 0) |" in differences
+    assert "CSSA − CAP" not in differences  # no CSSA rows
+    protocol = {"commands": ["python benchmarks/quality.py --quick"], "epochs": 3, "threads": 2}
+    markdown = quality.summarise(protocol, rows, tmp_path / "docs")
+    assert (tmp_path / "docs" / "results.md").read_text() == markdown
+    assert (tmp_path / "docs" / "quality.png").stat().st_size > 0
+    assert (tmp_path / "docs" / "pseudo_labels.png").stat().st_size > 0
+    for text in ["python benchmarks/quality.py --quick", "`epochs=3`", "**missed**", "Noise floor"]:
+        assert text in markdown, text
+
+
+def test_results_file_round_trip_and_resume_guard(rows, tmp_path):
+    protocol = quality.protocol_record(quality.Protocol(), "python benchmarks/quality.py", "w")
+    path = tmp_path / "results" / "quality.json"
+    quality.save_results(path, protocol, rows)
+    assert quality.load_results(path) == (protocol, rows)
+    again = quality.protocol_record(quality.Protocol(), "python ... --resume", "w")
+    assert quality.merge_protocol(protocol, again)["commands"] == [
+        "python benchmarks/quality.py",
+        "python ... --resume",
+    ]
+    changed = quality.protocol_record(quality.Protocol(epochs=9), "python ...", "w")
+    with pytest.raises(SystemExit, match="epochs"):
+        quality.merge_protocol(protocol, changed)
+
+
+def test_plan_runs_each_key_once():
+    args = quality.parse_args(["--ablations", "--noise-floor", "--seeds", "1", "2"])
+    runs = quality.plan(args)
+    keys = [quality.stored_key(*run[:3]) for run in runs]
+    assert len(keys) == len(set(keys))
+    assert keys.count(("zero-shot", 0.0, 0)) == 1
+    assert [k for k in keys if k[0] == "fully supervised"] == [
+        ("fully supervised", 1.0, 1),
+        ("fully supervised", 1.0, 2),
+    ]
+    assert sum(k[0] == "CSSA" for k in keys) == 2 * 2 + 1  # seeds 1, 2 x 2 ratios + seed 3
+    assert {run[3] for run in runs if run[0] == "CAP (1 thread)"} == {1}
+    assert {run[3] for run in runs if run[0] != "CAP (1 thread)"} == {2}
+    quick = quality.parse_args(["--quick", "--epochs", "2"])
+    assert quick.protocol.num_train == 600 and quick.protocol.epochs == 2
+    assert [run[0] for run in quality.plan(quick)] == quality.QUICK_METHODS
+
+
+def test_run_configs():
+    protocol = quality.Protocol()
+    config = quality.run_config(protocol, "fully supervised", 0.1, 3, Path("/tmp/x"), "world")
+    data, model = config["data"]["init_args"], config["model"]["init_args"]
+    assert config["data"]["class_path"] == "cssa_lightning.synthetic.WorldDataModule"
+    assert data["labeled_ratio"] == 1.0 and data["labeled_batch_size"] == 8 + 56
+    assert data["split_seed"] == config["seed_everything"] == 3
+    assert not any(model[k] for k in ["label_specific", "use_alignment", "use_context"])
+    assert model["use_consistency"] is False and "teacher_restart" not in model
+    assert config["trainer"]["check_val_every_n_epoch"] == protocol.epochs
+    config = quality.run_config(protocol, "supervised+EMA", 0.05, 1, Path("/tmp/x"), "world")
+    assert config["data"]["init_args"]["load_unlabeled"] is False
+    assert config["model"]["class_path"] == "cssa_lightning.CSSATask"
+    restart = quality.Protocol(teacher_restart=False)
+    config = quality.run_config(restart, "CAP", 0.05, 1, Path("/tmp/x"), "world")
+    assert config["model"]["init_args"]["teacher_restart"] is False
+    config = quality.run_config(restart, "zero-shot", 0.05, 1, Path("/tmp/x"), "world")
+    assert "teacher_restart" not in config["model"]["init_args"]
+    assert config["data"]["init_args"]["labeled_ratio"] == 0.05
+
+
+# -- EpochHistory --------------------------------------------------------------------------------
+class EpochEndLogger(LightningModule):
+    """Logs ``pseudo/x = 10 + epoch`` in its own ``on_train_epoch_end``, as CSSATask does."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        loss = self.layer(batch[0]).pow(2).mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=True)
+        return loss
+
+    def on_train_epoch_end(self):
+        self.log("pseudo/x", 10.0 + self.current_epoch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_epoch_history_sees_the_module_epoch_end_values():
+    history = EpochHistory()
+    trainer = Trainer(
+        max_epochs=3,
+        callbacks=[history],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    data = torch.utils.data.TensorDataset(torch.randn(8, 2))
+    trainer.fit(EpochEndLogger(), torch.utils.data.DataLoader(data, batch_size=4))
+    # Not the previous epoch's value (what a callback's own on_train_epoch_end would read).
+    assert [h["pseudo/x"] for h in history.history] == [10.0, 11.0, 12.0]
+    assert [h["epoch"] for h in history.history] == [0, 1, 2]
+    assert all("train/loss" in h and "train/loss_step" not in h for h in history.history)
+
+
+def test_epoch_history_in_a_cssa_fit(tmp_path, image_folders, tiny_clip_dir):
+    from cssa_lightning import CSSATask, MultiLabelDataModule
+
+    torch.manual_seed(0)
+    data = MultiLabelDataModule(
+        train_source=str(image_folders["train"]),
+        test_source=str(image_folders["test"]),
+        labeled_ratio=0.25,
+        image_size=32,
+        labeled_batch_size=4,
+        unlabeled_batch_size=8,
+        eval_batch_size=16,
+    )
+    model = CSSATask(
+        data.class_names,
+        clip_checkpoint=str(tiny_clip_dir),
+        warmup_epochs=1,
+        rampup_epochs=0.5,
+        num_contexts=2,
+        attention_heads=4,
+    )
+    history = EpochHistory()
+    trainer = Trainer(
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=0,
+        callbacks=[history],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=data)
+    assert [h["epoch"] for h in history.history] == [0, 1]
+    for entry in history.history:
+        for key in ["pseudo/precision", "pseudo/recall", "train/loss", "train/loss_cons"]:
+            assert math.isfinite(entry[key]), key
+    # The last entry holds the values of the last epoch, as the trainer has them at the end.
+    final = trainer.callback_metrics
+    assert history.history[-1]["pseudo/precision"] == pytest.approx(
+        float(final["pseudo/precision"])
+    )
+    assert history.history[-1]["train/loss"] == pytest.approx(float(final["train/loss_epoch"]))
+    assert history.history[0]["train/loss_cons"] == 0.0  # warm-up
+    assert history.history[1]["train/loss_cons"] > 0.0
