@@ -69,6 +69,7 @@ class Protocol:
     world_image_size: int = 64
     world_seed: int = 0
     eval_batch_size: int = 256
+    val_every: int | None = None  # validate every this many epochs; None: at the last only
 
 
 # --quick: overrides of the protocol (explicit flags still win) and of the grid.
@@ -86,7 +87,9 @@ ABLATIONS = [
 ]
 ABLATION_RATIO = 0.1
 ABLATION_SEEDS = [1, 2, 3]
-NOISE_METHOD = "CAP (1 thread)"  # CAP rerun with threads=1: the run-to-run noise floor
+# CAP rerun with another torch thread count (1 if the protocol uses more, else 2), nothing else
+# changed: the run-to-run noise floor.
+NOISE_METHOD = "CAP (other thread count)"
 NOISE_RATIO = 0.1
 NOISE_SEEDS = [1, 2, 3]
 
@@ -193,7 +196,7 @@ def run_config(
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "num_sanity_val_steps": 0,
-            "check_val_every_n_epoch": p.epochs,
+            "check_val_every_n_epoch": p.val_every or p.epochs,
             "default_root_dir": str(workdir),
             "callbacks": [
                 {"class_path": "cssa_lightning.callbacks.FitSummary"},
@@ -277,7 +280,9 @@ def plan(args: argparse.Namespace) -> list[tuple[str, float, int, int]]:
             runs += [("CAP", NOISE_RATIO, seed), (NOISE_METHOD, NOISE_RATIO, seed)]
     unique: dict[tuple[str, float, int], tuple[str, float, int, int]] = {}
     for method, ratio, seed in runs:
-        threads = 1 if method == NOISE_METHOD else args.protocol.threads
+        threads = args.protocol.threads
+        if method == NOISE_METHOD:
+            threads = 1 if threads > 1 else 2
         unique.setdefault(stored_key(method, ratio, seed), (method, ratio, seed, threads))
     return list(unique.values())
 
@@ -317,6 +322,24 @@ def merge_protocol(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     if changed:
         raise SystemExit(f"--resume with a different protocol than the file's: {changed}")
     return {**new, "commands": [*old.get("commands", []), *new["commands"]]}
+
+
+def merge_results(paths: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One protocol record and the rows of several result files; a (method, ratio, seed)
+    present in two files, or a protocol that differs, is an error."""
+    protocol: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    seen: dict[tuple[str, float, int], Path] = {}
+    for path in paths:
+        file_protocol, file_rows = load_results(path)
+        protocol = merge_protocol(protocol, file_protocol) if protocol else file_protocol
+        for row in file_rows:
+            key = row_key(row)
+            if key in seen:
+                raise SystemExit(f"{path}: run {key} is also in {seen[key]}")
+            seen[key] = path
+            rows.append(row)
+    return protocol, rows
 
 
 # -- summary: pure functions of the rows -------------------------------------------------------
@@ -421,7 +444,7 @@ def calibration_checks(rows: Sequence[dict[str, Any]]) -> list[Check]:
 
 
 def noise_floor(rows: Sequence[dict[str, Any]]) -> dict[int, tuple[float, float, float]]:
-    """``{seed: (CAP, CAP with 1 thread, |difference|)}`` of teacher test mAP at 10 %."""
+    """``{seed: (CAP, CAP with the other thread count, |difference|)}`` of teacher test mAP at 10 %."""
     two = values_by_seed(rows, "CAP", NOISE_RATIO)
     one = values_by_seed(rows, NOISE_METHOD, NOISE_RATIO)
     return {s: (two[s], one[s], abs(two[s] - one[s])) for s in sorted(two.keys() & one.keys())}
@@ -585,7 +608,7 @@ def render_markdown(protocol: dict[str, Any], rows: Sequence[dict[str, Any]]) ->
     if noise:
         parts.append(
             "## Noise floor\n\n"
-            f"CAP at {NOISE_RATIO:.0%} rerun with 1 thread instead of {protocol.get('threads')} "
+            f"CAP at {NOISE_RATIO:.0%} rerun with another thread count than {protocol.get('threads')} "
             "(same seeds, all else equal): the run-to-run change of teacher test mAP with nothing "
             f"but the thread count changed.\n\n{noise}"
         )
@@ -761,7 +784,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--noise-floor",
         action="store_true",
-        help=f"add CAP at ratio {NOISE_RATIO} with 1 thread, seeds {NOISE_SEEDS}",
+        help=f"add CAP at ratio {NOISE_RATIO} with another thread count, seeds {NOISE_SEEDS}",
     )
     parser.add_argument(
         "--quick",
@@ -781,6 +804,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--summarise-only", action="store_true", help="rewrite the docs from --out, train nothing"
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="combine the rows of these result files (same protocol; e.g. seeds run in parallel "
+        "processes) into --out and rewrite the docs, train nothing",
+    )
     add_protocol_flags(parser)
     args = parser.parse_args(argv)
     names = {f.name for f in dataclasses.fields(Protocol)}
@@ -795,6 +826,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.merge:
+        protocol, rows = merge_results(args.merge)
+        save_results(args.out, protocol, rows)
+        print(summarise(protocol, rows, args.docs))
+        return
     if args.summarise_only:
         protocol, rows = load_results(args.out)
         print(summarise(protocol, rows, args.docs))

@@ -28,7 +28,8 @@ class FitSummary(Callback):
 
 
 class EpochHistory(Callback):
-    """One record per completed training epoch: pseudo-label quality and epoch losses.
+    """One record per completed training epoch: pseudo-label quality, epoch losses and the
+    validation mAP (the last validation's value: validate every epoch for a curve).
 
     Keeps the float values of ``trainer.callback_metrics`` whose keys start with one of
     ``prefixes`` (epoch values; a ``_epoch`` suffix is dropped), with ``"epoch"`` added.
@@ -41,7 +42,10 @@ class EpochHistory(Callback):
     epoch-end values too.
     """
 
-    def __init__(self, prefixes: tuple[str, ...] = ("pseudo/", "train/loss", "train/mask_ratio")):
+    def __init__(
+        self,
+        prefixes: tuple[str, ...] = ("pseudo/", "train/loss", "train/mask_ratio", "val/mAP"),
+    ):
         self.prefixes = tuple(prefixes)
         self.history: list[dict[str, float]] = []
         self._completed: int | None = None

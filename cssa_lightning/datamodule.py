@@ -7,7 +7,7 @@ labeled/unlabeled split -> torch datasets with eval/weak/strong transforms -> lo
 from __future__ import annotations
 
 import logging
-from typing import TypedDict
+from typing import Literal, TypedDict
 
 import albumentations as A
 import datasets
@@ -132,6 +132,10 @@ class MultiLabelDataModule(LightningDataModule):
         unlabeled_batch_size: Unlabeled images per step.
         eval_batch_size: Images per validation/test/predict step.
         strong_num_ops: Random ops of the strong view on top of the weak ops and cutout.
+        cutout_max: Largest side of a strong-view cutout hole as a fraction of the image side
+            (holes are 1/3 of this to this); lower it when objects are small, so that a hole
+            rarely erases an object that the weak view's pseudo-label still names.
+        labeled_view: The view of labeled images: weak, or strong (as CAP's code does).
         num_workers: Loader worker processes per stream.
         load_unlabeled: Load the unlabeled stream. ``False`` (for labeled-only baselines)
             yields labeled batches only, but keeps the epoch length of the unlabeled stream so
@@ -152,6 +156,8 @@ class MultiLabelDataModule(LightningDataModule):
         unlabeled_batch_size: int = 56,
         eval_batch_size: int = 64,
         strong_num_ops: int = 2,
+        cutout_max: float = 0.3,
+        labeled_view: Literal["weak", "strong"] = "weak",
         num_workers: int = 0,
         load_unlabeled: bool = True,
     ):
@@ -166,6 +172,8 @@ class MultiLabelDataModule(LightningDataModule):
         ]:
             if size <= 0:
                 raise ValueError(f"{name} must be positive, got {size}")
+        if not 0.0 < cutout_max <= 1.0:
+            raise ValueError(f"cutout_max must be in (0, 1], got {cutout_max}")
         # The resolved class names are logged with the model's hyperparameters (the CLI links
         # them there); logging the unresolved value here too would conflict with them.
         self.save_hyperparameters(ignore=["class_names"])
@@ -235,7 +243,7 @@ class MultiLabelDataModule(LightningDataModule):
         return (
             eval_transform(hp.image_size, self.mean, self.std),
             weak_transform(hp.image_size, self.mean, self.std),
-            strong_transform(hp.image_size, self.mean, self.std, hp.strong_num_ops),
+            strong_transform(hp.image_size, self.mean, self.std, hp.strong_num_ops, hp.cutout_max),
         )
 
     def _loader(self, dataset: Dataset, batch_size: int, **kwargs) -> DataLoader:
@@ -251,12 +259,13 @@ class MultiLabelDataModule(LightningDataModule):
 
     def train_dataloader(self) -> CombinedLoader:
         hp = self.hparams
-        _, weak, _ = self._transforms()
-        labeled = LabeledImages(self.train_table, self.labeled_indices, weak)
+        _, weak, strong = self._transforms()
+        labeled_view = strong if hp.labeled_view == "strong" else weak
+        labeled = LabeledImages(self.train_table, self.labeled_indices, labeled_view)
         if len(self.unlabeled_indices) == 0:
             loader = self._loader(labeled, hp.labeled_batch_size, shuffle=True, drop_last=True)
             return CombinedLoader({"labeled": loader}, mode="max_size_cycle")
-        _, weak, strong = self._transforms()  # the labeled stream's weak view is its own
+        _, weak, strong = self._transforms()  # the labeled stream's transforms are its own
         unlabeled = UnlabeledImages(self.train_table, self.unlabeled_indices, weak, strong)
         drop = len(unlabeled) >= hp.unlabeled_batch_size
         steps = len(unlabeled) // hp.unlabeled_batch_size if drop else 1

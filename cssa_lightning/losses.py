@@ -22,12 +22,15 @@ def asymmetric_loss(
     clip: float = 0.05,
     mask: Tensor | None = None,
     eps: float = 1e-8,
+    detach_focus: bool = False,
 ) -> Tensor:
     """Asymmetric loss (Ridnik et al., ICCV 2021) for multi-label logits.
 
     ``L = -sum_k [ y (1-p)^g+ log p + (1-y) p_m^g- log(1-p_m) ]`` with ``p_m = max(p - clip, 0)``,
     summed over classes and averaged over images. ``targets`` may be soft; ``mask`` (same shape)
-    zeroes entries that should not count.
+    zeroes entries that should not count. ``detach_focus`` treats the focusing weights
+    ``(1-p)^g+`` and ``p_m^g-`` as constants (no gradient through them), as the ASL authors'
+    ``disable_torch_grad_focal_loss`` and CAP's code do.
     """
     logits = logits.float()
     targets = targets.to(logits.dtype)
@@ -35,10 +38,11 @@ def asymmetric_loss(
     prob_neg = (prob - clip).clamp(min=0) if clip > 0 else prob
     loss_pos = targets * F.logsigmoid(logits)
     loss_neg = (1 - targets) * torch.log((1 - prob_neg).clamp(min=eps))
+    focus_prob, focus_neg = (prob.detach(), prob_neg.detach()) if detach_focus else (prob, prob_neg)
     if gamma_pos > 0:
-        loss_pos = loss_pos * (1 - prob).pow(gamma_pos)
+        loss_pos = loss_pos * (1 - focus_prob).pow(gamma_pos)
     if gamma_neg > 0:
-        loss_neg = loss_neg * prob_neg.pow(gamma_neg)
+        loss_neg = loss_neg * focus_neg.pow(gamma_neg)
     return _reduce(-(loss_pos + loss_neg), mask)
 
 

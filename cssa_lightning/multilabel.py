@@ -42,6 +42,7 @@ class MultiLabelTask(LightningModule):
         asl_gamma_neg: ASL focusing parameter for negatives.
         asl_gamma_pos: ASL focusing parameter for positives.
         asl_clip: ASL probability margin for negatives.
+        asl_detach_focus: No gradient through ASL's focusing weights (CAP's code).
         logit_scale: Initial inverse temperature ``alpha`` of the cosine scores; ``None`` takes
             CLIP's learned value.
         learnable_prototypes: Train the class prototypes (initialised from the class texts);
@@ -72,6 +73,7 @@ class MultiLabelTask(LightningModule):
         asl_gamma_neg: float = 4.0,
         asl_gamma_pos: float = 0.0,
         asl_clip: float = 0.05,
+        asl_detach_focus: bool = False,
         logit_scale: float | None = None,
         learnable_prototypes: bool = True,
         calibrate_bias: bool = True,
@@ -141,7 +143,13 @@ class MultiLabelTask(LightningModule):
         if hp.loss == "bce":
             return binary_cross_entropy(logits, targets, mask)
         return asymmetric_loss(
-            logits, targets, hp.asl_gamma_neg, hp.asl_gamma_pos, hp.asl_clip, mask=mask
+            logits,
+            targets,
+            hp.asl_gamma_neg,
+            hp.asl_gamma_pos,
+            hp.asl_clip,
+            mask=mask,
+            detach_focus=hp.asl_detach_focus,
         )
 
     # -- training ----------------------------------------------------------------------------

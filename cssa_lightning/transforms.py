@@ -45,9 +45,14 @@ def weak_transform(image_size: int, mean: Sequence[float], std: Sequence[float])
 
 
 def strong_transform(
-    image_size: int, mean: Sequence[float], std: Sequence[float], num_ops: int = 2
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_ops: int = 2,
+    cutout_max: float = 0.3,
 ) -> A.Compose:
-    """Weak + ``num_ops`` random ops out of a RandAugment-like pool + cutout."""
+    """Weak + ``num_ops`` random ops out of a RandAugment-like pool + cutout (one or two holes
+    of ``cutout_max / 3`` to ``cutout_max`` of the side)."""
     pool = [
         A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05, p=1.0),
         A.Posterize(num_bits=(4, 6), p=1.0),
@@ -64,11 +69,11 @@ def strong_transform(
         [
             *_weak_ops(image_size),
             A.SomeOf(pool, n=num_ops, replace=False, p=1.0),
-            # Cutout: one to two holes of 10-30 % of the side, always applied.
+            # Cutout: one to two holes, always applied.
             A.CoarseDropout(
                 num_holes_range=(1, 2),
-                hole_height_range=(0.1, 0.3),
-                hole_width_range=(0.1, 0.3),
+                hole_height_range=(cutout_max / 3, cutout_max),
+                hole_width_range=(cutout_max / 3, cutout_max),
                 fill=127,
                 p=1.0,
             ),

@@ -65,7 +65,10 @@ def rows():
         rows.append(row("fully supervised", 1.0, seed, full))
     for seed, cap, sup in [(1, 45.0, 41.0), (2, 46.0, 42.0), (3, 47.0, 44.0)]:
         rows += [row("CAP", 0.05, seed, cap), row("supervised+EMA", 0.05, seed, sup)]
-    rows += [row("CAP (1 thread)", 0.1, 1, 50.5), row("CAP (1 thread)", 0.1, 2, 51.0)]
+    rows += [
+        row("CAP (other thread count)", 0.1, 1, 50.5),
+        row("CAP (other thread count)", 0.1, 2, 51.0),
+    ]
     # Pseudo-label histories of CAP at 10 % for two seeds.
     rows[1]["history"] = history([60.0, 70.0], [30.0, 40.0])
     rows[4]["history"] = history([62.0, 74.0], [32.0, 44.0])
@@ -170,8 +173,11 @@ def test_plan_runs_each_key_once():
         ("fully supervised", 1.0, 2),
     ]
     assert sum(k[0] == "CSSA" for k in keys) == 2 * 2 + 1  # seeds 1, 2 x 2 ratios + seed 3
-    assert {run[3] for run in runs if run[0] == "CAP (1 thread)"} == {1}
-    assert {run[3] for run in runs if run[0] != "CAP (1 thread)"} == {2}
+    assert {run[3] for run in runs if run[0] == "CAP (other thread count)"} == {1}
+    assert {run[3] for run in runs if run[0] != "CAP (other thread count)"} == {2}
+    one_thread = quality.parse_args(["--no-main", "--noise-floor", "--threads", "1"])
+    assert {run[3] for run in quality.plan(one_thread) if run[0] == "CAP"} == {1}
+    assert {run[3] for run in quality.plan(one_thread) if run[0] != "CAP"} == {2}
     quick = quality.parse_args(["--quick", "--epochs", "2"])
     assert quick.protocol.num_train == 600 and quick.protocol.epochs == 2
     assert [run[0] for run in quality.plan(quick)] == quality.QUICK_METHODS
@@ -282,3 +288,19 @@ def test_epoch_history_in_a_cssa_fit(tmp_path, image_folders, tiny_clip_dir):
     assert history.history[-1]["train/loss"] == pytest.approx(float(final["train/loss_epoch"]))
     assert history.history[0]["train/loss_cons"] == 0.0  # warm-up
     assert history.history[1]["train/loss_cons"] > 0.0
+
+
+def test_merge_results_combines_files_and_refuses_duplicates(tmp_path):
+    protocol = quality.protocol_record(quality.Protocol(), "cmd a", "/w")
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    quality.save_results(first, protocol, [row("CAP", 0.1, 1, 50.0)])
+    quality.save_results(second, {**protocol, "commands": ["cmd b"]}, [row("CAP", 0.1, 2, 51.0)])
+    merged_protocol, rows = quality.merge_results([first, second])
+    assert [r["seed"] for r in rows] == [1, 2]
+    assert merged_protocol["commands"] == ["cmd a", "cmd b"]
+    with pytest.raises(SystemExit, match="also in"):
+        quality.merge_results([first, first])
+    other = tmp_path / "c.json"
+    quality.save_results(other, {**protocol, "epochs": 99}, [row("CAP", 0.1, 3, 51.0)])
+    with pytest.raises(SystemExit, match="different protocol"):
+        quality.merge_results([first, other])

@@ -108,3 +108,22 @@ def test_labeled_only_keeps_the_epoch_length(image_folders):
     datamodule = make_datamodule(image_folders, load_unlabeled=False)
     batches = [b[0] if isinstance(b, tuple) else b for b in datamodule.train_dataloader()]
     assert len(batches) == 9 and all(set(b) == {"labeled"} for b in batches)
+
+
+def _cutout(transform):
+    import albumentations as A
+
+    return next(t for t in transform.transforms if isinstance(t, A.CoarseDropout))
+
+
+@pytest.mark.parametrize("view", ["weak", "strong"])
+def test_labeled_view_and_cutout_size(image_folders, view):
+    datamodule = make_datamodule(image_folders, labeled_view=view, cutout_max=0.15)
+    loaders = datamodule.train_dataloader().iterables
+    labeled = loaders["labeled"].dataset.transform
+    unlabeled = loaders["unlabeled"].dataset
+    has_cutout = any(type(t).__name__ == "CoarseDropout" for t in labeled.transforms)
+    assert has_cutout == (view == "strong")
+    assert _cutout(unlabeled.strong).hole_height_range == pytest.approx((0.05, 0.15))
+    with pytest.raises(ValueError, match="cutout_max"):
+        make_datamodule(image_folders, cutout_max=0.0)

@@ -69,3 +69,23 @@ def test_metrics_match_scikit_learn():
     assert values["OF1"].item() == pytest.approx(
         100 * f1_score(target, predicted, average="micro"), abs=1e-4
     )
+
+
+def test_asl_detached_focus_same_value_gradient_of_the_log_terms_only():
+    torch.manual_seed(2)
+    logits = (torch.randn(6, 5, dtype=torch.float64) * 2).requires_grad_()
+    targets = (torch.rand(6, 5) > 0.5).double()
+    plain = asymmetric_loss(logits, targets, 4.0, 1.0, 0.05)
+    detached = asymmetric_loss(logits, targets, 4.0, 1.0, 0.05, detach_focus=True)
+    assert detached.item() == pytest.approx(plain.item(), rel=1e-12)
+    (grad_plain,) = torch.autograd.grad(plain, logits)
+    (grad_detached,) = torch.autograd.grad(detached, logits)
+    # Reference: the focusing weights as constants, only the log terms differentiated.
+    p = torch.sigmoid(logits.detach()).requires_grad_()
+    p_m = (p - 0.05).clamp(min=0)
+    w_pos, w_neg = (1 - p.detach()) ** 1.0, p_m.detach() ** 4.0
+    ref = -(targets * w_pos * p.log() + (1 - targets) * w_neg * (1 - p_m).log()).sum() / 6
+    (grad_p,) = torch.autograd.grad(ref, p)
+    expected = grad_p * p.detach() * (1 - p.detach())  # chain rule through the sigmoid
+    torch.testing.assert_close(grad_detached, expected)
+    assert not torch.allclose(grad_plain, grad_detached)
