@@ -68,10 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint directory")
     p.add_argument("--world-root", type=Path, default=DEFAULT_WORLD_ROOT)
-    p.add_argument("--num-images", type=int, default=16000, help="pretrain split size")
+    p.add_argument("--num-images", type=int, default=20000, help="pretrain split size")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the pretrain world")
     p.add_argument("--seed", type=int, default=0, help="seed of init, batches and captions")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.1)
@@ -302,8 +302,13 @@ def evaluate_zero_shot(
     backbone = CLIPBackbone(str(checkpoint)).eval()
     transform = eval_transform(backbone.image_size, CLIP_MEAN, CLIP_STD)
     text = backbone.class_text_features(CLASS_NAMES, DEFAULT_TEMPLATES)
-    text_cosine = text @ text.T - 2 * torch.eye(len(CLASS_NAMES))
-    most_similar = divmod(int(text_cosine.argmax()), len(CLASS_NAMES))
+    n = len(CLASS_NAMES)
+    text_cosine = text @ text.T - 2 * torch.eye(n)
+    most_similar = divmod(int(text_cosine.argmax()), n)
+    pair_cosines = torch.triu(text_cosine + 2 * torch.eye(n), 1)[
+        torch.triu(torch.ones(n, n), 1) > 0
+    ]
+    top = torch.topk(torch.triu(text_cosine, 1).flatten(), 5)
     class_index = {name: k for k, name in enumerate(CLASS_NAMES)}
     metrics = MultiLabelMetrics(len(CLASS_NAMES))
     targets = []
@@ -329,6 +334,12 @@ def evaluate_zero_shot(
     result["chance_mAP"] = float(100 * prior.mean())
     result["max_text_cosine"] = float(text_cosine.max())
     result["most_similar_texts"] = " / ".join(CLASS_NAMES[k] for k in most_similar)
+    result["mean_text_cosine"] = float(pair_cosines.mean())
+    result["pairs_above_0.9"] = int((pair_cosines > 0.9).sum())
+    result["top_text_pairs"] = ", ".join(
+        f"{CLASS_NAMES[int(i) // n]}/{CLASS_NAMES[int(i) % n]} {float(v):.3f}"
+        for v, i in zip(top.values, top.indices, strict=True)
+    )
     return result
 
 
@@ -379,8 +390,11 @@ global image feature and each class, `MultiLabelMetrics` (x100):
 |---|---|
 | {zs["mAP"]:.2f} | {zs["chance_mAP"]:.2f} |
 
-Class texts are separable: the largest cosine between the prompt-ensembled text features of two
-different classes is {zs["max_text_cosine"]:.3f} ({zs["most_similar_texts"]}).
+How separable the class texts are (cosine between the prompt-ensembled text features of two
+different classes, {len(CLASS_NAMES)} classes): mean {zs["mean_text_cosine"]:.3f}, largest
+{zs["max_text_cosine"]:.3f} ({zs["most_similar_texts"]}); {zs["pairs_above_0.9"]} of
+{len(CLASS_NAMES) * (len(CLASS_NAMES) - 1) // 2} pairs above 0.9. Most similar pairs:
+{zs["top_text_pairs"]}.
 
 ## Schedule choice, on the validation split
 
@@ -397,9 +411,11 @@ fixed order because the BPE trainer breaks ties in hash order). Other CPUs or li
 may change the last bits. The pretrain world is generated once into `--world-root`
 (default `~/.cache/cssa_lightning/world`).
 
-{args.epochs} epochs were chosen on the validation split: long enough that every pair of class
-texts is clearly separable (largest cosine well below the 0.95-0.96 of the 3-epoch v1 model),
-while zero-shot stays far below what fine-tuning on labels reaches (see `docs/results.md`).
+The schedule was chosen on the validation split: zero-shot mAP stops improving by the last
+epochs (table above), and the fine-tuned models of the benchmark stay far above it
+(`docs/results.md`). The largest text-text cosine does not fall with longer training: it is set by
+pairs that are drawn alike and share contexts (spoon/fork), which the captions rarely tell
+apart; most class pairs are far apart.
 """
     (out / "README.md").write_text(text)
 

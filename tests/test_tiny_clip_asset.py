@@ -50,9 +50,6 @@ def test_loads_with_expected_shape(backbone):
     assert 64 <= backbone.embed_dim <= 128
 
 
-@pytest.mark.xfail(
-    strict=False, reason="asset retrained for world v2 by scripts/pretrain_tiny_clip.py"
-)
 def test_every_class_name_and_prompt_word_is_one_token(backbone):
     tokenizer = backbone.tokenizer
     words = {*vocabulary(), *CLASS_NAMES}
@@ -81,3 +78,13 @@ def test_zero_shot_ranks_a_true_label_above_the_median(backbone):
         best_true = max(row[CLASS_NAMES.index(n)] for n in spec.labels)
         hits += int(best_true > median)
     assert hits >= 18, f"a true label beat the median class in only {hits}/24 images"
+
+
+@torch.no_grad()
+def test_class_texts_are_mostly_separable(backbone):
+    # Measured for the shipped asset (its README): mean 0.61, 11 of 1128 pairs above 0.9.
+    text = backbone.class_text_features(CLASS_NAMES, DEFAULT_TEMPLATES)
+    n = len(CLASS_NAMES)
+    pairs = (text @ text.T)[torch.triu(torch.ones(n, n, dtype=torch.bool), 1)]
+    assert pairs.mean() < 0.7
+    assert (pairs > 0.9).float().mean() < 0.02
