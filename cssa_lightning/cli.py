@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from cssa_lightning.datamodule import MultiLabelDataModule
@@ -19,12 +21,23 @@ class CSSALightningCLI(LightningCLI):
             "--test_after_fit",
             type=bool,
             default=False,
-            help="After fit, run the test loop on the final weights and print the test metrics.",
+            help="After fit, run the test loop and print the test metrics.",
+        )
+        parser.add_argument(
+            "--test_weights",
+            type=Literal["final", "best"],
+            default="final",
+            help="Weights the after-fit test uses: the final ones, or the checkpoint that the "
+            "monitoring ModelCheckpoint kept as best (model selection on the validation split).",
         )
 
     def after_fit(self) -> None:
-        if self.config.get(self.subcommand, {}).get("test_after_fit", False):
-            self.trainer.test(self.model, datamodule=self.datamodule)
+        config = self.config.get(self.subcommand, {})
+        if config.get("test_after_fit", False):
+            best = config.get("test_weights", "final") == "best"
+            self.trainer.test(
+                self.model, datamodule=self.datamodule, ckpt_path="best" if best else None
+            )
 
 
 def main(args: ArgsType = None) -> None:

@@ -173,8 +173,11 @@ def test_plan_runs_each_key_once():
         ("fully supervised", 1.0, 2),
     ]
     assert sum(k[0] == "CSSA" for k in keys) == 2 * 2 + 1  # seeds 1, 2 x 2 ratios + seed 3
-    assert {run[3] for run in runs if run[0] == "CAP (other thread count)"} == {1}
-    assert {run[3] for run in runs if run[0] != "CAP (other thread count)"} == {2}
+    # The protocol's single thread; the noise-floor rerun of CAP takes two.
+    assert {run[3] for run in runs if run[0] == "CAP (other thread count)"} == {2}
+    assert {run[3] for run in runs if run[0] != "CAP (other thread count)"} == {1}
+    two_threads = quality.parse_args(["--no-main", "--noise-floor", "--threads", "2"])
+    assert {run[3] for run in quality.plan(two_threads) if run[0] != "CAP"} == {1}
     one_thread = quality.parse_args(["--no-main", "--noise-floor", "--threads", "1"])
     assert {run[3] for run in quality.plan(one_thread) if run[0] == "CAP"} == {1}
     assert {run[3] for run in quality.plan(one_thread) if run[0] != "CAP"} == {2}
@@ -192,7 +195,11 @@ def test_run_configs():
     assert data["split_seed"] == config["seed_everything"] == 3
     assert not any(model[k] for k in ["label_specific", "use_alignment", "use_context"])
     assert model["use_consistency"] is False and "teacher_restart" not in model
-    assert config["trainer"]["check_val_every_n_epoch"] == protocol.epochs
+    # Default protocol: the best validation epoch is tested, so every epoch is validated.
+    assert config["trainer"]["check_val_every_n_epoch"] == 1
+    final_only = quality.Protocol(test_weights="final")
+    config_final = quality.run_config(final_only, "CAP", 0.1, 3, Path("/tmp/x"), "world")
+    assert config_final["trainer"]["check_val_every_n_epoch"] == protocol.epochs
     config = quality.run_config(protocol, "supervised+EMA", 0.05, 1, Path("/tmp/x"), "world")
     assert config["data"]["init_args"]["load_unlabeled"] is False
     assert config["model"]["class_path"] == "cssa_lightning.CSSATask"
@@ -202,6 +209,19 @@ def test_run_configs():
     config = quality.run_config(restart, "zero-shot", 0.05, 1, Path("/tmp/x"), "world")
     assert "teacher_restart" not in config["model"]["init_args"]
     assert config["data"]["init_args"]["labeled_ratio"] == 0.05
+    # Model selection on validation: every epoch validated, the teacher's best epoch kept.
+    best = quality.Protocol(test_weights="best")
+    config = quality.run_config(best, "CAP", 0.1, 1, Path("/tmp/x"), "world")
+    trainer = config["trainer"]
+    assert trainer["check_val_every_n_epoch"] == 1 and trainer["enable_checkpointing"]
+    (checkpoint,) = [c for c in trainer["callbacks"] if "ModelCheckpoint" in c["class_path"]]
+    assert checkpoint["init_args"]["monitor"] == "val/mAP_teacher"
+    assert checkpoint["init_args"]["mode"] == "max"
+    final = config_final["trainer"]
+    assert not final["enable_checkpointing"]
+    assert not any("ModelCheckpoint" in c["class_path"] for c in final["callbacks"])
+    with pytest.raises(ValueError, match="test_weights"):
+        quality.run_config(quality.Protocol(test_weights="last"), "CAP", 0.1, 1, Path("."), "w")
 
 
 # -- EpochHistory --------------------------------------------------------------------------------

@@ -125,3 +125,25 @@ def test_cli_rejects_bad_choice(tmp_path, image_folders, tiny_clip_dir, bad):
     config = write_config(tmp_path, image_folders, tiny_clip_dir, "cssa_lightning.MultiLabelTask")
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(config), bad])
+
+
+@pytest.mark.parametrize("weights", ["final", "best"])
+def test_after_fit_test_uses_final_or_best_weights(tmp_path, image_folders, tiny_clip_dir, weights):
+    checkpoint = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"monitor": "val/mAP", "mode": "max", "save_top_k": 1},
+    }
+    config = write_config(
+        tmp_path,
+        image_folders,
+        tiny_clip_dir,
+        "cssa_lightning.MultiLabelTask",
+        logger=False,
+        callbacks=[{"class_path": "tests.test_cli.RecordMetrics"}, checkpoint],
+    )
+    main(["fit", "--config", str(config), f"--test_weights={weights}"])
+    trainer = RecordMetrics.trainer
+    best = trainer.checkpoint_callback.best_model_path
+    assert best and Path(best).is_file()
+    # Lightning records which checkpoint the last test loaded (None: the weights in memory).
+    assert trainer.ckpt_path == (best if weights == "best" else None)
