@@ -84,7 +84,7 @@ class Protocol:
 
 
 # --quick: overrides of the protocol (explicit flags still win) and of the grid.
-QUICK_PROTOCOL = {"num_train": 600, "num_val": 300, "num_test": 300, "epochs": 3}
+QUICK_PROTOCOL = {"num_train": 600, "num_val": 300, "num_test": 300, "epochs": 3, "threads": 2}
 QUICK_METHODS = ["zero-shot", "supervised+EMA", "CAP", "CSSA"]
 
 MAIN_METHODS = ["zero-shot", "supervised+EMA", "CAP", "CSSA", "fully supervised"]
