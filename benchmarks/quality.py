@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -902,7 +903,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(summarise(protocol, rows, args.docs))
         return
     command = " ".join(
-        ["python", "benchmarks/quality.py", *(sys.argv[1:] if argv is None else argv)]
+        [
+            "python",
+            "benchmarks/quality.py",
+            *map(shlex.quote, sys.argv[1:] if argv is None else argv),
+        ]
     )
     protocol = protocol_record(args.protocol, command, args.world_root)
     rows: list[dict[str, Any]] = []
