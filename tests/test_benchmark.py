@@ -244,16 +244,20 @@ class EpochEndLogger(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_epoch_history_sees_the_module_epoch_end_values():
-    history = EpochHistory()
-    trainer = Trainer(
-        max_epochs=3,
-        callbacks=[history],
+def quiet_trainer(**options) -> Trainer:
+    """A Trainer without logger, checkpoints, progress bar or summary."""
+    return Trainer(
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        **options,
     )
+
+
+def test_epoch_history_sees_the_module_epoch_end_values():
+    history = EpochHistory()
+    trainer = quiet_trainer(max_epochs=3, callbacks=[history])
     data = torch.utils.data.TensorDataset(torch.randn(8, 2))
     trainer.fit(EpochEndLogger(), torch.utils.data.DataLoader(data, batch_size=4))
     # Not the previous epoch's value (what a callback's own on_train_epoch_end would read).
@@ -263,18 +267,12 @@ def test_epoch_history_sees_the_module_epoch_end_values():
 
 
 def test_epoch_history_in_a_cssa_fit(tmp_path, image_folders, tiny_clip_dir):
-    from cssa_lightning import CSSATask, MultiLabelDataModule
+    from cssa_lightning import CSSATask
+
+    from .test_datamodule import make_datamodule
 
     torch.manual_seed(0)
-    data = MultiLabelDataModule(
-        train_source=str(image_folders["train"]),
-        test_source=str(image_folders["test"]),
-        labeled_ratio=0.25,
-        image_size=32,
-        labeled_batch_size=4,
-        unlabeled_batch_size=8,
-        eval_batch_size=16,
-    )
+    data = make_datamodule(image_folders)
     model = CSSATask(
         data.class_names,
         clip_checkpoint=str(tiny_clip_dir),
@@ -284,15 +282,11 @@ def test_epoch_history_in_a_cssa_fit(tmp_path, image_folders, tiny_clip_dir):
         attention_heads=4,
     )
     history = EpochHistory()
-    trainer = Trainer(
+    trainer = quiet_trainer(
         max_epochs=2,
         limit_train_batches=3,
         limit_val_batches=0,
         callbacks=[history],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=data)
