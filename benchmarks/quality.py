@@ -642,6 +642,69 @@ def table_pseudo(rows: Sequence[dict[str, Any]], ratio: float = 0.1) -> str | No
     return _table(header, body)
 
 
+RECALL_LEVELS = (40, 50, 60, 70, 80)  # CSSATask.monitored_recalls, in %
+
+
+def precision_at_recall(entry: dict[str, Any], recall: float) -> float | None:
+    """Precision (%) of an epoch's remembered teacher scores at ``recall`` (%), interpolated
+    linearly between the logged ``pseudo/precision@R`` levels (clamped at the ends)."""
+    points = [(r, entry.get(f"pseudo/precision@{r}")) for r in RECALL_LEVELS]
+    points = [(r, v) for r, v in points if v is not None]
+    if not points:
+        return None
+    if recall <= points[0][0]:
+        return points[0][1]
+    for (r0, v0), (r1, v1) in zip(points, points[1:], strict=False):
+        if recall <= r1:
+            return v0 + (v1 - v0) * (recall - r0) / (r1 - r0)
+    return points[-1][1]
+
+
+def pseudo_at_cap_recall(
+    rows: Sequence[dict[str, Any]], method: str, ratio: float
+) -> dict[int, dict[int, tuple[float, float]]]:
+    """``{epoch: {seed: (CAP, method)}}`` precision of the remembered teacher scores at the
+    recall CAP's pseudo-labels reached in that epoch and seed: both teachers compared at the
+    same recall, whatever their thresholds."""
+    histories = {
+        (r["method"], r["seed"]): {e["epoch"]: e for e in r.get("history") or []}
+        for r in rows
+        if r["method"] in ("CAP", method) and in_column(r, ratio)
+    }
+    out: dict[int, dict[int, tuple[float, float]]] = {}
+    for (name, seed), cap in histories.items():
+        other = histories.get((method, seed))
+        if name != "CAP" or other is None:
+            continue
+        for epoch, entry in cap.items():
+            recall = entry.get("pseudo/recall")
+            if recall is None or epoch not in other:
+                continue
+            a = precision_at_recall(entry, recall)
+            b = precision_at_recall(other[epoch], recall)
+            if a is not None and b is not None:
+                out.setdefault(epoch, {})[seed] = (a, b)
+    return dict(sorted(out.items()))
+
+
+def table_pseudo_at_cap_recall(rows: Sequence[dict[str, Any]], ratio: float = 0.1) -> str | None:
+    values = pseudo_at_cap_recall(rows, "CSSA", ratio)
+    if not values:
+        return None
+    body = []
+    for epoch, seeds in values.items():
+        differences = {s: b - a for s, (a, b) in seeds.items()}
+        body.append(
+            [
+                str(epoch),
+                _fmt(mean_std([a for a, _ in seeds.values()])),
+                _fmt(mean_std([b for _, b in seeds.values()])),
+                str(summarise_difference(differences)),
+            ]
+        )
+    return _table(["epoch", "CAP", "CSSA", "CSSA − CAP (paired)"], body)
+
+
 def table_f1(rows: Sequence[dict[str, Any]]) -> str:
     ratios = ratios_in(rows)
     body = [
@@ -708,6 +771,16 @@ def render_markdown(protocol: dict[str, Any], rows: Sequence[dict[str, Any]]) ->
             "## Pseudo-label precision / recall per epoch (10%, mean ± std over seeds)\n\n"
             "Teacher pseudo-labels on the unlabeled stream against the hidden labels "
             f"(monitoring only).\n\n{pseudo}\n\n![pseudo-labels](pseudo_labels.png)"
+        )
+    at_recall = table_pseudo_at_cap_recall(rows)
+    if at_recall:
+        parts.append(
+            "## Pseudo-label precision at CAP's recall (10%)\n\n"
+            "Precision (%) of each teacher's remembered scores on the unlabeled images at the "
+            "recall CAP's pseudo-labels reached in the same epoch and seed (interpolated "
+            "between the logged `pseudo/precision@R` levels): the two teachers compared at equal "
+            "recall, whatever their thresholds. The paper's claim is that CSSA's pseudo-labels "
+            f"are better; a positive difference supports it.\n\n{at_recall}"
         )
     parts.append(f"## Test CF1 / OF1 (teacher, threshold 0.5)\n\n{table_f1(rows)}")
     parts.append(

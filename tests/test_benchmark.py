@@ -318,3 +318,27 @@ def test_merge_results_combines_files_and_refuses_duplicates(tmp_path):
     quality.save_results(other, {**protocol, "epochs": 99}, [row("CAP", 0.1, 3, 51.0)])
     with pytest.raises(SystemExit, match="different protocol"):
         quality.merge_results([first, other])
+
+
+def test_precision_at_cap_recall_compares_both_teachers_at_cap_recall():
+    entry = {"pseudo/precision@40": 80.0, "pseudo/precision@50": 70.0, "pseudo/precision@60": 50.0}
+    assert quality.precision_at_recall(entry, 45.0) == pytest.approx(75.0)
+    assert quality.precision_at_recall(entry, 30.0) == 80.0  # clamped below the first level
+    assert quality.precision_at_recall(entry, 90.0) == 50.0  # ... and above the last
+    assert quality.precision_at_recall({}, 50.0) is None
+    cap = {"epoch": 2, "pseudo/recall": 55.0, **entry}
+    cssa = {
+        "epoch": 2,
+        "pseudo/recall": 40.0,
+        "pseudo/precision@50": 80.0,
+        "pseudo/precision@60": 70.0,
+    }
+    rows = [
+        row("CAP", 0.1, 1, 50.0, history=[cap]),
+        row("CSSA", 0.1, 1, 51.0, history=[cssa]),
+        row("CSSA", 0.1, 2, 51.0, history=[cssa]),  # no CAP partner: left out
+    ]
+    values = quality.pseudo_at_cap_recall(rows, "CSSA", 0.1)
+    # At CAP's recall 55 %: CAP 60 (between 70 and 50), CSSA 75 (between 80 and 70).
+    assert values == {2: {1: (pytest.approx(60.0), pytest.approx(75.0))}}
+    assert "+15.00" in quality.table_pseudo_at_cap_recall(rows)

@@ -44,7 +44,10 @@ def run_fit(tmp_path, folders, clip_dir, model_args, name="run", extra=()):
 
 
 def test_cssa_fit_logs_every_term(tmp_path, image_folders, tiny_clip_dir):
-    cli, metrics = run_fit(tmp_path, image_folders, tiny_clip_dir, FAST)
+    # "weighted": every pseudo-positive aligns, so the unlabeled alignment term is never 0 here
+    # (the default, "confident", may keep none on this tiny data).
+    options = {**FAST, "alignment_unlabeled": "weighted"}
+    cli, metrics = run_fit(tmp_path, image_folders, tiny_clip_dir, options)
     model = cli.model
     assert isinstance(model, CSSATask)
     for key in [
@@ -199,6 +202,7 @@ def test_alignment_target_and_auxiliary_ramp_run(
     tmp_path, image_folders, tiny_clip_dir, target, ramp
 ):
     options = {**FAST, "alignment_target": target, "ramp_auxiliary": ramp}
+    options["alignment_unlabeled"] = "weighted"  # never 0 here (see above)
     _, metrics = run_fit(tmp_path, image_folders, tiny_clip_dir, options)
     for key in LOSS_KEYS:
         assert torch.isfinite(metrics[key]) and metrics[key + "_epoch"] > 0, key
