@@ -22,6 +22,8 @@ from transformers import AutoImageProcessor
 from cssa_lightning.clip import resolve_checkpoint
 from cssa_lightning.records import (
     build_record_table,
+    check_class_names,
+    check_seed,
     load_image,
     read_source,
     resolve_class_names,
@@ -174,6 +176,7 @@ class MultiLabelDataModule(LightningDataModule):
                 raise ValueError(f"{name} must be positive, got {size}")
         if not 0.0 < cutout_max <= 1.0:
             raise ValueError(f"cutout_max must be in (0, 1], got {cutout_max}")
+        check_seed(split_seed, "split_seed")
         # The resolved class names are logged with the model's hyperparameters (the CLI links
         # them there); logging the unresolved value here too would conflict with them.
         self.save_hyperparameters(ignore=["class_names"])
@@ -181,8 +184,10 @@ class MultiLabelDataModule(LightningDataModule):
         self.train_source, self.val_source, self.test_source = train_source, val_source, test_source
         # Class names are needed before setup(): the CLI links them into the model.
         self._train_records = read_source(train_source)
-        self.class_names = list(
-            class_names or resolve_class_names(train_source, self._train_records)
+        self.class_names = (
+            check_class_names(class_names, "data.class_names")
+            if class_names is not None
+            else resolve_class_names(train_source, self._train_records)
         )
         self.mean, self.std = _normalisation(clip_processor)
         self.train_table: datasets.Dataset | None = None

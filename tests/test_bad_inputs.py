@@ -1,0 +1,177 @@
+"""Bad and edge-case inputs: each ends in one clear error line or a documented, logged behaviour.
+
+Data files (encodings, malformed entries, odd images), options, checkpoints and training runs
+that cannot succeed. Everything here runs on tiny generated data in seconds.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cssa_lightning.records import (
+    build_record_table,
+    load_image,
+    read_source,
+    resolve_class_names,
+    split_labeled,
+)
+
+from .conftest import CLASS_NAMES
+
+
+def image_folder(root: Path, lines: list, classes: bytes | None = None, images=("a", "b")) -> Path:
+    """A folder with small PNGs ``a.png``, ``b.png`` and ``metadata.jsonl`` from ``lines``
+    (dicts are JSON-encoded, bytes written as they are)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in images:
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(root / f"{name}.png")
+    data = b"".join(
+        line if isinstance(line, bytes) else (json.dumps(line) + "\n").encode() for line in lines
+    )
+    (root / "metadata.jsonl").write_bytes(data)
+    if classes is not None:
+        (root / "classes.txt").write_bytes(classes)
+    return root
+
+
+RED = {"file_name": "a.png", "labels": ["red"]}
+BLUE = {"file_name": "b.png", "labels": ["blue", "green"]}
+
+
+# -- encodings -----------------------------------------------------------------------------------
+def test_utf8_bom_in_metadata_classes_and_csv(tmp_path):
+    folder = image_folder(
+        tmp_path / "bom",
+        [codecs.BOM_UTF8 + (json.dumps(RED) + "\n").encode(), BLUE],
+        classes=codecs.BOM_UTF8 + "\n".join(CLASS_NAMES).encode(),
+    )
+    records = read_source(folder)
+    assert [r.labels for r in records] == [("red",), ("blue", "green")]
+    assert resolve_class_names(folder, records) == CLASS_NAMES  # no '\ufeffred'
+    csv = tmp_path / "bom" / "data.csv"
+    csv.write_bytes(codecs.BOM_UTF8 + b"path,labels\na.png,red|blue\n")
+    assert [r.labels for r in read_source(csv)] == [("red", "blue")]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+def test_utf16_and_utf32_with_bom_are_decoded(tmp_path, encoding):
+    folder = image_folder(tmp_path, [])
+    text = "\n".join(json.dumps(x, ensure_ascii=False) for x in (RED, BLUE)) + "\n"
+    (folder / "metadata.jsonl").write_bytes(text.encode(encoding))  # Python writes a BOM
+    (folder / "classes.txt").write_bytes("\n".join(CLASS_NAMES).encode(encoding))
+    records = read_source(folder)
+    assert len(records) == 2 and resolve_class_names(folder, records) == CLASS_NAMES
+
+
+def test_latin1_and_bomless_utf16_are_rejected_naming_file_and_line(tmp_path):
+    folder = image_folder(tmp_path, [RED])
+    (folder / "metadata.jsonl").write_bytes(
+        (json.dumps(RED) + "\n" + '{"file_name": "b.png", "labels": ["caf\xe9"]}\n').encode(
+            "latin-1"
+        )
+    )
+    with pytest.raises(ValueError, match=r"metadata.jsonl:2: not valid UTF-8 .*0xe9.*Latin-1"):
+        read_source(folder)
+    (folder / "metadata.jsonl").write_bytes((json.dumps(RED) + "\n").encode("utf-16-le"))
+    with pytest.raises(ValueError, match=r"metadata.jsonl:1: NUL bytes .*UTF-16.*expected UTF-8"):
+        read_source(folder)
+    csv = folder / "data.csv"
+    csv.write_bytes("path,labels\na.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"data.csv:2: not valid UTF-8"):
+        read_source(csv)
+    (folder / "classes.txt").write_bytes("red\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"classes.txt:2: not valid UTF-8"):
+        resolve_class_names(folder, [])
+
+
+# -- malformed entries ---------------------------------------------------------------------------
+@pytest.mark.parametrize("file_name", [3, None, ["a.png"], ""])
+def test_non_string_file_name(tmp_path, file_name):
+    folder = image_folder(tmp_path, [RED, {"file_name": file_name, "labels": []}])
+    with pytest.raises(ValueError, match=r"metadata.jsonl:2: 'file_name' must be a non-empty str"):
+        read_source(folder)
+
+
+def test_identical_repeats_are_merged_with_a_count(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    same = {"file_name": "./a.png", "labels": ["red"]}
+    folder = image_folder(tmp_path, [RED, BLUE, same, RED])
+    records = read_source(folder)
+    assert [r.where.rsplit(":", 1)[1] for r in records] == ["1", "2"]
+    assert "2 repeated lines with the same image and labels were dropped" in caplog.text
+    assert "metadata.jsonl:3" in caplog.text
+
+
+def test_conflicting_repeats_are_rejected_naming_both_lines(tmp_path):
+    folder = image_folder(tmp_path, [RED, BLUE, {"file_name": "a.png", "labels": ["blue"]}])
+    with pytest.raises(
+        ValueError, match=r"metadata.jsonl:3: image .*a.png is listed again .*metadata.jsonl:1"
+    ):
+        read_source(folder)
+
+
+def test_class_lists(tmp_path):
+    folder = image_folder(tmp_path, [RED, BLUE], classes=b"\n  \n")
+    with pytest.raises(ValueError, match=r"classes.txt: empty \(expected one class name per line"):
+        resolve_class_names(folder, read_source(folder))
+    (folder / "classes.txt").write_text("red\n")
+    with pytest.raises(ValueError, match=r"classes.txt: one class \('red'\); .*at least two"):
+        resolve_class_names(folder, read_source(folder))
+    (folder / "classes.txt").write_text("red\nblue\nred\n")
+    with pytest.raises(ValueError, match=r"classes.txt: class names are not unique .*'red'"):
+        resolve_class_names(folder, read_source(folder))
+    (folder / "classes.txt").unlink()
+    one = image_folder(tmp_path / "one", [RED, {"file_name": "b.png", "labels": ["red"]}])
+    with pytest.raises(
+        ValueError, match=r"labels of .*one \(no classes.txt beside it\): one class"
+    ):
+        resolve_class_names(one, read_source(one))
+    with pytest.raises(ValueError, match="class_names: one class"):
+        build_record_table(read_source(one), ["red"])
+
+
+def test_negative_split_seed():
+    with pytest.raises(ValueError, match="split_seed must be a non-negative integer, got -1"):
+        split_labeled(10, 0.5, seed=-1)
+
+
+def test_datamodule_rejects_negative_seed_and_one_class(image_folders):
+    from cssa_lightning.datamodule import MultiLabelDataModule
+
+    with pytest.raises(ValueError, match="split_seed must be a non-negative integer, got -3"):
+        MultiLabelDataModule(str(image_folders["train"]), split_seed=-3)
+    with pytest.raises(ValueError, match=r"data.class_names: one class \('red'\)"):
+        MultiLabelDataModule(str(image_folders["train"]), class_names=["red"])
+
+
+# -- odd images ----------------------------------------------------------------------------------
+def test_16_bit_grey_png_is_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I;16")
+    rgb = load_image({"path": str(tmp_path / "g16.png"), "bytes": None})
+    assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
+    expected = np.rint(ramp / 257.0).astype(np.uint8)
+    np.testing.assert_array_equal(rgb[..., 0], expected)
+    assert rgb.min() == 0 and rgb.max() == 255 and len(np.unique(rgb)) > 50
+
+
+def test_32_bit_and_float_images(tmp_path):
+    Image.fromarray(np.full((4, 4), 65535, dtype=np.int32), mode="I").save(tmp_path / "i.tif")
+    assert load_image({"path": str(tmp_path / "i.tif"), "bytes": None}).max() == 255
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32), mode="F").save(tmp_path / "f.tif")
+    assert load_image({"path": str(tmp_path / "f.tif"), "bytes": None}).max() == 128
+
+
+def test_decompression_bomb_is_one_line(tmp_path, monkeypatch):
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 * 64 > 2 * 1000: PIL refuses
+    with pytest.raises(ValueError, match=r"image .*big.png is too large to decode safely"):
+        load_image({"path": str(tmp_path / "big.png"), "bytes": None})
