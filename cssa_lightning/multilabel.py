@@ -10,10 +10,11 @@ import logging
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 from torch import Tensor, nn
 
 from cssa_lightning.clip import DEFAULT_TEMPLATES, CLIPBackbone
+from cssa_lightning.guards import NonFiniteGuard
 from cssa_lightning.losses import asymmetric_loss, binary_cross_entropy
 from cssa_lightning.metrics import MultiLabelMetrics
 from cssa_lightning.network import Encoded, MultiLabelCLIPNet
@@ -56,6 +57,9 @@ class MultiLabelTask(LightningModule):
         weight_decay: AdamW weight decay (not applied to biases, norms and scales).
         pct_start: Fraction of the schedule spent warming the learning rate up.
         prediction_threshold: Probability threshold of the CF1/OF1 metrics and predictions.
+        on_non_finite: What a NaN/inf training loss does: stop the run with an error naming
+            the step and the loss terms, or skip the step (no update) and count it as
+            ``train/skipped_steps``. Checkpoints with non-finite weights are never written.
     """
 
     # Suffixes of the score sets that ``evaluation_scores`` returns ("" = the model itself).
@@ -83,6 +87,7 @@ class MultiLabelTask(LightningModule):
         weight_decay: float = 1.0e-4,
         pct_start: float = 0.2,
         prediction_threshold: float = 0.5,
+        on_non_finite: Literal["stop", "skip"] = "stop",
     ):
         super().__init__()
         if not class_names:
@@ -153,6 +158,10 @@ class MultiLabelTask(LightningModule):
         )
 
     # -- training ----------------------------------------------------------------------------
+    def configure_callbacks(self) -> list[Callback]:
+        """The guards every fit needs (:mod:`cssa_lightning.guards`)."""
+        return [NonFiniteGuard(self.hparams.get("on_non_finite", "stop"))]
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         labeled = batch["labeled"]
         logits = self(labeled["image"])

@@ -13,8 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import yaml
 from PIL import Image
 
+from cssa_lightning.cli import build_cli
+from cssa_lightning.guards import NonFiniteGuard, first_non_finite_parameter
+from cssa_lightning.multilabel import MultiLabelTask
 from cssa_lightning.records import (
     build_record_table,
     load_image,
@@ -175,3 +180,115 @@ def test_decompression_bomb_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 * 64 > 2 * 1000: PIL refuses
     with pytest.raises(ValueError, match=r"image .*big.png is too large to decode safely"):
         load_image({"path": str(tmp_path / "big.png"), "bytes": None})
+
+
+# -- training runs -------------------------------------------------------------------------------
+class NaNAtStep(MultiLabelTask):
+    """The supervised baseline whose loss turns NaN at optimizer step ``nan_step``."""
+
+    nan_step = 2
+
+    def supervised_loss(self, logits, targets, mask=None):
+        loss = super().supervised_loss(logits, targets, mask)
+        return loss * float("nan") if self.trainer.global_step == self.nan_step else loss
+
+
+def fit_config(tmp_path, folders, clip_dir, model="cssa_lightning.MultiLabelTask", **options):
+    """A tiny ``cssa fit`` config; ``options`` are dotted overrides (``"trainer.max_steps"``)."""
+    config = {
+        "seed_everything": 1,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": 2,
+            "limit_train_batches": 3,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(tmp_path),
+            "logger": False,
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(tmp_path / "checkpoints"),
+                        "save_last": True,
+                        "every_n_train_steps": 1,
+                        "save_top_k": -1,
+                    },
+                }
+            ],
+        },
+        "model": {
+            "class_path": model,
+            "init_args": {"clip_checkpoint": str(clip_dir), "lr": 1.0e-3},
+        },
+        "data": {
+            "class_path": "cssa_lightning.MultiLabelDataModule",
+            "init_args": {
+                "train_source": str(folders["train"]),
+                "test_source": str(folders["test"]),
+                "labeled_ratio": 0.25,
+                "image_size": 32,
+                "labeled_batch_size": 4,
+                "unlabeled_batch_size": 8,
+                "eval_batch_size": 16,
+            },
+        },
+    }
+    for dotted, value in options.items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_nan_loss_stops_naming_term_and_step_and_keeps_the_good_checkpoint(
+    tmp_path, image_folders, tiny_clip_dir
+):
+    config = fit_config(tmp_path, image_folders, tiny_clip_dir, "tests.test_bad_inputs.NaNAtStep")
+    with pytest.raises(
+        FloatingPointError,
+        match=r"non-finite training loss nan at step 2 \(epoch 0, batch 2\): train/loss_sup = nan",
+    ):
+        build_cli(["fit", "--config", str(config)])
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 2
+    assert all(
+        torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
+    )
+
+
+def test_nan_loss_skip_mode_counts_and_leaves_weights_alone(tmp_path, image_folders, tiny_clip_dir):
+    config = fit_config(
+        tmp_path,
+        image_folders,
+        tiny_clip_dir,
+        "tests.test_bad_inputs.NaNAtStep",
+        **{"model.init_args.on_non_finite": "skip"},
+    )
+    cli = build_cli(["fit", "--config", str(config)])
+    guard = next(c for c in cli.trainer.callbacks if isinstance(c, NonFiniteGuard))
+    assert guard.skipped_steps == 1 and cli.trainer.global_step == 6
+    before = torch.load(tmp_path / "checkpoints" / "epoch=0-step=2.ckpt", weights_only=False)
+    after = torch.load(tmp_path / "checkpoints" / "epoch=0-step=3.ckpt", weights_only=False)
+    for name, value in before["state_dict"].items():
+        assert torch.equal(value, after["state_dict"][name]), name  # the NaN step changed nothing
+    assert first_non_finite_parameter(cli.model) is None
+    assert after["callbacks"]["NonFiniteGuard"] == {"skipped_steps": 1}
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, image_folders, tiny_clip_dir):
+    config = fit_config(tmp_path, image_folders, tiny_clip_dir, **{"trainer.max_epochs": 1})
+    cli = build_cli(["fit", "--config", str(config)])
+    good = tmp_path / "good.ckpt"
+    cli.trainer.save_checkpoint(good)
+    size = good.stat().st_size
+    with torch.no_grad():
+        cli.model.net.alignment.bias[0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"refusing to save .*net.alignment.bias"):
+        cli.trainer.save_checkpoint(good)
+    assert good.stat().st_size == size and torch.load(good, weights_only=False)["state_dict"]
