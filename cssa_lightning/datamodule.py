@@ -205,10 +205,29 @@ class MultiLabelDataModule(LightningDataModule):
                 len(self.train_table), hp.labeled_ratio, hp.split_seed
             )
             self._log_split()
+        if stage in (None, "fit"):
+            self._check_batch_sizes()
         if stage in (None, "fit", "validate", "test", "predict"):
             self.test_table = self._eval_table(self.test_source)
             self.val_table = (
                 self._eval_table(self.val_source) if self.val_source else self.test_table
+            )
+
+    def _check_batch_sizes(self) -> None:
+        hp = self.hparams
+        num_labeled = len(self.labeled_indices)
+        if len(self.unlabeled_indices) == 0 and num_labeled < hp.labeled_batch_size:
+            # Fully labeled: the labeled loader drops its last partial batch, so none is left.
+            raise ValueError(
+                f"data.labeled_batch_size={hp.labeled_batch_size} is larger than the "
+                f"{num_labeled} labeled images: no full batch, no training step; lower it"
+            )
+        if num_labeled < hp.labeled_batch_size:
+            log.warning(
+                "labeled_batch_size=%d is larger than the %d labeled images: "
+                "each labeled batch repeats images",
+                hp.labeled_batch_size,
+                num_labeled,
             )
 
     def _eval_table(self, source: str | None) -> datasets.Dataset | None:

@@ -14,7 +14,7 @@ from lightning.pytorch import Callback, LightningModule
 from torch import Tensor, nn
 
 from cssa_lightning.clip import DEFAULT_TEMPLATES, CLIPBackbone
-from cssa_lightning.guards import NonFiniteGuard
+from cssa_lightning.guards import NonFiniteGuard, RunGuard
 from cssa_lightning.losses import asymmetric_loss, binary_cross_entropy
 from cssa_lightning.metrics import MultiLabelMetrics
 from cssa_lightning.network import Encoded, MultiLabelCLIPNet
@@ -160,7 +160,7 @@ class MultiLabelTask(LightningModule):
     # -- training ----------------------------------------------------------------------------
     def configure_callbacks(self) -> list[Callback]:
         """The guards every fit needs (:mod:`cssa_lightning.guards`)."""
-        return [NonFiniteGuard(self.hparams.get("on_non_finite", "stop"))]
+        return [NonFiniteGuard(self.hparams.get("on_non_finite", "stop")), RunGuard()]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         labeled = batch["labeled"]

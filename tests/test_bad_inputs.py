@@ -7,18 +7,27 @@ that cannot succeed. Everything here runs on tiny generated data in seconds.
 from __future__ import annotations
 
 import codecs
+import errno
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from lightning.pytorch import LightningDataModule, Trainer
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from cssa_lightning.cli import build_cli
-from cssa_lightning.guards import NonFiniteGuard, first_non_finite_parameter
+from cssa_lightning.guards import (
+    AtomicCheckpointIO,
+    NonFiniteGuard,
+    check_writable,
+    first_non_finite_parameter,
+)
 from cssa_lightning.multilabel import MultiLabelTask
 from cssa_lightning.records import (
     build_record_table,
@@ -273,6 +282,7 @@ def test_nan_loss_skip_mode_counts_and_leaves_weights_alone(tmp_path, image_fold
     cli = build_cli(["fit", "--config", str(config)])
     guard = next(c for c in cli.trainer.callbacks if isinstance(c, NonFiniteGuard))
     assert guard.skipped_steps == 1 and cli.trainer.global_step == 6
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     before = torch.load(tmp_path / "checkpoints" / "epoch=0-step=2.ckpt", weights_only=False)
     after = torch.load(tmp_path / "checkpoints" / "epoch=0-step=3.ckpt", weights_only=False)
     for name, value in before["state_dict"].items():
@@ -292,3 +302,104 @@ def test_non_finite_weights_are_never_saved(tmp_path, image_folders, tiny_clip_d
     with pytest.raises(FloatingPointError, match=r"refusing to save .*net.alignment.bias"):
         cli.trainer.save_checkpoint(good)
     assert good.stat().st_size == size and torch.load(good, weights_only=False)["state_dict"]
+
+
+def test_batch_larger_than_fully_labeled_split_fails_before_training(tmp_path, image_folders):
+    from cssa_lightning.datamodule import MultiLabelDataModule
+
+    datamodule = MultiLabelDataModule(
+        str(image_folders["train"]), labeled_ratio=1.0, labeled_batch_size=128
+    )
+    with pytest.raises(ValueError, match=r"labeled_batch_size=128 is larger than the 96 labeled"):
+        datamodule.setup("fit")
+    datamodule.setup("test")  # evaluation does not need a training batch
+
+
+def test_labeled_batch_larger_than_labeled_split_warns(image_folders, caplog):
+    from cssa_lightning.datamodule import MultiLabelDataModule
+
+    caplog.set_level(logging.WARNING)
+    datamodule = MultiLabelDataModule(
+        str(image_folders["train"]), labeled_ratio=0.05, labeled_batch_size=8
+    )
+    datamodule.setup("fit")
+    assert "larger than the 4 labeled images: each labeled batch repeats images" in caplog.text
+
+
+class EmptyTrainData(LightningDataModule):
+    def train_dataloader(self):
+        return DataLoader([], batch_size=1)
+
+
+def test_a_fit_without_training_batches_does_not_pass(tiny_clip_dir):
+    model = MultiLabelTask(CLASS_NAMES, clip_checkpoint=str(tiny_clip_dir), calibrate_bias=False)
+    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match="the training loader yields no batch"):
+        trainer.fit(model, datamodule=EmptyTrainData())
+
+
+def test_missing_test_source_is_reported_before_training(tmp_path, image_folders, tiny_clip_dir):
+    config = fit_config(
+        tmp_path, image_folders, tiny_clip_dir, **{"data.init_args.test_source": None}
+    )
+    with pytest.raises(ValueError, match=r"--test_after_fit true needs test images"):
+        build_cli(["fit", "--config", str(config), "--test_after_fit=true"])
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_image_smaller_than_the_patch(tmp_path, image_folders, tiny_clip_dir):
+    config = fit_config(tmp_path, image_folders, tiny_clip_dir, **{"data.init_args.image_size": 4})
+    with pytest.raises(
+        ValueError, match=r"data.image_size=4 is smaller than the CLIP patch \(8 px"
+    ):
+        build_cli(["fit", "--config", str(config)])
+
+
+def test_unwritable_output_folder_fails_before_training(tmp_path, image_folders, tiny_clip_dir):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    config = fit_config(
+        tmp_path,
+        image_folders,
+        tiny_clip_dir,
+        **{"trainer.callbacks": [], "trainer.default_root_dir": str(blocker / "out")},
+    )
+    with pytest.raises(PermissionError, match=r"output folder .*a_file/out cannot be written"):
+        build_cli(["fit", "--config", str(config)])
+    if os.geteuid() != 0:  # root writes anywhere: a read-only mode cannot be tested as root
+        readonly = tmp_path / "readonly"
+        readonly.mkdir(mode=0o555)
+        with pytest.raises(PermissionError, match=r"checkpoint folder .*readonly"):
+            check_writable(readonly, "checkpoint folder")
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+
+    def full_disk(obj, stream):
+        stream.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"could not write checkpoint .*last.ckpt \(No space left"):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert io.load_checkpoint(path) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", "truncated"])
+def test_corrupt_checkpoint_is_one_line(tmp_path, image_folders, tiny_clip_dir, content):
+    config = fit_config(tmp_path, image_folders, tiny_clip_dir)
+    checkpoint = tmp_path / "bad.ckpt"
+    if content == "truncated":
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1000)}}, checkpoint)
+        checkpoint.write_bytes(checkpoint.read_bytes()[:300])
+    else:
+        checkpoint.write_bytes(content)
+    with pytest.raises(ValueError, match=r"checkpoint .*bad.ckpt cannot be read: .*\(truncated, c"):
+        build_cli(["test", "--config", str(config), "--ckpt_path", str(checkpoint)])
+    with pytest.raises(FileNotFoundError, match=r"checkpoint .*missing.ckpt does not exist"):
+        AtomicCheckpointIO().load_checkpoint(tmp_path / "missing.ckpt")
