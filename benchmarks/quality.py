@@ -67,6 +67,16 @@ class Protocol:
     alignment_target: str | None = "prototype"
     ramp_auxiliary: bool | None = True
     asl_detach_focus: bool | None = None
+    # Mean-teacher details shared by CAP and CSSA (docs/method.md); None: CSSATask's default.
+    negative_keep: float | None = None
+    threshold_refresh: str | None = None
+    pseudo_label_scores: str | None = None
+    schedule_restart: bool | None = None
+    unlabeled_weighting: str | None = None
+    # CSSA-only choices (no effect on CAP, which has no alignment or cross-attention).
+    absent_push_weight: float | None = None
+    absent_push_margin: float | None = None
+    cross_attention_lr: float | None = None
     labeled_view: str = "weak"
     cutout_max: float = 0.3
     trainable_vision_layers: int | None = None  # None: the whole vision tower trains
@@ -83,6 +93,18 @@ class Protocol:
     # there is one), validating every epoch; the same model selection for every method.
     test_weights: str = "best"
 
+
+# Protocol fields passed to every CSSATask run when set (None: the task's own default).
+OPTIONAL_CSSA_OPTIONS = (
+    "negative_keep",
+    "threshold_refresh",
+    "pseudo_label_scores",
+    "schedule_restart",
+    "unlabeled_weighting",
+    "absent_push_weight",
+    "absent_push_margin",
+    "cross_attention_lr",
+)
 
 # --quick: overrides of the protocol (explicit flags still win) and of the grid.
 QUICK_PROTOCOL = {"num_train": 600, "num_val": 300, "num_test": 300, "epochs": 3, "threads": 2}
@@ -201,6 +223,7 @@ def run_config(
             "alignment_unlabeled",
             "alignment_target",
             "ramp_auxiliary",
+            *OPTIONAL_CSSA_OPTIONS,
         ):
             if getattr(p, name) is not None:
                 model[name] = getattr(p, name)

@@ -19,15 +19,10 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelF1Score, MultilabelPrecision, MultilabelRecall
 
 from cssa_lightning.contexts import cluster_contexts, context_targets, cooccurrence_affinity
-from cssa_lightning.losses import context_loss, semantic_alignment_loss
-from cssa_lightning.multilabel import MultiLabelTask
+from cssa_lightning.losses import absent_push_loss, context_loss, semantic_alignment_loss
+from cssa_lightning.multilabel import MultiLabelTask, one_cycle_factor
 from cssa_lightning.network import Encoded
-from cssa_lightning.pseudo_labels import (
-    cat_thresholds,
-    fbeta_thresholds,
-    fixed_thresholds,
-    pseudo_labels,
-)
+from cssa_lightning.pseudo_labels import PseudoLabeller, PseudoLabels
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +30,23 @@ log = logging.getLogger(__name__)
 class CSSATask(MultiLabelTask):
     """CSSA: labeled + unlabeled training with a CLIP student and an EMA teacher.
 
-    Total loss after ``warmup_epochs`` of supervised-only training:
-    ``L_sup + alignment_weight * L_align + lambda_u(t) * L_cons
-    + context_weight * (L_ctx_labeled + L_ctx_unlabeled)``, where ``lambda_u`` ramps linearly
-    to ``consistency_weight`` over ``rampup_epochs``.
+    The training step is assembled from named loss terms: :meth:`labeled_losses` (``sup``,
+    ``align``, ``ctx``, ``push``) and :meth:`unlabeled_losses` (``cons``, ``align_u``,
+    ``ctx_u``, ``push_u``), summed with the weights of :meth:`loss_weights`. After
+    ``warmup_epochs`` of supervised-only training the total is
+    ``L_sup + w_a (L_align + L_align_u) + lambda_u L_cons + w_c (L_ctx + L_ctx_u)
+    + w_p (L_push + L_push_u)``, where ``lambda_u`` ramps linearly to ``consistency_weight``
+    over ``rampup_epochs`` (and ``w_a``, ``w_c``, ``w_p`` too with ``ramp_auxiliary``). A
+    subclass changes one term by overriding the method that computes it. The teacher's
+    pseudo-labels come from :attr:`pseudo_labeller` (thresholds, score memory, refresh).
 
     Args:
         class_names: Ordered class names (linked from the data module by the CLI).
         label_specific: Label-specific features by label-query cross-attention; ``False``
             uses the global feature for every label.
         attention_heads: Heads of the label-query cross-attention.
+        cross_attention_lr: Peak learning rate of the cross-attention; ``None`` uses
+            ``head_lr``.
         use_alignment: Add the one-to-one semantic alignment loss.
         alignment_weight: Weight of the alignment loss.
         alignment_temperature: Temperature ``tau`` of the alignment loss.
@@ -57,6 +59,10 @@ class CSSATask(MultiLabelTask):
         alignment_target: What each label feature is aligned with: the frozen class text
             ``t_k``, the classifier's (learnable) prototype ``w_k`` that the label is scored
             with, or both (mean of the two losses).
+        absent_push_weight: Weight of the absent-label push term (0: off): the feature of each
+            absent label (labeled negatives; trusted pseudo-negatives) is pushed below cosine
+            ``absent_push_margin`` with the alignment target of its class.
+        absent_push_margin: Cosine above which an absent label's feature is pushed.
         use_context: Add the context identification task.
         num_contexts: Contexts ``K`` found by spectral clustering of labeled co-occurrence.
         context_weight: Weight of the context losses.
@@ -66,40 +72,58 @@ class CSSATask(MultiLabelTask):
         context_seed: Seed of the spectral clustering.
         use_consistency: Add the teacher/student consistency loss on unlabeled images.
         consistency_weight: Final weight ``lambda_u`` of the consistency loss.
+        unlabeled_weighting: How unlabeled terms weigh against labeled ones: each loss is a
+            per-batch mean (``batch_mean``), or each unlabeled term is scaled by the ratio of
+            unlabeled to labeled images in the step so every image weighs the same
+            (``per_image``, as CAP's sums over images).
         warmup_epochs: Epochs of supervised-only training before the other losses start.
         rampup_epochs: Epochs over which ``lambda_u`` grows linearly after the warm-up.
-        ramp_auxiliary: Ramp the alignment and context weights with the same linear ramp as
-            ``lambda_u`` (else they start at full weight when the warm-up ends).
+        ramp_auxiliary: Ramp the alignment, context and push weights with the same linear ramp
+            as ``lambda_u`` (else they start at full weight when the warm-up ends).
         teacher_restart: Restart the EMA teacher from the student when the warm-up ends, so
             the semi-supervised phase starts from the warmed-up model (as CAP does) rather than
             from an average that still remembers the first steps.
+        schedule_restart: Run one OneCycle learning-rate schedule over the warm-up and a new
+            one over the semi-supervised epochs (CAP), instead of one over the whole run.
         pseudo_threshold: How thresholds are chosen: class-distribution-aware (CAT), one fixed
             value, or F-beta on labeled teacher scores (MAT).
         fixed_threshold: The threshold of ``pseudo_threshold="fixed"``.
         fbeta: ``beta`` of ``pseudo_threshold="fbeta"``.
         threshold_refresh: Recompute thresholds at each epoch end from the epoch's teacher
-            scores (gathered across processes), or at every step from the latest teacher score of
-            each image seen so far (this process's only). Until the first epoch-end refresh,
-            thresholds follow every step's scores in both modes.
+            scores (gathered across processes), at every step from the latest teacher score of
+            each image seen so far (this process's only), or from one pass of the fixed
+            teacher over every unlabeled image (eval view) at the start of each
+            semi-supervised epoch (``pass``, CAP).
+        pseudo_label_scores: Pseudo-labels from the teacher's scores of the step's weak views
+            (``step``), or from the scores of the epoch-start pass (``pass``, CAP; needs
+            ``threshold_refresh="pass"``).
         reliability_margin: Mask pseudo-labels whose teacher probability is within this
             distance of the threshold (0 keeps all).
+        negative_keep: Fraction of each class's pseudo-negatives used, lowest scores first
+            (CAP: 0.998 drops the negatives just under the threshold); 1 uses all.
         ema_decay: Decay of the teacher's exponential moving average.
         **kwargs: Options of :class:`~cssa_lightning.multilabel.MultiLabelTask`.
     """
 
     evaluated_scores = ("", "_teacher")
+    # Recall levels at which the pseudo-labels' precision is logged (``pseudo/precision@R``):
+    # methods with different thresholds are compared at the same recall.
+    monitored_recalls = (0.4, 0.5, 0.6, 0.7, 0.8)
 
     def __init__(
         self,
         class_names: list[str],
         label_specific: bool = True,
         attention_heads: int = 8,
+        cross_attention_lr: float | None = None,
         use_alignment: bool = True,
         alignment_weight: float = 1.0,
         alignment_temperature: float = 0.07,
         alignment_unlabeled: Literal["all", "confident", "weighted", "none"] = "all",
         alignment_margin: float = 0.2,
         alignment_target: Literal["text", "prototype", "both"] = "text",
+        absent_push_weight: float = 0.0,
+        absent_push_margin: float = 0.0,
         use_context: bool = True,
         num_contexts: int = 5,
         context_weight: float = 1.0,
@@ -109,31 +133,44 @@ class CSSATask(MultiLabelTask):
         context_seed: int = 0,
         use_consistency: bool = True,
         consistency_weight: float = 1.0,
+        unlabeled_weighting: Literal["batch_mean", "per_image"] = "batch_mean",
         warmup_epochs: int = 12,
         rampup_epochs: float = 1.0,
         ramp_auxiliary: bool = False,
         teacher_restart: bool = False,
+        schedule_restart: bool = False,
         pseudo_threshold: Literal["cat", "fixed", "fbeta"] = "cat",
         fixed_threshold: float = 0.7,
         fbeta: float = 1.0,
-        threshold_refresh: Literal["epoch", "step"] = "epoch",
+        threshold_refresh: Literal["epoch", "step", "pass"] = "epoch",
+        pseudo_label_scores: Literal["step", "pass"] = "step",
         reliability_margin: float = 0.0,
+        negative_keep: float = 1.0,
         ema_decay: float = 0.999,
         **kwargs: Any,
     ):
         if use_context and num_contexts < 1:
             raise ValueError(f"num_contexts must be >= 1 with use_context, got {num_contexts}")
+        if pseudo_label_scores == "pass" and threshold_refresh != "pass":
+            raise ValueError("pseudo_label_scores='pass' needs threshold_refresh='pass'")
         super().__init__(class_names, **kwargs)
         num_classes = len(class_names)
         self.teacher = AveragedModel(
             self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
         )
         self.teacher.requires_grad_(False)
-        # Data-dependent state, filled in on_fit_start / epoch ends and saved in checkpoints.
+        self.pseudo_labeller = PseudoLabeller(
+            num_classes,
+            rule=pseudo_threshold,
+            refresh=threshold_refresh,
+            fixed_threshold=fixed_threshold,
+            fbeta=fbeta,
+            reliability_margin=reliability_margin,
+            negative_keep=negative_keep,
+        )
+        # Data-dependent state, filled in on_fit_start and saved in checkpoints.
         self.register_buffer("class_priors", torch.zeros(num_classes))
         self.register_buffer("class_to_context", torch.zeros(num_classes, dtype=torch.long))
-        self.register_buffer("thresholds", torch.full((num_classes,), float("inf")))
-        self.register_buffer("thresholds_ready", torch.tensor(False))
         self.pseudo_metrics = MetricCollection(
             {
                 "precision": MultilabelPrecision(num_classes, average="micro"),
@@ -141,11 +178,13 @@ class CSSATask(MultiLabelTask):
                 "F1": MultilabelF1Score(num_classes, average="micro"),
             }
         )
-        self._unlabeled_scores: Tensor | None = None  # latest teacher score of each image
-        self._unlabeled_seen: Tensor | None = None
-        self._labeled_scores: list[tuple[Tensor, Tensor]] = []  # for F-beta thresholds
-        # True until the first epoch-end refresh: thresholds then follow every step's scores.
-        self._provisional_thresholds = True
+        # Hidden labels of the unlabeled images, for monitoring the pseudo-labels only.
+        self._hidden_targets: Tensor | None = None
+
+    @property
+    def thresholds(self) -> Tensor:
+        """``(C,)`` the current pseudo-label thresholds."""
+        return self.pseudo_labeller.thresholds
 
     def network_options(self) -> dict[str, Any]:
         hp = self.hparams
@@ -156,6 +195,12 @@ class CSSATask(MultiLabelTask):
             context_hidden=hp.context_hidden,
             context_input=hp.context_input,
         )
+
+    def parameter_lr(self, name: str) -> float:
+        lr = self.hparams.cross_attention_lr
+        if lr is not None and name.startswith("net.cross_attention."):
+            return lr
+        return super().parameter_lr(name)
 
     @property
     def uses_unlabeled(self) -> bool:
@@ -182,12 +227,18 @@ class CSSATask(MultiLabelTask):
         if int(self.teacher.n_averaged) == 0:
             # Start the teacher from the (bias-calibrated) student, not from __init__'s copy.
             self.teacher.module.load_state_dict(self.net.state_dict())
-        self._provisional_thresholds = not bool(self.thresholds_ready)  # resumed runs have them
         num_unlabeled = len(datamodule.unlabeled_indices)
-        self._unlabeled_scores = torch.zeros(num_unlabeled, self.num_classes, device=self.device)
-        self._unlabeled_seen = torch.zeros(num_unlabeled, dtype=torch.bool, device=self.device)
+        self.pseudo_labeller.allocate(num_unlabeled)  # a restored memory is kept
+        self._hidden_targets = torch.zeros(num_unlabeled, self.num_classes, device=self.device)
 
-    # -- pieces of a training step (override in a subclass to change one) ---------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints written before the pseudo-labeller module kept its thresholds on the task.
+        state = checkpoint.get("state_dict", {})
+        for old, new in (("thresholds", "thresholds"), ("thresholds_ready", "ready")):
+            if old in state and f"pseudo_labeller.{new}" not in state:
+                state[f"pseudo_labeller.{new}"] = state.pop(old)
+
+    # -- schedule ----------------------------------------------------------------------------
     def ramp(self, batch_idx: int) -> float:
         """0 during warm-up, then linear from 0 to 1 over ``rampup_epochs``."""
         hp = self.hparams
@@ -201,45 +252,73 @@ class CSSATask(MultiLabelTask):
         """``lambda_u(t)``: 0 during warm-up, then a linear ramp to ``consistency_weight``."""
         return self.hparams.consistency_weight * self.ramp(batch_idx)
 
-    def auxiliary_weights(self, batch_idx: int) -> tuple[float, float]:
-        """Weights of the alignment and context losses at this step."""
+    def loss_weights(
+        self, batch_idx: int, num_labeled: int, num_unlabeled: int
+    ) -> dict[str, float]:
+        """The weight of every named loss term at this step."""
         hp = self.hparams
         ramp = self.ramp(batch_idx) if hp.ramp_auxiliary else 1.0
-        return hp.alignment_weight * ramp, hp.context_weight * ramp
+        align, ctx, push = (
+            hp.alignment_weight * ramp,
+            hp.context_weight * ramp,
+            hp.absent_push_weight * ramp,
+        )
+        unlabeled = 1.0
+        if hp.unlabeled_weighting == "per_image" and num_labeled > 0:
+            unlabeled = num_unlabeled / num_labeled
+        return {
+            "sup": 1.0,
+            "align": align,
+            "ctx": ctx,
+            "push": push,
+            "cons": self.unsupervised_weight(batch_idx) * unlabeled,
+            "align_u": align * unlabeled,
+            "ctx_u": ctx * unlabeled,
+            "push_u": push * unlabeled,
+        }
 
     def in_warmup(self) -> bool:
         return self.current_epoch < self.hparams.warmup_epochs
 
+    def learning_rate_scheduler(
+        self, optimizer: torch.optim.Optimizer, total_steps: int
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        hp = self.hparams
+        epochs = self.trainer.max_epochs
+        if not hp.schedule_restart or hp.warmup_epochs <= 0 or not epochs or epochs < 1:
+            return super().learning_rate_scheduler(optimizer, total_steps)
+        warm = min(round(total_steps * hp.warmup_epochs / epochs), total_steps - 1)
+        if warm < 1:
+            return super().learning_rate_scheduler(optimizer, total_steps)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return one_cycle_factor(step, warm, hp.pct_start)
+            return one_cycle_factor(step - warm, total_steps - warm, hp.pct_start)
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    # -- teacher and pseudo-labels (override one to change what the losses receive) -----------
     @torch.no_grad()
     def teacher_probs(self, images: Tensor) -> Tensor:
         """Teacher probabilities on (weak-view) images."""
         self.teacher.eval()
         return torch.sigmoid(self.teacher(images).logits.float())
 
-    def pseudo_labels(self, probs: Tensor) -> tuple[Tensor, Tensor]:
-        """Hard pseudo-labels and reliability mask from teacher probabilities."""
-        return pseudo_labels(probs, self.thresholds, self.hparams.reliability_margin)
+    def pseudo_labels(self, probs: Tensor) -> PseudoLabels:
+        """Hard pseudo-labels and the mask of usable entries. The alignment positives, the
+        context targets and (by default) the consistency targets come from these."""
+        return self.pseudo_labeller(probs)
 
-    def alignment_loss(self, encoded: Encoded, positives: Tensor) -> Tensor:
-        """One-to-one alignment of each positive label's feature with its class text and/or
-        its classifier prototype (``alignment_target``)."""
-        hp = self.hparams
-        targets = []
-        if hp.alignment_target in ("text", "both"):
-            targets.append(self.net.class_text_features())
-        if hp.alignment_target in ("prototype", "both"):
-            targets.append(self.net.alignment.prototypes)
-        losses = [
-            semantic_alignment_loss(
-                encoded.label_features, target, positives, hp.alignment_temperature
-            )
-            for target in targets
-        ]
-        return sum(losses) / len(losses)
+    def consistency_targets(self, probs: Tensor, pseudo: PseudoLabels) -> tuple[Tensor, Tensor]:
+        """Targets and mask of the consistency loss: the hard pseudo-labels by default (a
+        subclass may return soft targets without changing the alignment or context inputs)."""
+        return pseudo.labels, pseudo.mask
 
-    def unlabeled_alignment_positives(self, probs: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
-        """Weights of the unlabeled ``(image, label)`` pairs the alignment loss uses."""
+    def alignment_positives(self, probs: Tensor, pseudo: PseudoLabels) -> Tensor:
+        """Weights of the unlabeled ``(image, label)`` pairs the alignment loss pulls."""
         hp = self.hparams
+        labels, mask = pseudo
         if hp.alignment_unlabeled == "confident":
             return labels * mask * (probs >= self.thresholds + hp.alignment_margin)
         if hp.alignment_unlabeled == "weighted":
@@ -247,6 +326,36 @@ class CSSATask(MultiLabelTask):
         if hp.alignment_unlabeled == "none":
             return torch.zeros_like(labels)
         return labels * mask
+
+    # -- loss terms --------------------------------------------------------------------------
+    def alignment_targets(self) -> list[Tensor]:
+        """``(C, D)`` features the label features are aligned with (``alignment_target``)."""
+        hp = self.hparams
+        targets = []
+        if hp.alignment_target in ("text", "both"):
+            targets.append(self.net.class_text_features())
+        if hp.alignment_target in ("prototype", "both"):
+            targets.append(self.net.alignment.prototypes)
+        return targets
+
+    def alignment_loss(self, encoded: Encoded, positives: Tensor) -> Tensor:
+        """One-to-one alignment of each positive label's feature with its class text and/or
+        its classifier prototype (``alignment_target``)."""
+        temperature = self.hparams.alignment_temperature
+        losses = [
+            semantic_alignment_loss(encoded.label_features, target, positives, temperature)
+            for target in self.alignment_targets()
+        ]
+        return sum(losses) / len(losses)
+
+    def absent_push_loss(self, encoded: Encoded, negatives: Tensor) -> Tensor:
+        """Push absent labels' features away from their class's alignment target."""
+        margin = self.hparams.absent_push_margin
+        losses = [
+            absent_push_loss(encoded.label_features, target, negatives, margin)
+            for target in self.alignment_targets()
+        ]
+        return sum(losses) / len(losses)
 
     def consistency_loss(self, strong_logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         """The supervised loss between strong-view student scores and teacher pseudo-labels."""
@@ -260,106 +369,130 @@ class CSSATask(MultiLabelTask):
             return encoded.context_logits.sum() * 0.0
         return context_loss(encoded.context_logits, targets, single)
 
+    def labeled_losses(self, student: Encoded, targets: Tensor) -> dict[str, Tensor]:
+        """Named loss terms of the labeled images (only ``sup`` during the warm-up)."""
+        hp = self.hparams
+        losses = {"sup": self.supervised_loss(student.logits, targets)}
+        if self.in_warmup():
+            return losses
+        if hp.use_alignment:
+            losses["align"] = self.alignment_loss(student, targets)
+            if hp.absent_push_weight > 0:
+                losses["push"] = self.absent_push_loss(student, 1 - targets)
+        if hp.use_context:
+            losses["ctx"] = self.context_loss(student, targets)
+        return losses
+
+    def unlabeled_losses(
+        self, strong: Encoded, probs: Tensor, pseudo: PseudoLabels
+    ) -> dict[str, Tensor]:
+        """Named loss terms of the unlabeled images' strong views against the teacher."""
+        hp = self.hparams
+        losses = {}
+        if hp.use_consistency:
+            targets, mask = self.consistency_targets(probs, pseudo)
+            losses["cons"] = self.consistency_loss(strong.logits, targets, mask)
+        if hp.use_alignment and hp.alignment_unlabeled != "none":
+            losses["align_u"] = self.alignment_loss(strong, self.alignment_positives(probs, pseudo))
+        if hp.use_alignment and hp.absent_push_weight > 0:
+            losses["push_u"] = self.absent_push_loss(strong, (1 - pseudo.labels) * pseudo.mask)
+        if hp.use_context:
+            losses["ctx_u"] = self.context_loss(strong, pseudo.labels)
+        return losses
+
+    def loss_names(self) -> list[str]:
+        """The loss terms this configuration uses (each logged from the first step, as 0 while
+        it is not active, so every curve spans the run)."""
+        hp = self.hparams
+        names = ["sup"]
+        if hp.use_alignment:
+            names += ["align"] + (["align_u"] if hp.alignment_unlabeled != "none" else [])
+            names += ["push", "push_u"] if hp.absent_push_weight > 0 else []
+        if hp.use_context:
+            names += ["ctx", "ctx_u"]
+        if hp.use_consistency:
+            names.append("cons")
+        return names
+
     # -- training ----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        hp = self.hparams
         labeled, unlabeled = batch["labeled"], batch.get("unlabeled")
-        zero = torch.zeros((), device=self.device)
-        losses = {"sup": zero, "align": zero, "cons": zero, "ctx": zero}
-        warmup = self.in_warmup()
-
         student = self.encode(labeled["image"])
-        losses["sup"] = self.supervised_loss(student.logits, labeled["target"])
-        if not warmup and hp.use_alignment:
-            losses["align"] = self.alignment_loss(student, labeled["target"])
-        if not warmup and hp.use_context:
-            losses["ctx"] = self.context_loss(student, labeled["target"])
-        if hp.pseudo_threshold == "fbeta":
-            self._labeled_scores.append((self.teacher_probs(labeled["image"]), labeled["target"]))
+        losses = self.labeled_losses(student, labeled["target"])
+        if self.hparams.pseudo_threshold == "fbeta":
+            self.pseudo_labeller.record_labeled(
+                self.teacher_probs(labeled["image"]), labeled["target"]
+            )
 
-        lambda_u, mask_ratio = 0.0, zero
+        num_unlabeled, mask_ratio = 0, None
         if unlabeled is not None:
-            probs = self.teacher_probs(unlabeled["image_weak"])
-            self._record_unlabeled(unlabeled["index"], probs)
-            if hp.threshold_refresh == "step" or self._provisional_thresholds:
-                self.refresh_thresholds(gather=False)
-            labels, mask = self.pseudo_labels(probs)
+            probs = self.unlabeled_teacher_probs(unlabeled)
+            pseudo = self.pseudo_labels(probs)
             # Monitoring only: the hidden labels never reach a loss.
-            self.pseudo_metrics.update(labels, unlabeled["target"].long())
-            mask_ratio = mask.mean()
-            if not warmup and self.uses_unlabeled:
+            self.pseudo_metrics.update(pseudo.labels, unlabeled["target"].long())
+            self._hidden_targets[unlabeled["index"]] = unlabeled["target"].float()
+            mask_ratio = pseudo.mask.mean()
+            if not self.in_warmup() and self.uses_unlabeled:
                 strong = self.encode(unlabeled["image_strong"])
-                lambda_u = self.unsupervised_weight(batch_idx)
-                if hp.use_consistency:
-                    losses["cons"] = self.consistency_loss(strong.logits, labels, mask)
-                if hp.use_alignment and hp.alignment_unlabeled != "none":
-                    positives = self.unlabeled_alignment_positives(probs, labels, mask)
-                    losses["align"] = losses["align"] + self.alignment_loss(strong, positives)
-                if hp.use_context:
-                    losses["ctx"] = losses["ctx"] + self.context_loss(strong, labels)
+                losses.update(self.unlabeled_losses(strong, probs, pseudo))
+                num_unlabeled = unlabeled["image_strong"].shape[0]
 
-        alignment_weight, context_weight = self.auxiliary_weights(batch_idx)
-        total = (
-            losses["sup"]
-            + alignment_weight * losses["align"]
-            + lambda_u * losses["cons"]
-            + context_weight * losses["ctx"]
-        )
         size = labeled["image"].shape[0]
-        log_values = {f"train/loss_{name}": value for name, value in losses.items()}
-        log_values.update({"train/loss": total, "train/mask_ratio": mask_ratio})
+        weights = self.loss_weights(batch_idx, size, num_unlabeled)
+        total = sum(weights[name] * value for name, value in losses.items())
+        zero = torch.zeros((), device=self.device)
+        logged = {name: zero for name in self.loss_names()} | losses
+        log_values = {f"train/loss_{name}": value for name, value in logged.items()}
+        log_values["train/loss"] = total
+        if mask_ratio is not None:
+            log_values["train/mask_ratio"] = mask_ratio
         self.log_dict(log_values, on_step=True, on_epoch=True, batch_size=size)
-        self.log("train/lambda_u", lambda_u, on_step=True, on_epoch=False, batch_size=size)
+        self.log("train/lambda_u", weights["cons"], on_step=True, on_epoch=False, batch_size=size)
         return total
+
+    def unlabeled_teacher_probs(self, unlabeled: dict[str, Tensor]) -> Tensor:
+        """Teacher probabilities of the step's unlabeled images: scored now on the weak view,
+        or read from the epoch-start pass (``pseudo_label_scores="pass"``). Records them and
+        refreshes the thresholds as ``threshold_refresh`` asks."""
+        labeller = self.pseudo_labeller
+        passed = labeller.refresh_mode == "pass" and not self.in_warmup()
+        if passed and self.hparams.pseudo_label_scores == "pass":
+            return labeller.recorded(unlabeled["index"])
+        probs = self.teacher_probs(unlabeled["image_weak"])
+        if not passed:  # the pass's scores stay as they are for the epoch
+            labeller.record(unlabeled["index"], probs)
+            labeller.step_refresh(self.class_priors)
+        return probs
 
     def on_train_epoch_start(self) -> None:
         hp = self.hparams
         if hp.teacher_restart and hp.warmup_epochs > 0 and self.current_epoch == hp.warmup_epochs:
             self.teacher.module.load_state_dict(self.net.state_dict())
             log.info("teacher restarted from the student at epoch %d", self.current_epoch)
+        if hp.threshold_refresh == "pass" and self.current_epoch >= hp.warmup_epochs:
+            self.teacher_pass()
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    @torch.no_grad()
+    def teacher_pass(self) -> None:
+        """Score every unlabeled image (eval view) with the current, now fixed, teacher and
+        recompute the thresholds from those scores (CAP). Each process scores every image, so
+        no gathering is needed."""
+        loader = self.trainer.datamodule.unlabeled_eval_dataloader()
+        for batch in loader:
+            probs = self.teacher_probs(batch["image"].to(self.device))
+            self.pseudo_labeller.record(batch["index"].to(self.device), probs)
+        self.pseudo_labeller.refresh_from_pass(self.class_priors)
+        log.info("teacher pass over %d unlabeled images", len(loader.dataset))
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # The teacher follows every optimizer step, before any callback (e.g. a checkpoint)
+        # sees the step's end.
+        super().optimizer_step(*args, **kwargs)
         self.teacher.update_parameters(self.net)
 
-    def _record_unlabeled(self, index: Tensor, probs: Tensor) -> None:
-        self._unlabeled_scores[index] = probs.detach()
-        self._unlabeled_seen[index] = True
-
-    def refresh_thresholds(self, gather: bool) -> None:
-        """Recompute the per-class thresholds from the recorded teacher scores."""
-        hp = self.hparams
-        if hp.pseudo_threshold == "fixed":
-            thresholds = fixed_thresholds(self.num_classes, hp.fixed_threshold, self.device)
-        elif hp.pseudo_threshold == "fbeta":
-            if not self._labeled_scores:
-                return
-            scores = torch.cat([s for s, _ in self._labeled_scores])
-            targets = torch.cat([t for _, t in self._labeled_scores])
-            if gather:
-                scores = self.all_gather(scores).reshape(-1, self.num_classes)
-                targets = self.all_gather(targets).reshape(-1, self.num_classes)
-            thresholds = fbeta_thresholds(scores, targets, hp.fbeta)
-        else:
-            scores, seen = self._unlabeled_scores, self._unlabeled_seen
-            if gather and self.trainer.world_size > 1:
-                # Each image was scored on one process this epoch: merge by the seen masks.
-                # (gathered as floats: not every backend gathers bool tensors)
-                all_seen = self.all_gather(seen.float()).reshape(-1, len(seen))
-                all_scores = self.all_gather(scores).reshape(-1, *scores.shape)
-                weights = all_seen.unsqueeze(-1)
-                scores = (all_scores * weights).sum(0) / weights.sum(0).clamp(min=1)
-                seen = all_seen.sum(0) > 0
-            if not seen.any():
-                return
-            thresholds = cat_thresholds(scores[seen], self.class_priors)
-        self.thresholds.copy_(thresholds)
-        self.thresholds_ready.fill_(True)
-
     def on_train_epoch_end(self) -> None:
-        if self.hparams.threshold_refresh == "epoch":
-            self.refresh_thresholds(gather=True)
-            self._provisional_thresholds = not bool(self.thresholds_ready)
-        self._labeled_scores.clear()
+        gather = self.all_gather if self.trainer.world_size > 1 else None
+        self.pseudo_labeller.end_epoch(self.class_priors, gather)
         finite = self.thresholds[torch.isfinite(self.thresholds)]
         if len(finite):
             self.log_dict(
@@ -369,10 +502,31 @@ class CSSATask(MultiLabelTask):
                     "pseudo/threshold_max": finite.max(),
                 }
             )
-        if self._unlabeled_seen is not None and self._unlabeled_seen.any():
+        seen = self.pseudo_labeller.seen
+        if len(seen) and seen.any():
             values = self.pseudo_metrics.compute()
             self.log_dict({f"pseudo/{name}": 100 * value for name, value in values.items()})
+            self.log_dict(self.pseudo_label_quality())
         self.pseudo_metrics.reset()
+
+    @torch.no_grad()
+    def pseudo_label_quality(self) -> dict[str, Tensor]:
+        """Threshold-free quality of the remembered teacher scores against the hidden labels
+        (monitoring only, this process's images): precision at fixed recalls, in %."""
+        seen = self.pseudo_labeller.seen
+        scores = self.pseudo_labeller.scores[seen].flatten()
+        hidden = self._hidden_targets[seen].flatten()
+        order = scores.argsort(descending=True)
+        hits = hidden[order].cumsum(0)
+        positives = hidden.sum().clamp(min=1)
+        recall = hits / positives
+        precision = hits / torch.arange(1, len(hits) + 1, device=hits.device)
+        values = {}
+        for level in self.monitored_recalls:
+            reached = (recall >= level).nonzero()
+            value = precision[reached[0, 0]] if len(reached) else precision.new_tensor(0.0)
+            values[f"pseudo/precision@{round(100 * level)}"] = 100 * value
+        return values
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluation_scores(self, images: Tensor) -> dict[str, Tensor]:

@@ -309,6 +309,13 @@ class MultiLabelDataModule(LightningDataModule):
         dataset = LabeledImages(self.train_table, self.labeled_indices, eval_)
         return self._loader(dataset, self.hparams.eval_batch_size)
 
+    def unlabeled_eval_dataloader(self) -> DataLoader:
+        """The unlabeled split with the eval transform, in order; ``index`` is the position in
+        the unlabeled stream (for a fixed teacher's pass over every unlabeled image)."""
+        eval_, _, _ = self._transforms()
+        dataset = LabeledImages(self.train_table, self.unlabeled_indices, eval_)
+        return self._loader(dataset, self.hparams.eval_batch_size)
+
     def _eval_loader(self, table: datasets.Dataset | None, split: str) -> DataLoader:
         if table is None:
             raise ValueError(f"no {split} data: set data.test_source (or data.val_source)")

@@ -83,3 +83,26 @@ def context_loss(logits: Tensor, targets: Tensor, single_label: bool = False) ->
     if single_label:
         return F.cross_entropy(logits, targets.long())
     return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+
+
+def absent_push_loss(
+    label_features: Tensor, targets: Tensor, negatives: Tensor, margin: float = 0.0
+) -> Tensor:
+    """Push the features of absent labels away from their class's target.
+
+    The alignment loss only pulls present labels' features to their class; the feature that
+    label query ``k`` extracts from an image without class ``k`` is left free and, scored against
+    ``w_k``, can still look like ``k``. For each absent ``(b, k)``:
+    ``relu(cos(v_bk, a_k) - margin)``, averaged over the absent pairs (zero when none).
+
+    Args:
+        label_features: ``(B, C, D)`` label-specific image features ``V``.
+        targets: ``(C, D)`` each class's alignment target ``a_k`` (text or prototype).
+        negatives: ``(B, C)`` 0/1 (or weights): which ``(image, label)`` pairs are absent.
+        margin: Cosine below which an absent label's feature is left alone.
+    """
+    features = F.normalize(label_features.float(), dim=-1)
+    target = F.normalize(targets.float(), dim=-1)
+    cosine = torch.einsum("bkd,kd->bk", features, target)
+    weights = negatives.to(cosine.dtype)
+    return ((cosine - margin).clamp(min=0) * weights).sum() / weights.sum().clamp(min=1.0)

@@ -7,6 +7,7 @@ change are small public methods (``encode``, ``supervised_loss``, ``evaluation_s
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Literal
 
 import torch
@@ -207,35 +208,44 @@ class MultiLabelTask(LightningModule):
         self.bias_calibrated.fill_(True)
         log.info("calibrated class biases on %d labeled images", n)
 
+    def parameter_lr(self, name: str) -> float:
+        """Peak learning rate of the parameter called ``name`` (override for per-module rates)."""
+        return self.hparams.lr if name.startswith("net.clip.") else self.hparams.head_lr
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        backbone = {id(p) for p in self.net.clip.parameters()}
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-        for parameter in self.parameters():
+        groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+        for name, parameter in self.named_parameters():
             if not parameter.requires_grad:
                 continue
             # No decay for biases, norms and scalar scales.
-            key = (id(parameter) in backbone, parameter.ndim >= 2)
+            key = (self.parameter_lr(name), parameter.ndim >= 2)
             groups.setdefault(key, []).append(parameter)
         param_groups = [
-            {
-                "params": params,
-                "lr": hp.lr if is_backbone else hp.head_lr,
-                "weight_decay": hp.weight_decay if decays else 0.0,
-            }
-            for (is_backbone, decays), params in groups.items()
+            {"params": params, "lr": lr, "weight_decay": hp.weight_decay if decays else 0.0}
+            for (lr, decays), params in groups.items()
         ]
         optimizer = torch.optim.AdamW(param_groups)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=[group["lr"] for group in param_groups],
-            total_steps=max(int(self.trainer.estimated_stepping_batches), 1),
-            pct_start=hp.pct_start,
-        )
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            "lr_scheduler": {
+                "scheduler": self.learning_rate_scheduler(optimizer, total_steps),
+                "interval": "step",
+            },
         }
+
+    def learning_rate_scheduler(
+        self, optimizer: torch.optim.Optimizer, total_steps: int
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """One OneCycle schedule over the whole run, stepped per batch; each group's ``lr`` is
+        its peak."""
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=total_steps,
+            pct_start=self.hparams.pct_start,
+        )
 
     # -- evaluation --------------------------------------------------------------------------
     def _evaluation_step(self, batch: dict[str, Tensor], split: str) -> None:
@@ -268,3 +278,19 @@ class MultiLabelTask(LightningModule):
             "predicted": probs >= self.hparams.prediction_threshold,
             "index": batch["index"],
         }
+
+
+def one_cycle_factor(
+    step: int, total_steps: int, pct_start: float, div: float = 25.0, final_div: float = 1.0e4
+) -> float:
+    """``OneCycleLR``'s cosine learning rate at ``step`` as a fraction of the peak: up from
+    ``1/div`` to 1 over ``pct_start`` of the steps, then down to ``1/(div * final_div)``."""
+    peak_step = max(float(pct_start * total_steps) - 1, 1.0)
+    last_step = max(total_steps - 1, peak_step + 1)
+    start, low = 1.0 / div, 1.0 / (div * final_div)
+    if step <= peak_step:
+        start_value, end_value, fraction = start, 1.0, step / peak_step
+    else:
+        start_value, end_value = 1.0, low
+        fraction = min((step - peak_step) / (last_step - peak_step), 1.0)
+    return end_value + (start_value - end_value) / 2.0 * (math.cos(math.pi * fraction) + 1)

@@ -5,12 +5,22 @@
 - fixed: one threshold for every class (FixMatch-style).
 - F-beta on labeled data (MAT, D2L, ECCV 2024): per class, the threshold that maximises F-beta
   of the teacher's scores on labeled images.
+
+:class:`PseudoLabeller` is the plain module around them that a task holds: the thresholds, the
+per-image memory of teacher scores, when they are refreshed and how they are gathered across
+processes. Everything it needs to resume is a buffer, so it is saved in checkpoints.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+ThresholdRule = Literal["cat", "fixed", "fbeta"]
+ThresholdRefresh = Literal["epoch", "step", "pass"]
 
 
 def cat_thresholds(scores: Tensor, priors: Tensor) -> Tensor:
@@ -88,3 +98,186 @@ def pseudo_labels(probs: Tensor, thresholds: Tensor, margin: float = 0.0) -> tup
     finite = torch.isfinite(thresholds)
     distance = torch.where(finite, (probs - thresholds).abs(), torch.ones_like(probs))
     return labels, (distance >= margin).to(probs.dtype)
+
+
+def negative_thresholds(scores: Tensor, thresholds: Tensor, keep: float) -> Tensor:
+    """Per-class cut below which pseudo-negatives are trusted (CAP's negative mask).
+
+    Among the scores of class ``k`` under its positive threshold, the lowest ``keep`` fraction
+    are kept as negatives; the ones just under the threshold (the top ``1 - keep``) are
+    masked out. CAP keeps 99.8 %.
+
+    Args:
+        scores: ``(n, C)`` teacher probabilities on unlabeled images.
+        thresholds: ``(C,)`` positive thresholds.
+        keep: Fraction of the pseudo-negatives kept, in (0, 1]; 1 keeps all (returns ``inf``).
+
+    Returns:
+        ``(C,)`` cuts: a pseudo-negative counts only when its score is ``<=`` the cut.
+    """
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"the kept fraction of negatives must be in (0, 1], got {keep}")
+    num_classes = scores.shape[1]
+    if keep >= 1.0 or scores.shape[0] == 0:
+        return torch.full((num_classes,), float("inf"), device=scores.device)
+    ranked = scores.float().sort(dim=0).values  # ascending
+    negatives = (scores < thresholds.to(scores.device)).sum(0)
+    counts = torch.floor(negatives.float() * keep).long()
+    cuts = ranked.gather(0, (counts - 1).clamp(min=0).unsqueeze(0)).squeeze(0)
+    # No negative kept: a cut below every score.
+    return torch.where(counts > 0, cuts, torch.full_like(cuts, float("-inf")))
+
+
+class PseudoLabels(NamedTuple):
+    labels: Tensor  # (B, C) hard 0/1 pseudo-labels
+    mask: Tensor  # (B, C) 0/1: which entries a loss may use
+
+
+Gather = Callable[[Tensor], Tensor]  # (...) -> (world, ...), e.g. LightningModule.all_gather
+
+
+class PseudoLabeller(nn.Module):
+    """Per-class thresholds, the teacher-score memory, and the pseudo-labels they give.
+
+    Args:
+        num_classes: Number of classes ``C``.
+        rule: How thresholds are chosen: class-distribution-aware (``cat``), one ``fixed``
+            value, or F-beta on labeled teacher scores (``fbeta``).
+        refresh: When thresholds are recomputed: at each epoch end from the epoch's recorded
+            teacher scores (``epoch``), at every step from the latest recorded score of each
+            image (``step``), or from one pass of the (then fixed) teacher over every unlabeled
+            image at the start of each semi-supervised epoch (``pass``, CAP). In the first two
+            modes, thresholds follow every step's scores until the first epoch-end refresh.
+        fixed_threshold: The threshold of ``rule="fixed"``.
+        fbeta: ``beta`` of ``rule="fbeta"``.
+        reliability_margin: Mask entries whose probability is within this distance of the
+            threshold (0 keeps all).
+        negative_keep: Fraction of each class's pseudo-negatives the mask keeps, lowest scores
+            first (CAP: 0.998 drops the negatives just under the threshold); 1 keeps all.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        rule: ThresholdRule = "cat",
+        refresh: ThresholdRefresh = "epoch",
+        fixed_threshold: float = 0.7,
+        fbeta: float = 1.0,
+        reliability_margin: float = 0.0,
+        negative_keep: float = 1.0,
+    ):
+        super().__init__()
+        if not 0.0 < negative_keep <= 1.0:
+            raise ValueError(f"negative_keep must be in (0, 1], got {negative_keep}")
+        if rule == "fbeta" and refresh == "pass":
+            raise ValueError("rule='fbeta' uses labeled scores: refresh='pass' does not apply")
+        self.num_classes = num_classes
+        self.rule = rule
+        self.refresh_mode = refresh
+        self.fixed_threshold = fixed_threshold
+        self.fbeta = fbeta
+        self.reliability_margin = reliability_margin
+        self.negative_keep = negative_keep
+        self.register_buffer("thresholds", torch.full((num_classes,), float("inf")))
+        self.register_buffer("negative_cuts", torch.full((num_classes,), float("inf")))
+        self.register_buffer("ready", torch.tensor(False))
+        # Latest teacher score of each unlabeled image and whether it has one; sized by
+        # ``allocate`` (or by a checkpoint) since the unlabeled count is known only from data.
+        self.register_buffer("scores", torch.zeros(0, num_classes))
+        self.register_buffer("seen", torch.zeros(0, dtype=torch.bool))
+        self._labeled: list[tuple[Tensor, Tensor]] = []  # (scores, targets) for F-beta
+        self.provisional = True  # until the first refresh at an epoch boundary
+
+    # -- memory ------------------------------------------------------------------------------
+    def allocate(self, num_unlabeled: int) -> None:
+        """Size the score memory; a memory of that size (e.g. restored) is kept as it is."""
+        if self.scores.shape[0] != num_unlabeled:
+            device = self.thresholds.device
+            self.scores = torch.zeros(num_unlabeled, self.num_classes, device=device)
+            self.seen = torch.zeros(num_unlabeled, dtype=torch.bool, device=device)
+        self.provisional = not bool(self.ready)
+
+    def record(self, index: Tensor, probs: Tensor) -> None:
+        """Remember the teacher's probabilities of the unlabeled images at ``index``."""
+        self.scores[index] = probs.detach().float()
+        self.seen[index] = True
+
+    def record_labeled(self, probs: Tensor, targets: Tensor) -> None:
+        """Remember labeled teacher scores (only ``rule="fbeta"`` uses them)."""
+        if self.rule == "fbeta":
+            self._labeled.append((probs.detach().float(), targets.detach().float()))
+
+    def recorded(self, index: Tensor) -> Tensor:
+        """The remembered probabilities of the unlabeled images at ``index``."""
+        return self.scores[index]
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # The memory's size comes from the data: take the stored one instead of failing.
+        for name in ("scores", "seen"):
+            stored = state_dict.get(prefix + name)
+            if stored is not None and stored.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(stored, device=self.thresholds.device))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    # -- thresholds --------------------------------------------------------------------------
+    def refresh(self, priors: Tensor, gather: Gather | None = None) -> bool:
+        """Recompute the thresholds from the memory (or labeled scores); ``False`` if no data.
+
+        ``gather`` (given when several processes train) merges every process's memory: each
+        image was scored on one process, so the memories are combined by their ``seen`` masks.
+        """
+        if self.rule == "fixed":
+            thresholds = torch.full_like(self.thresholds, float(self.fixed_threshold))
+        elif self.rule == "fbeta":
+            if not self._labeled:
+                return False
+            scores = torch.cat([s for s, _ in self._labeled])
+            targets = torch.cat([t for _, t in self._labeled])
+            if gather is not None:
+                scores = gather(scores).reshape(-1, self.num_classes)
+                targets = gather(targets).reshape(-1, self.num_classes)
+            thresholds = fbeta_thresholds(scores, targets, self.fbeta)
+        scores, seen = self.scores, self.seen
+        if gather is not None:
+            # (gathered as floats: not every backend gathers bool tensors)
+            all_seen = gather(seen.float()).reshape(-1, len(seen))
+            all_scores = gather(scores).reshape(-1, *scores.shape)
+            weights = all_seen.unsqueeze(-1)
+            scores = (all_scores * weights).sum(0) / weights.sum(0).clamp(min=1)
+            seen = all_seen.sum(0) > 0
+        if self.rule == "cat":
+            if not seen.any():
+                return False
+            thresholds = cat_thresholds(scores[seen], priors)
+        self.thresholds.copy_(thresholds)
+        self.negative_cuts.copy_(negative_thresholds(scores[seen], thresholds, self.negative_keep))
+        self.ready.fill_(True)
+        return True
+
+    def end_epoch(self, priors: Tensor, gather: Gather | None = None) -> None:
+        """Epoch boundary: refresh (``refresh="epoch"``) and forget the labeled scores."""
+        if self.refresh_mode == "epoch":
+            self.refresh(priors, gather)
+        if self.refresh_mode != "pass":
+            self.provisional = not bool(self.ready)
+        self._labeled.clear()
+
+    def step_refresh(self, priors: Tensor) -> None:
+        """Within an epoch: follow the step's scores when the mode asks (``step``) or while the
+        thresholds are provisional (before the first epoch-end refresh or first pass)."""
+        if self.refresh_mode == "step" or self.provisional:
+            self.refresh(priors)
+
+    def refresh_from_pass(self, priors: Tensor) -> None:
+        """After a pass of the fixed teacher has recorded every image: final thresholds."""
+        self.refresh(priors)
+        self.provisional = False
+
+    # -- labels ------------------------------------------------------------------------------
+    def forward(self, probs: Tensor) -> PseudoLabels:
+        """Hard pseudo-labels and the mask of entries a loss may use."""
+        labels, mask = pseudo_labels(probs, self.thresholds, self.reliability_margin)
+        if self.negative_keep < 1.0:
+            trusted_negative = probs <= self.negative_cuts
+            mask = mask * torch.where(labels > 0, torch.ones_like(mask), trusted_negative.to(mask))
+        return PseudoLabels(labels, mask)

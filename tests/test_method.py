@@ -13,6 +13,7 @@ from cssa_lightning.heads import AlignmentHead, LabelQueryCrossAttention
 from cssa_lightning.losses import semantic_alignment_loss
 from cssa_lightning.network import MultiLabelCLIPNet
 from cssa_lightning.pseudo_labels import (
+    PseudoLabels,
     cat_thresholds,
     fbeta_thresholds,
     fixed_thresholds,
@@ -182,7 +183,7 @@ def cssa_task(tiny_clip_dir):
     return CSSATask(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), attention_heads=4)
 
 
-def test_unlabeled_alignment_positives(cssa_task):
+def test_alignment_positives_on_unlabeled_images(cssa_task):
     task = cssa_task
     task.thresholds.copy_(torch.tensor([0.5, 0.5, 0.5]))
     probs = torch.tensor([[0.9, 0.6, 0.2], [0.55, 0.8, 0.75]])
@@ -196,7 +197,7 @@ def test_unlabeled_alignment_positives(cssa_task):
     }
     for choice, want in expected.items():
         task.hparams.alignment_unlabeled = choice
-        got = task.unlabeled_alignment_positives(probs, labels, mask)
+        got = task.alignment_positives(probs, PseudoLabels(labels, mask))
         torch.testing.assert_close(got.float(), want, msg=choice)
 
 
