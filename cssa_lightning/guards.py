@@ -25,6 +25,7 @@ import math
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -160,7 +161,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     one, never a truncated mix (Lightning's own write stages the file in the system temporary
     folder and copies it over when that is another file system). Remote paths (``s3://`` ...)
     keep Lightning's behaviour.
+
+    Args:
+        on_load: Called with every loaded checkpoint before any of it is restored (the
+            ``RunGuard`` passes the task's class check, which raises on a mismatch).
     """
+
+    def __init__(self, on_load: Callable[[dict[str, Any]], None] | None = None):
+        super().__init__()
+        self.on_load = on_load
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
@@ -196,9 +205,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not get_filesystem(path).exists(path):
             raise FileNotFoundError(f"checkpoint {path} does not exist")
         try:
-            return super().load_checkpoint(path, map_location, weights_only)
+            checkpoint = super().load_checkpoint(path, map_location, weights_only)
         except UNREADABLE_CHECKPOINT as error:
             raise unreadable_checkpoint(path, error) from error
+        if self.on_load is not None:
+            self.on_load(checkpoint)
+        return checkpoint
 
 
 class RunGuard(Callback):
@@ -207,7 +219,9 @@ class RunGuard(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         strategy = trainer.strategy
         if type(getattr(strategy, "checkpoint_io", None)) is TorchCheckpointIO:
-            strategy.checkpoint_io = AtomicCheckpointIO()
+            strategy.checkpoint_io = AtomicCheckpointIO(
+                getattr(pl_module, "check_checkpoint_classes", None)
+            )
         self.check_image_size(trainer, pl_module)
         if stage == "fit":
             check_output_folders(trainer)

@@ -158,6 +158,37 @@ class MultiLabelTask(LightningModule):
             detach_focus=hp.asl_detach_focus,
         )
 
+    # -- checkpoints -------------------------------------------------------------------------
+    def check_checkpoint_classes(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained on other class names, or on the same in another order.
+
+        Every class-indexed weight (prototypes, biases, thresholds, priors) is stored by
+        position, so a different order would silently score each class with another's weights.
+
+        Raises:
+            ValueError: Naming the difference and how to fix it.
+        """
+        trained = list(checkpoint.get("hyper_parameters", {}).get("class_names") or [])
+        if not trained or trained == self.class_names:
+            return
+        if sorted(trained) == sorted(self.class_names):
+            moved = [n for n, m in zip(trained, self.class_names, strict=True) if n != m]
+            raise ValueError(
+                f"the checkpoint was trained on the same {len(trained)} classes in another "
+                f"order ({len(moved)} moved, first {moved[0]!r}): pass the checkpoint's order as "
+                f"data.init_args.class_names={trained}"
+            )
+        missing = [n for n in trained if n not in self.class_names]
+        extra = [n for n in self.class_names if n not in trained]
+        raise ValueError(
+            f"the checkpoint's {len(trained)} classes differ from the data's "
+            f"{len(self.class_names)}: not in the data {missing[:5]}, not in the checkpoint "
+            f"{extra[:5]}"
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_checkpoint_classes(checkpoint)
+
     # -- training ----------------------------------------------------------------------------
     def configure_callbacks(self) -> list[Callback]:
         """The guards every fit needs (:mod:`cssa_lightning.guards`)."""

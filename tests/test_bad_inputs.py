@@ -250,7 +250,8 @@ def fit_config(tmp_path, folders, clip_dir, model="cssa_lightning.MultiLabelTask
         for key in parents:
             node = node[key]
         node[leaf] = value
-    path = tmp_path / "config.yaml"
+    # Not config.yaml: the CLI saves the config of each run there, in default_root_dir.
+    path = tmp_path / "input.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -403,3 +404,21 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, image_folders, tiny_clip_dir, 
         build_cli(["test", "--config", str(config), "--ckpt_path", str(checkpoint)])
     with pytest.raises(FileNotFoundError, match=r"checkpoint .*missing.ckpt does not exist"):
         AtomicCheckpointIO().load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_checkpoint_with_other_class_order_or_set_is_refused(
+    tmp_path, image_folders, tiny_clip_dir
+):
+    config = fit_config(tmp_path, image_folders, tiny_clip_dir, **{"trainer.max_epochs": 1})
+    build_cli(["fit", "--config", str(config)])
+    checkpoint = str(tmp_path / "checkpoints" / "last.ckpt")
+    test = ["test", "--config", str(config), "--ckpt_path", checkpoint]
+    reversed_names = json.dumps(CLASS_NAMES[::-1])
+    with pytest.raises(ValueError, match=r"same 6 classes in another order \(6 moved, first 'red'"):
+        build_cli([*test, f"--data.init_args.class_names={reversed_names}"])
+    other = json.dumps([*CLASS_NAMES, "black"])
+    with pytest.raises(
+        ValueError, match=r"differ from the data's 7: .* not in the checkpoint \['bl"
+    ):
+        build_cli([*test, f"--data.init_args.class_names={other}"])
+    build_cli(test)  # the checkpoint's own order loads
