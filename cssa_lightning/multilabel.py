@@ -19,6 +19,7 @@ from cssa_lightning.guards import NonFiniteGuard, RunGuard
 from cssa_lightning.losses import asymmetric_loss, binary_cross_entropy
 from cssa_lightning.metrics import MultiLabelMetrics
 from cssa_lightning.network import Encoded, MultiLabelCLIPNet
+from cssa_lightning.resume import GlobalRandomState
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +192,13 @@ class MultiLabelTask(LightningModule):
 
     # -- training ----------------------------------------------------------------------------
     def configure_callbacks(self) -> list[Callback]:
-        """The guards every fit needs (:mod:`cssa_lightning.guards`)."""
-        return [NonFiniteGuard(self.hparams.get("on_non_finite", "stop")), RunGuard()]
+        """What every fit needs: the guards (:mod:`cssa_lightning.guards`) and the global random
+        state in checkpoints (:mod:`cssa_lightning.resume`)."""
+        return [
+            NonFiniteGuard(self.hparams.get("on_non_finite", "stop")),
+            RunGuard(),
+            GlobalRandomState(),
+        ]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         labeled = batch["labeled"]
