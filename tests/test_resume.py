@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,7 +93,9 @@ def finish(process: subprocess.Popen) -> None:
 
 
 def step_checkpoints(out: Path) -> list[int]:
-    return sorted(int(p.stem.split("step=")[1]) for p in (out / "checkpoints").glob("*step=*"))
+    # Complete checkpoints only, not the temporary files of a write in progress.
+    names = (p.name for p in (out / "checkpoints").glob("epoch=*-step=*.ckpt"))
+    return sorted(int(re.fullmatch(r"epoch=\d+-step=(\d+)\.ckpt", n).group(1)) for n in names)
 
 
 def validation_rows(out: Path) -> dict[int, dict[str, str]]:
@@ -112,12 +115,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path, image_folders, tiny_clip_dir, one_thread):
+def test_sigkill_then_resume_is_bit_identical(
+    tmp_path, image_folders, tiny_clip_dir, one_thread, request
+):
     # The killed run is a real `cssa fit` process; the uninterrupted and the resumed runs go
     # through the same CLI in this process (it saves two interpreter start-ups).
     killed = tmp_path / "killed"
     config = resume_config(killed, image_folders, tiny_clip_dir)
     process = cssa("fit", "--config", str(config))
+    request.addfinalizer(process.kill)  # never leave it running if the test fails
     whole = tmp_path / "whole"
     build_cli(["fit", "--config", str(resume_config(whole, image_folders, tiny_clip_dir))])
     # 9 steps per epoch, 18 in all: kill in the second epoch (the first after the warm-up).
