@@ -30,7 +30,7 @@ def fit(out: Path, folders, clip_dir, *options: str) -> subprocess.CompletedProc
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,
     )
 
 

@@ -135,7 +135,8 @@ def test_sigkill_then_resume_is_bit_identical(
     process.send_signal(signal.SIGKILL)
     process.wait()
     last_step = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
-    assert 11 <= last_step < 18, last_step  # killed mid-epoch, not after the run
+    # (last.ckpt is written just after the step file: it may be one step behind the poll)
+    assert 10 <= last_step < 18, last_step  # killed mid-epoch, not after the run
     build_cli(["fit", "--config", str(config), "--ckpt_path", "last"])
 
     a = torch.load(whole / "checkpoints" / "last.ckpt", weights_only=False)
