@@ -7,6 +7,11 @@ from typing import Literal
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from cssa_lightning.datamodule import MultiLabelDataModule
+from cssa_lightning.guards import (
+    UNREADABLE_CHECKPOINT,
+    check_output_folders,
+    unreadable_checkpoint,
+)
 from cssa_lightning.multilabel import MultiLabelTask
 
 
@@ -30,6 +35,27 @@ class CSSALightningCLI(LightningCLI):
             help="Weights the after-fit test uses: the final ones, or the checkpoint that the "
             "monitoring ModelCheckpoint kept as best (model selection on the validation split).",
         )
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyperparameters first: name a broken file there.
+        try:
+            super()._parse_ckpt_path()
+        except UNREADABLE_CHECKPOINT as error:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise unreadable_checkpoint(path, error) from error
+
+    def before_fit(self) -> None:
+        # Before the config is saved and before any training: RunGuard checks it again for
+        # fits started outside the CLI.
+        check_output_folders(self.trainer)
+        config = self.config.get(self.subcommand, {})
+        if config.get("test_after_fit", False) and hasattr(self.datamodule, "test_source"):
+            if not self.datamodule.test_source:
+                # Found now rather than after hours of training.
+                raise ValueError(
+                    "--test_after_fit true needs test images: set data.init_args.test_source "
+                    "(or --test_after_fit false)"
+                )
 
     def after_fit(self) -> None:
         config = self.config.get(self.subcommand, {})

@@ -7,7 +7,8 @@ labeled/unlabeled split -> torch datasets with eval/weak/strong transforms -> lo
 from __future__ import annotations
 
 import logging
-from typing import Literal, TypedDict
+import random
+from typing import Any, Literal, TypedDict
 
 import albumentations as A
 import datasets
@@ -16,17 +17,20 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 from transformers import AutoImageProcessor
 
 from cssa_lightning.clip import resolve_checkpoint
 from cssa_lightning.records import (
     build_record_table,
+    check_class_names,
+    check_seed,
     load_image,
     read_source,
     resolve_class_names,
     split_labeled,
 )
+from cssa_lightning.resume import StreamSampler
 from cssa_lightning.transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -52,13 +56,19 @@ class UnlabeledBatch(TypedDict):
 
 
 class LabeledImages(Dataset):
-    """Records of ``table`` at ``indices`` with one transform: ``{"image", "target", "index"}``."""
+    """Records of ``table`` at ``indices`` with one transform: ``{"image", "target", "index"}``.
+
+    An item is asked for by position ``i``, or by ``(i, seed)`` (what
+    :class:`~cssa_lightning.resume.StreamSampler` yields): the transforms are then reseeded with
+    ``seed`` first, so the augmentation of an item depends on the seed alone, not on the loader
+    worker or process that draws it.
+    """
 
     def __init__(self, table: datasets.Dataset, indices: np.ndarray, transform: A.Compose):
         self.table = table
         self.indices = np.asarray(indices, dtype=np.int64)
         self.transform = transform
-        self._seeded_from: int | None = None
+        self._generators: list[tuple[np.random.Generator, random.Random]] = []
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -66,22 +76,31 @@ class LabeledImages(Dataset):
     def _transforms(self) -> list[A.Compose]:
         return [self.transform]
 
-    def _seed_transforms(self) -> None:
-        # Albumentations keeps its own generator, which seed_everything does not reach. Seed it
-        # from torch's seed of this process (a loader worker gets its own), so runs repeat.
-        seed = torch.initial_seed()
-        if seed != self._seeded_from:
-            for offset, transform in enumerate(self._transforms()):
-                transform.set_random_seed((seed + offset) % 2**32)
-            self._seeded_from = seed
+    def _reseed(self, seed: int) -> None:
+        # Albumentations keeps a numpy and a Python generator in every transform. Give each
+        # pipeline one shared pair and reseed that pair per item: cheaper than set_random_seed,
+        # which builds new generators for every transform.
+        if not self._generators:
+            for transform in self._transforms():
+                pair = (np.random.default_rng(0), random.Random(0))
+                _share_generators(transform, *pair)
+                self._generators.append(pair)
+        for offset, (numpy_rng, python_rng) in enumerate(self._generators):
+            item_seed = (seed + offset * 0x9E3779B9) % 2**32
+            numpy_rng.bit_generator.state = np.random.PCG64(item_seed).state
+            python_rng.seed(item_seed)
 
-    def _record(self, i: int) -> tuple[np.ndarray, Tensor]:
-        self._seed_transforms()
+    def _record(self, key: int | tuple[int, int]) -> tuple[int, np.ndarray, Tensor]:
+        if isinstance(key, tuple | list):
+            i, seed = int(key[0]), int(key[1])
+            self._reseed(seed)
+        else:
+            i = int(key)
         row = self.table[int(self.indices[i])]
-        return load_image(row["image"]), torch.tensor(row["target"], dtype=torch.float32)
+        return i, load_image(row["image"]), torch.tensor(row["target"], dtype=torch.float32)
 
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        image, target = self._record(i)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Tensor]:
+        i, image, target = self._record(key)
         return {"image": self.transform(image=image)["image"], "target": target, "index": i}
 
 
@@ -97,14 +116,35 @@ class UnlabeledImages(LabeledImages):
     def _transforms(self) -> list[A.Compose]:
         return [self.transform, self.strong]
 
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        image, target = self._record(i)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Tensor]:
+        i, image, target = self._record(key)
         return {
             "image_weak": self.transform(image=image)["image"],
             "image_strong": self.strong(image=image)["image"],
             "target": target,
             "index": i,
         }
+
+
+def _share_generators(transform: Any, numpy_rng: np.random.Generator, python_rng: random.Random):
+    transform.random_generator, transform.py_random = numpy_rng, python_rng
+    for child in getattr(transform, "transforms", None) or []:
+        _share_generators(child, numpy_rng, python_rng)
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`StreamSampler`, marked resumable for Lightning.
+
+    Its position is not kept here but in ``MultiLabelDataModule.state_dict`` (the trained
+    batches of the epoch, known exactly from the trainer, where a loader's own count would
+    include batches that were prefetched but not trained on), so its own state is empty.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
 
 
 class MultiLabelDataModule(LightningDataModule):
@@ -174,6 +214,7 @@ class MultiLabelDataModule(LightningDataModule):
                 raise ValueError(f"{name} must be positive, got {size}")
         if not 0.0 < cutout_max <= 1.0:
             raise ValueError(f"cutout_max must be in (0, 1], got {cutout_max}")
+        check_seed(split_seed, "split_seed")
         # The resolved class names are logged with the model's hyperparameters (the CLI links
         # them there); logging the unresolved value here too would conflict with them.
         self.save_hyperparameters(ignore=["class_names"])
@@ -181,11 +222,15 @@ class MultiLabelDataModule(LightningDataModule):
         self.train_source, self.val_source, self.test_source = train_source, val_source, test_source
         # Class names are needed before setup(): the CLI links them into the model.
         self._train_records = read_source(train_source)
-        self.class_names = list(
-            class_names or resolve_class_names(train_source, self._train_records)
+        self.class_names = (
+            check_class_names(class_names, "data.class_names")
+            if class_names is not None
+            else resolve_class_names(train_source, self._train_records)
         )
         self.mean, self.std = _normalisation(clip_processor)
         self.train_table: datasets.Dataset | None = None
+        self._shuffle_seed: int | None = None
+        self._resume_point = (0, 0)  # (epoch, batches already trained on) of a resumed run
         self.labeled_indices = self.unlabeled_indices = np.zeros(0, dtype=np.int64)
 
     @property
@@ -200,10 +245,29 @@ class MultiLabelDataModule(LightningDataModule):
                 len(self.train_table), hp.labeled_ratio, hp.split_seed
             )
             self._log_split()
+        if stage in (None, "fit"):
+            self._check_batch_sizes()
         if stage in (None, "fit", "validate", "test", "predict"):
             self.test_table = self._eval_table(self.test_source)
             self.val_table = (
                 self._eval_table(self.val_source) if self.val_source else self.test_table
+            )
+
+    def _check_batch_sizes(self) -> None:
+        hp = self.hparams
+        num_labeled = len(self.labeled_indices)
+        if len(self.unlabeled_indices) == 0 and num_labeled < hp.labeled_batch_size:
+            # Fully labeled: the labeled loader drops its last partial batch, so none is left.
+            raise ValueError(
+                f"data.labeled_batch_size={hp.labeled_batch_size} is larger than the "
+                f"{num_labeled} labeled images: no full batch, no training step; lower it"
+            )
+        if num_labeled < hp.labeled_batch_size:
+            log.warning(
+                "labeled_batch_size=%d is larger than the %d labeled images: "
+                "each labeled batch repeats images",
+                hp.labeled_batch_size,
+                num_labeled,
             )
 
     def _eval_table(self, source: str | None) -> datasets.Dataset | None:
@@ -259,25 +323,86 @@ class MultiLabelDataModule(LightningDataModule):
 
     def train_dataloader(self) -> CombinedLoader:
         hp = self.hparams
+        seed = self.shuffle_seed()
+        rank, world = self._process()
         _, weak, strong = self._transforms()
         labeled_view = strong if hp.labeled_view == "strong" else weak
         labeled = LabeledImages(self.train_table, self.labeled_indices, labeled_view)
         if len(self.unlabeled_indices) == 0:
-            loader = self._loader(labeled, hp.labeled_batch_size, shuffle=True, drop_last=True)
+            # The last partial (global) batch is dropped.
+            steps = len(labeled) // (hp.labeled_batch_size * world)
+            loader = self._stream_loader(labeled, hp.labeled_batch_size, steps, seed, 0)
             return CombinedLoader({"labeled": loader}, mode="max_size_cycle")
         _, weak, strong = self._transforms()  # the labeled stream's transforms are its own
         unlabeled = UnlabeledImages(self.train_table, self.unlabeled_indices, weak, strong)
-        drop = len(unlabeled) >= hp.unlabeled_batch_size
-        steps = len(unlabeled) // hp.unlabeled_batch_size if drop else 1
-        # The labeled sampler draws exactly one epoch's worth of batches (reshuffling each
-        # time it wraps), so the unlabeled stream defines the epoch length.
-        sampler = RandomSampler(labeled, num_samples=steps * hp.labeled_batch_size)
-        loaders = {"labeled": self._loader(labeled, hp.labeled_batch_size, sampler=sampler)}
-        if hp.load_unlabeled:
-            loaders["unlabeled"] = self._loader(
-                unlabeled, hp.unlabeled_batch_size, shuffle=True, drop_last=drop
+        # The unlabeled stream defines the epoch: its full batches, or one partial batch when
+        # it holds less than one. The labeled stream draws as many batches, cycling (and
+        # reshuffling) through the labeled split as often as needed.
+        global_unlabeled = hp.unlabeled_batch_size * world
+        steps = max(len(unlabeled) // global_unlabeled, 1)
+        unlabeled_batch = min(hp.unlabeled_batch_size, len(unlabeled) // world)
+        if unlabeled_batch == 0:
+            raise ValueError(
+                f"{len(unlabeled)} unlabeled images cannot be shared by {world} processes"
             )
+        loaders = {"labeled": self._stream_loader(labeled, hp.labeled_batch_size, steps, seed, 0)}
+        if hp.load_unlabeled:
+            loaders["unlabeled"] = self._stream_loader(unlabeled, unlabeled_batch, steps, seed, 1)
         return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def _stream_loader(
+        self, dataset: Dataset, batch_size: int, steps: int, seed: int, stream: int
+    ) -> DataLoader:
+        """``steps`` batches of ``batch_size`` per process in a resumable, seeded order."""
+        rank, world = self._process()
+        sampler = StreamSampler(len(dataset), steps * batch_size * world, seed, stream, rank, world)
+        epoch, batches = self._resume_point
+        sampler.set_epoch(epoch)
+        sampler.skip = batches * batch_size  # only for the resumed epoch: see set_epoch
+        sampler.resume_epoch = epoch
+        workers = self.hparams.num_workers
+        return ResumableLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            # Its own generator: worker seeds are not drawn from the global one, so iterating
+            # a loader (or resuming) does not shift the global random stream.
+            generator=torch.Generator().manual_seed(seed + stream),
+        )
+
+    def _process(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def shuffle_seed(self) -> int:
+        """Seed of the training order and augmentations: the global torch seed (set by
+        ``seed_everything``) when training starts, the same on every process, and the saved
+        one when a checkpoint is resumed."""
+        if self._shuffle_seed is None:
+            seed = torch.initial_seed() % 2**63
+            if self.trainer is not None:
+                seed = int(self.trainer.strategy.broadcast(seed, src=0))
+            self._shuffle_seed = seed
+        return self._shuffle_seed
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue the data stream exactly: the shuffle seed and
+        how many batches of the current epoch were trained on."""
+        state: dict[str, Any] = {"shuffle_seed": self._shuffle_seed}
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            state["epoch"] = trainer.current_epoch
+            state["batches"] = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("shuffle_seed") is not None:
+            self._shuffle_seed = int(state_dict["shuffle_seed"])
+        if "epoch" in state_dict:
+            self._resume_point = (int(state_dict["epoch"]), int(state_dict["batches"]))
 
     def labeled_eval_dataloader(self) -> DataLoader:
         """The labeled split with the eval transform, in order (for calibration and priors)."""

@@ -11,13 +11,15 @@ import math
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 from torch import Tensor, nn
 
 from cssa_lightning.clip import DEFAULT_TEMPLATES, CLIPBackbone
+from cssa_lightning.guards import NonFiniteGuard, RunGuard
 from cssa_lightning.losses import asymmetric_loss, binary_cross_entropy
 from cssa_lightning.metrics import MultiLabelMetrics
 from cssa_lightning.network import Encoded, MultiLabelCLIPNet
+from cssa_lightning.resume import GlobalRandomState
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,9 @@ class MultiLabelTask(LightningModule):
         weight_decay: AdamW weight decay (not applied to biases, norms and scales).
         pct_start: Fraction of the schedule spent warming the learning rate up.
         prediction_threshold: Probability threshold of the CF1/OF1 metrics and predictions.
+        on_non_finite: What a NaN/inf training loss does: stop the run with an error naming
+            the step and the loss terms, or skip the step (no update) and count it as
+            ``train/skipped_steps``. Checkpoints with non-finite weights are never written.
     """
 
     # Suffixes of the score sets that ``evaluation_scores`` returns ("" = the model itself).
@@ -84,6 +89,7 @@ class MultiLabelTask(LightningModule):
         weight_decay: float = 1.0e-4,
         pct_start: float = 0.2,
         prediction_threshold: float = 0.5,
+        on_non_finite: Literal["stop", "skip"] = "stop",
     ):
         super().__init__()
         if not class_names:
@@ -153,7 +159,47 @@ class MultiLabelTask(LightningModule):
             detach_focus=hp.asl_detach_focus,
         )
 
+    # -- checkpoints -------------------------------------------------------------------------
+    def check_checkpoint_classes(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained on other class names, or on the same in another order.
+
+        Every class-indexed weight (prototypes, biases, thresholds, priors) is stored by
+        position, so a different order would silently score each class with another's weights.
+
+        Raises:
+            ValueError: Naming the difference and how to fix it.
+        """
+        trained = list(checkpoint.get("hyper_parameters", {}).get("class_names") or [])
+        if not trained or trained == self.class_names:
+            return
+        if sorted(trained) == sorted(self.class_names):
+            moved = [n for n, m in zip(trained, self.class_names, strict=True) if n != m]
+            raise ValueError(
+                f"the checkpoint was trained on the same {len(trained)} classes in another "
+                f"order ({len(moved)} moved, first {moved[0]!r}): pass the checkpoint's order as "
+                f"data.init_args.class_names={trained}"
+            )
+        missing = [n for n in trained if n not in self.class_names]
+        extra = [n for n in self.class_names if n not in trained]
+        raise ValueError(
+            f"the checkpoint's {len(trained)} classes differ from the data's "
+            f"{len(self.class_names)}: not in the data {missing[:5]}, not in the checkpoint "
+            f"{extra[:5]}"
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_checkpoint_classes(checkpoint)
+
     # -- training ----------------------------------------------------------------------------
+    def configure_callbacks(self) -> list[Callback]:
+        """What every fit needs: the guards (:mod:`cssa_lightning.guards`) and the global random
+        state in checkpoints (:mod:`cssa_lightning.resume`)."""
+        return [
+            NonFiniteGuard(self.hparams.get("on_non_finite", "stop")),
+            RunGuard(),
+            GlobalRandomState(),
+        ]
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         labeled = batch["labeled"]
         logits = self(labeled["image"])

@@ -28,8 +28,9 @@ def test_imagefolder_records_and_class_order(image_folders):
 
 def test_csv_source(tmp_path, image_folders):
     image = image_folders["train"] / "images" / "0000.png"
+    other = image_folders["train"] / "images" / "0001.png"
     csv = tmp_path / "data.csv"
-    csv.write_text(f"path,labels\n{image},red|blue\n{image},\n")
+    csv.write_text(f"path,labels\n{image},red|blue\n{other},\n")
     records = read_source(csv)
     assert [r.labels for r in records] == [("red", "blue"), ()]
     table = build_record_table(records, CLASS_NAMES)
@@ -57,10 +58,12 @@ def test_bad_input_is_named(tmp_path, image_folders):
     (folder / "metadata.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="lists no image"):
         read_source(folder)
-    Image.new("RGB", (4, 4)).save(folder / "x.png")
+    for name in ("x", "y", "z"):
+        Image.new("RGB", (4, 4)).save(folder / f"{name}.png")
     (folder / "metadata.jsonl").write_text(
-        '{"file_name": "x.png", "labels": ["red"]}\n' * 2
-        + '{"file_name": "x.png", "labels": ["unicorn"]}\n'
+        '{"file_name": "x.png", "labels": ["red"]}\n'
+        '{"file_name": "y.png", "labels": ["red"]}\n'
+        '{"file_name": "z.png", "labels": ["unicorn"]}\n'
     )
     with pytest.raises(ValueError, match=r"metadata.jsonl:3: unknown class name 'unicorn'"):
         build_record_table(read_source(folder), CLASS_NAMES)
