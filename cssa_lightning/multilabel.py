@@ -93,7 +93,9 @@ class MultiLabelTask(LightningModule):
         self.register_buffer("bias_calibrated", torch.tensor(False))
         self.metrics = nn.ModuleDict(
             {
-                split + name: MultiLabelMetrics(self.num_classes, prediction_threshold)
+                split + name: MultiLabelMetrics(
+                    self.num_classes, prediction_threshold, class_names=self.class_names
+                )
                 for split in ("val", "test")
                 for name in self.evaluated_scores
             }
