@@ -33,6 +33,9 @@ class MultiLabelTask(LightningModule):
         class_names: Ordered class names (linked from the data module by the CLI).
         clip_checkpoint: Hub id or local directory of a CLIP checkpoint.
         prompt_templates: Prompt templates with ``{}`` for the class name, averaged.
+        class_prompts: The name a class takes in prompts, by class name, e.g.
+            ``{"pottedplant": "potted plant"}``; added to and overriding the built-in names
+            (:data:`~cssa_lightning.clip.PROMPT_NAMES`, VOC and COCO). Labels keep their names.
         freeze_vision: Keep the vision tower fixed (train heads only).
         trainable_vision_layers: Train only the last this many vision blocks (with the final
             norm and projection); ``None`` trains the whole vision tower.
@@ -66,6 +69,7 @@ class MultiLabelTask(LightningModule):
         class_names: list[str],
         clip_checkpoint: str = "openai/clip-vit-base-patch16",
         prompt_templates: list[str] | None = None,
+        class_prompts: dict[str, str] | None = None,
         freeze_vision: bool = False,
         trainable_vision_layers: int | None = None,
         freeze_text: bool = True,
@@ -113,7 +117,11 @@ class MultiLabelTask(LightningModule):
         """The student network (called once from ``__init__``)."""
         hp = self.hparams
         clip = CLIPBackbone(
-            hp.clip_checkpoint, hp.freeze_vision, hp.freeze_text, hp.trainable_vision_layers
+            hp.clip_checkpoint,
+            hp.freeze_vision,
+            hp.freeze_text,
+            hp.trainable_vision_layers,
+            class_prompts=hp.class_prompts,
         )
         return MultiLabelCLIPNet(
             clip,
