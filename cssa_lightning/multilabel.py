@@ -226,7 +226,9 @@ class MultiLabelTask(LightningModule):
             }
             for (is_backbone, decays), params in groups.items()
         ]
-        optimizer = torch.optim.AdamW(param_groups)
+        # The fused kernel (one launch for all parameters) when they all live on a GPU.
+        on_cuda = all(p.is_cuda for group in param_groups for p in group["params"])
+        optimizer = torch.optim.AdamW(param_groups, fused=True if on_cuda else None)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=[group["lr"] for group in param_groups],

@@ -102,3 +102,17 @@ def test_task_option_reaches_the_prompts(tiny_clip_dir):
     )
     expected = CLIPBackbone(str(tiny_clip_dir)).eval().class_text_features(["green", "blue"])
     torch.testing.assert_close(task.net.text_features, expected.detach())
+
+
+def test_adamw_is_fused_only_when_every_parameter_is_on_a_gpu(tiny_clip_dir):
+    from types import SimpleNamespace
+
+    from cssa_lightning.multilabel import MultiLabelTask
+
+    task = MultiLabelTask(["red", "blue"], clip_checkpoint=str(tiny_clip_dir))
+    task._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    optimizer = task.configure_optimizers()["optimizer"]
+    assert not optimizer.defaults["fused"]  # CPU parameters: the default implementation
+    if torch.cuda.is_available():
+        task.cuda()
+        assert task.configure_optimizers()["optimizer"].defaults["fused"]
