@@ -446,60 +446,23 @@ def render(results: dict[str, Any]) -> str:
             continue
         machine, step = entry["machine"], entry["step"]
         lines += [
-            f"Command: `{entry['command']}` ({entry['total_s']:.0f} s in all).",
+            f"Command: `{entry['command']}` ({entry['total_s']:.0f} s in all"
+            + ("" if entry.get("complete", True) else "; interrupted, parts missing")
+            + ").",
             f"Machine: {machine['device']}, {machine['cpus']} CPUs, torch {machine['torch']}"
             + (f"; {entry['note']}" if entry.get("note") else "")
             + ".",
             "",
-            "| step | CAP | CSSA |",
-            "|---|---|---|",
-            f"| model | {step['model']} | {step['model']} |",
-            f"| images per step (labeled + unlabeled) | {step['labeled_batch']} + "
-            f"{step['unlabeled_batch']} | {step['labeled_batch']} + {step['unlabeled_batch']} |",
-            f"| step time (s) | {step['cap']['step_s']:.4f} | {step['cssa']['step_s']:.4f} |",
-            f"| step CPU time (s, all threads) | {step['cap']['step_cpu_s']:.4f} | "
-            f"{step['cssa']['step_cpu_s']:.4f} |",
-            f"| images/s | {step['cap']['images_per_s']} | {step['cssa']['images_per_s']} |",
-            f"| model GFLOP per step | {step['cap']['flops_per_step'] / 1e9:.1f} | "
-            f"{step['cssa']['flops_per_step'] / 1e9:.1f} |",
-            f"| achieved TFLOP/s | {step['cap']['tflops_per_s']:.4f} | "
-            f"{step['cssa']['tflops_per_s']:.4f} |",
-            f"| MFU | {_mfu(step['cap'])} | {_mfu(step['cssa'])} |",
-            "",
-            f"CSSA / CAP step time: **{step['cssa_over_cap']}x** (goal <= 1.15x); in CPU time "
-            f"{step['cssa']['step_cpu_s'] / step['cap']['step_cpu_s']:.3f}x.",
-            "",
         ]
+        if step is not None:
+            lines += _render_step(step)
+        else:
+            lines += ["Training step: not measured in this run.", ""]
         loader, metric = entry["loader"], entry["map"]
-        lines += [
-            f"Loader, one worker (one thread), {loader['images']} {loader['source']} images, "
-            f"weak + strong views at {loader['size']} px:",
-            "",
-            "| path | unlabeled images/s (wall) | per CPU second |",
-            "|---|---|---|",
-            f"| decoded from the files | {loader['uncached_images_per_s']} | "
-            f"{loader['uncached_images_per_cpu_s']} |",
-            f"| from the prepared cache | {loader['cached_images_per_s']} | "
-            f"{loader['cached_images_per_cpu_s']} |",
-            "",
-            f"Cached / uncached (CPU time): {loader['speedup']}x (goal: >= 300 images/s per "
-            f"worker from the cache). Preparing the cache took {loader['prepare_s']} s.",
-            "",
-            f"mAP of {metric['images']} x {metric['classes']} scores (update + compute):",
-            "",
-            "| implementation | wall s | CPU s |",
-            "|---|---|---|",
-            f"| `MultiLabelMetrics` (exact, this package) | {metric['ours_s']} | "
-            f"{metric['ours_cpu_s']} |",
-            f"| torchmetrics `MultilabelAveragePrecision` | {metric['torchmetrics_s']} | "
-            f"{metric['torchmetrics_cpu_s']} |",
-            f"| scikit-learn `average_precision_score` | {metric['sklearn_s']} | "
-            f"{metric['sklearn_cpu_s']} |",
-            "",
-            "Largest difference from scikit-learn's per-class AP: "
-            f"{metric['max_ap_diff_vs_sklearn']:.1e}. Goal: < 0.5 s.",
-            "",
-        ]
+        if loader is not None:
+            lines += _render_loader(loader)
+        if metric is not None:
+            lines += _render_map(metric)
         if entry["startup"]:
             startup = entry["startup"]
             lines += [
@@ -508,6 +471,66 @@ def render(results: dict[str, Any]) -> str:
                 "",
             ]
     return "\n".join(lines)
+
+
+def _render_step(step: dict[str, Any]) -> list[str]:
+    return [
+        "| step | CAP | CSSA |",
+        "|---|---|---|",
+        f"| model | {step['model']} | {step['model']} |",
+        f"| images per step (labeled + unlabeled) | {step['labeled_batch']} + "
+        f"{step['unlabeled_batch']} | {step['labeled_batch']} + {step['unlabeled_batch']} |",
+        f"| step time (s) | {step['cap']['step_s']:.4f} | {step['cssa']['step_s']:.4f} |",
+        f"| step CPU time (s, all threads) | {step['cap']['step_cpu_s']:.4f} | "
+        f"{step['cssa']['step_cpu_s']:.4f} |",
+        f"| images/s | {step['cap']['images_per_s']} | {step['cssa']['images_per_s']} |",
+        f"| model GFLOP per step | {step['cap']['flops_per_step'] / 1e9:.1f} | "
+        f"{step['cssa']['flops_per_step'] / 1e9:.1f} |",
+        f"| achieved TFLOP/s | {step['cap']['tflops_per_s']:.4f} | "
+        f"{step['cssa']['tflops_per_s']:.4f} |",
+        f"| MFU | {_mfu(step['cap'])} | {_mfu(step['cssa'])} |",
+        "",
+        f"CSSA / CAP step time: **{step['cssa_over_cap']}x** (goal <= 1.15x); in CPU time "
+        f"{step['cssa']['step_cpu_s'] / step['cap']['step_cpu_s']:.3f}x.",
+        "",
+    ]
+
+
+def _render_loader(loader: dict[str, Any]) -> list[str]:
+    return [
+        f"Loader, one worker (one thread), {loader['images']} {loader['source']} images, "
+        f"weak + strong views at {loader['size']} px:",
+        "",
+        "| path | unlabeled images/s (wall) | per CPU second |",
+        "|---|---|---|",
+        f"| decoded from the files | {loader['uncached_images_per_s']} | "
+        f"{loader['uncached_images_per_cpu_s']} |",
+        f"| from the prepared cache | {loader['cached_images_per_s']} | "
+        f"{loader['cached_images_per_cpu_s']} |",
+        "",
+        f"Cached / uncached (CPU time): {loader['speedup']}x (goal: >= 300 images/s per "
+        f"worker from the cache). Preparing the cache took {loader['prepare_s']} s.",
+        "",
+    ]
+
+
+def _render_map(metric: dict[str, Any]) -> list[str]:
+    return [
+        f"mAP of {metric['images']} x {metric['classes']} scores (update + compute):",
+        "",
+        "| implementation | wall s | CPU s |",
+        "|---|---|---|",
+        f"| `MultiLabelMetrics` (exact, this package) | {metric['ours_s']} | "
+        f"{metric['ours_cpu_s']} |",
+        f"| torchmetrics `MultilabelAveragePrecision` | {metric['torchmetrics_s']} | "
+        f"{metric['torchmetrics_cpu_s']} |",
+        f"| scikit-learn `average_precision_score` | {metric['sklearn_s']} | "
+        f"{metric['sklearn_cpu_s']} |",
+        "",
+        "Largest difference from scikit-learn's per-class AP: "
+        f"{metric['max_ap_diff_vs_sklearn']:.1e}. Goal: < 0.5 s.",
+        "",
+    ]
 
 
 def _mfu(step: dict[str, Any]) -> str:
@@ -538,24 +561,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sizes["warmup_steps"] = args.warmup_steps
     device_name, peak = peak_flops(args.device)
     precision = "bf16-mixed" if args.device == "cuda" else "32-true"
-    print("step ...", flush=True)
-    step = bench_step(args.device, sizes, precision)
-    step["model"] = "ViT-B/16 CLIP (random weights)" if sizes["clip"] is None else "tiny CLIP"
-    for name in ("cap", "cssa"):
-        step[name]["mfu"] = (
-            None if peak is None else step[name]["flops_per_step"] / step[name]["step_s"] / peak
-        )
-    print("map ...", flush=True)
-    metric = bench_map(args.device, args.map_images, args.map_classes, args.repeats)
-    print("loader ...", flush=True)
-    loader = bench_loader(args.loader_images, 224, sizes["unlabeled_batch"])
-    print("startup ...", flush=True)
-    startup = bench_startup(args.startup_repeats) if args.startup_repeats else None
     command = " ".join(["python", "benchmarks/speed.py", *(argv or sys.argv[1:])])
-    entry = {
+    entry: dict[str, Any] = {
         "command": command,
         "note": args.note,
-        "total_s": round(time.perf_counter() - start, 1),
+        "complete": False,
+        "total_s": 0.0,
         "machine": {
             "device": device_name,
             "peak_bf16_flops": peak,
@@ -563,16 +574,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
-        "step": step,
-        "map": metric,
-        "loader": loader,
-        "startup": startup,
+        "map": None,
+        "loader": None,
+        "step": None,
+        "startup": None,
     }
-    results = json.loads(args.output.read_text()) if args.output.is_file() else {}
-    results[args.device] = entry
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    args.doc.write_text(render(results))
+
+    def save() -> None:
+        # After every part, so that an interrupted run keeps what it measured.
+        entry["total_s"] = round(time.perf_counter() - start, 1)
+        results = json.loads(args.output.read_text()) if args.output.is_file() else {}
+        results[args.device] = entry
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
+        args.doc.write_text(render(results))
+
+    print("map ...", flush=True)
+    entry["map"] = bench_map(args.device, args.map_images, args.map_classes, args.repeats)
+    save()
+    print("loader ...", flush=True)
+    entry["loader"] = bench_loader(args.loader_images, 224, sizes["unlabeled_batch"])
+    save()
+    print("step ...", flush=True)
+    step = bench_step(args.device, sizes, precision)
+    step["model"] = "ViT-B/16 CLIP (random weights)" if sizes["clip"] is None else "tiny CLIP"
+    for name in ("cap", "cssa"):
+        step[name]["mfu"] = (
+            None if peak is None else step[name]["flops_per_step"] / step[name]["step_s"] / peak
+        )
+    entry["step"] = step
+    save()
+    if args.startup_repeats:
+        print("startup ...", flush=True)
+        entry["startup"] = bench_startup(args.startup_repeats)
+    entry["complete"] = True
+    save()
     print(json.dumps(entry, indent=2))
     return entry
 

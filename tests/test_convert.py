@@ -250,3 +250,10 @@ def test_nuswide_label_file_of_the_wrong_length_is_named(tmp_path):
     bad.write_text("0\n2\n1\n")
     with pytest.raises(SystemExit, match=r"Labels_beach_Train.txt:2: expected 0 or 1, got '2'"):
         _convert_nuswide(root, tmp_path / "out")
+
+
+def test_coco_converter_reports_a_file_that_is_not_utf8(tmp_path, coco):
+    path, images, annotations = coco
+    path.write_bytes(json.dumps(annotations).encode("utf-16"))
+    with pytest.raises(SystemExit, match=r"instances.json: not UTF-8 text"):
+        _convert_coco(path, images, tmp_path / "out")

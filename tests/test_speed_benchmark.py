@@ -73,3 +73,6 @@ def test_map_and_loader_parts_and_the_report(tmp_path):
     assert "Not measured yet: run `python benchmarks/speed.py --device cuda`" in text
     assert "some CPU, 2 CPUs, torch 2.x; a note." in text
     assert "`cssa --help` start-up: 3.0 s (2.5 s of CPU)." in text
+    partial = speed.render({"cpu": {**entry, "step": None, "complete": False}})
+    assert "Training step: not measured in this run." in partial
+    assert "interrupted, parts missing" in partial and "mAP of 400 x 6" in partial
