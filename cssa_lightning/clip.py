@@ -8,7 +8,7 @@ name ``"tiny-clip"`` of the checkpoint shipped with the package).
 from __future__ import annotations
 
 import importlib.resources
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,6 +27,32 @@ DEFAULT_TEMPLATES = (
 # "tiny-clip" is the small CLIP pre-trained on the synthetic world (see
 # cssa_lightning/synthetic/assets/tiny-clip/README.md).
 PACKAGED_CHECKPOINTS = {"tiny-clip": ("cssa_lightning.synthetic", "assets/tiny-clip")}
+
+# How a class is named in prompts when its dataset name is an identifier, not words: Pascal
+# VOC's joined names and COCO's misspelling. Datasets keep their own names (``classes.txt``,
+# labels); only the prompts use these. ``MultiLabelTask(class_prompts=...)`` adds or overrides.
+PROMPT_NAMES = {
+    "pottedplant": "potted plant",
+    "diningtable": "dining table",
+    "tvmonitor": "tv monitor",
+    "hair drier": "hair dryer",
+}
+
+
+def prompt_names(
+    class_names: Sequence[str], overrides: Mapping[str, str] | None = None
+) -> list[str]:
+    """The name of each class in its prompts: ``overrides``, else :data:`PROMPT_NAMES`, else
+    the class name itself.
+
+    Raises:
+        ValueError: ``overrides`` names a class that is not in ``class_names`` (likely a typo).
+    """
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(class_names))
+    if unknown:
+        raise ValueError(f"class_prompts names classes that do not exist: {unknown}")
+    return [overrides.get(name, PROMPT_NAMES.get(name, name)) for name in class_names]
 
 
 def resolve_checkpoint(name: str) -> str:
@@ -60,6 +86,7 @@ class CLIPBackbone(nn.Module):
         trainable_vision_layers: When the vision tower trains, train only its last this many
             transformer blocks (with the final norm and the projection); ``None`` trains all.
             Fewer trainable blocks cost less backward compute and memory.
+        class_prompts: Prompt name of a class by class name (see :func:`prompt_names`).
     """
 
     def __init__(
@@ -68,10 +95,14 @@ class CLIPBackbone(nn.Module):
         freeze_vision: bool = False,
         freeze_text: bool = True,
         trainable_vision_layers: int | None = None,
+        class_prompts: Mapping[str, str] | None = None,
     ):
         super().__init__()
         source = resolve_checkpoint(checkpoint)
-        self.model = CLIPModel.from_pretrained(source)
+        # PyTorch's fused attention (flash / memory-efficient kernels on GPUs), asked for by
+        # name so that a checkpoint's config cannot fall back to the slow eager attention.
+        self.model = CLIPModel.from_pretrained(source, attn_implementation="sdpa")
+        self.class_prompts = dict(class_prompts or {})
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         # CLIP's own temperature is not used by any head here; a trainable but unused parameter
         # would break DDP's gradient reduction.
@@ -132,14 +163,16 @@ class CLIPBackbone(nn.Module):
     ) -> Tensor:
         """One L2-normalised text feature per class, averaged over prompt templates ``(C, D)``.
 
-        Each prompt feature is normalised before averaging (CLIP's prompt ensembling).
+        Classes are named by :func:`prompt_names` (``pottedplant`` -> ``potted plant``). Each
+        prompt feature is normalised before averaging (CLIP's prompt ensembling).
         """
         if not templates:
             raise ValueError("prompt templates must not be empty")
         for template in templates:
             if "{}" not in template:
                 raise ValueError(f"prompt template {template!r} has no '{{}}' for the class name")
-        prompts = [template.format(name) for name in class_names for template in templates]
+        names = prompt_names(class_names, self.class_prompts)
+        prompts = [template.format(name) for name in names for template in templates]
         features = F.normalize(self.encode_text(prompts), dim=-1)
         features = features.view(len(class_names), len(templates), -1).mean(1)
         return F.normalize(features, dim=-1)

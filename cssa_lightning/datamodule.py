@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import AutoImageProcessor
 
 from cssa_lightning.clip import resolve_checkpoint
+from cssa_lightning.prepare import prepare_images, with_prepared_images
 from cssa_lightning.records import (
     build_record_table,
     check_class_names,
@@ -200,6 +201,8 @@ class MultiLabelDataModule(LightningDataModule):
         labeled_view: Literal["weak", "strong"] = "weak",
         num_workers: int = 0,
         load_unlabeled: bool = True,
+        image_cache: str | None = None,
+        image_cache_size: int = 256,
     ):
         super().__init__()
         if not 0.0 < labeled_ratio <= 1.0:
@@ -212,6 +215,10 @@ class MultiLabelDataModule(LightningDataModule):
         ]:
             if size <= 0:
                 raise ValueError(f"{name} must be positive, got {size}")
+        if image_cache is not None and image_cache_size < image_size:
+            raise ValueError(
+                f"image_cache_size ({image_cache_size}) must be at least image_size ({image_size})"
+            )
         if not 0.0 < cutout_max <= 1.0:
             raise ValueError(f"cutout_max must be in (0, 1], got {cutout_max}")
         check_seed(split_seed, "split_seed")
@@ -237,10 +244,27 @@ class MultiLabelDataModule(LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def prepare_data(self) -> None:
+        # Lightning calls this once per machine before setup: fill the image cache there.
+        hp = self.hparams
+        if hp.image_cache:
+            for source in dict.fromkeys([self.train_source, self.val_source, self.test_source]):
+                if source:
+                    paths = [str(r.path) for r in read_source(source)]
+                    prepare_images(paths, hp.image_cache, hp.image_cache_size, num_proc=None)
+
+    def _cached(self, table: datasets.Dataset) -> datasets.Dataset:
+        hp = self.hparams
+        if not hp.image_cache:
+            return table
+        return with_prepared_images(table, hp.image_cache, hp.image_cache_size)
+
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         if self.train_table is None:
-            self.train_table = build_record_table(self._train_records, self.class_names)
+            self.train_table = self._cached(
+                build_record_table(self._train_records, self.class_names)
+            )
             self.labeled_indices, self.unlabeled_indices = split_labeled(
                 len(self.train_table), hp.labeled_ratio, hp.split_seed
             )
@@ -271,7 +295,9 @@ class MultiLabelDataModule(LightningDataModule):
             )
 
     def _eval_table(self, source: str | None) -> datasets.Dataset | None:
-        return build_record_table(read_source(source), self.class_names) if source else None
+        if not source:
+            return None
+        return self._cached(build_record_table(read_source(source), self.class_names))
 
     def _log_split(self) -> None:
         targets = self.labeled_targets()

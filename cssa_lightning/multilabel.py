@@ -36,6 +36,9 @@ class MultiLabelTask(LightningModule):
         class_names: Ordered class names (linked from the data module by the CLI).
         clip_checkpoint: Hub id or local directory of a CLIP checkpoint.
         prompt_templates: Prompt templates with ``{}`` for the class name, averaged.
+        class_prompts: The name a class takes in prompts, by class name, e.g.
+            ``{"pottedplant": "potted plant"}``; added to and overriding the built-in names
+            (:data:`~cssa_lightning.clip.PROMPT_NAMES`, VOC and COCO). Labels keep their names.
         freeze_vision: Keep the vision tower fixed (train heads only).
         trainable_vision_layers: Train only the last this many vision blocks (with the final
             norm and projection); ``None`` trains the whole vision tower.
@@ -72,6 +75,7 @@ class MultiLabelTask(LightningModule):
         class_names: list[str],
         clip_checkpoint: str = "openai/clip-vit-base-patch16",
         prompt_templates: list[str] | None = None,
+        class_prompts: dict[str, str] | None = None,
         freeze_vision: bool = False,
         trainable_vision_layers: int | None = None,
         freeze_text: bool = True,
@@ -100,7 +104,9 @@ class MultiLabelTask(LightningModule):
         self.register_buffer("bias_calibrated", torch.tensor(False))
         self.metrics = nn.ModuleDict(
             {
-                split + name: MultiLabelMetrics(self.num_classes, prediction_threshold)
+                split + name: MultiLabelMetrics(
+                    self.num_classes, prediction_threshold, class_names=self.class_names
+                )
                 for split in ("val", "test")
                 for name in self.evaluated_scores
             }
@@ -118,7 +124,11 @@ class MultiLabelTask(LightningModule):
         """The student network (called once from ``__init__``)."""
         hp = self.hparams
         clip = CLIPBackbone(
-            hp.clip_checkpoint, hp.freeze_vision, hp.freeze_text, hp.trainable_vision_layers
+            hp.clip_checkpoint,
+            hp.freeze_vision,
+            hp.freeze_text,
+            hp.trainable_vision_layers,
+            class_prompts=hp.class_prompts,
         )
         return MultiLabelCLIPNet(
             clip,
@@ -262,7 +272,9 @@ class MultiLabelTask(LightningModule):
             {"params": params, "lr": lr, "weight_decay": hp.weight_decay if decays else 0.0}
             for (lr, decays), params in groups.items()
         ]
-        optimizer = torch.optim.AdamW(param_groups)
+        # The fused kernel (one launch for all parameters) when they all live on a GPU.
+        on_cuda = all(p.is_cuda for group in param_groups for p in group["params"])
+        optimizer = torch.optim.AdamW(param_groups, fused=True if on_cuda else None)
         total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         return {
             "optimizer": optimizer,

@@ -65,3 +65,54 @@ def test_partial_vision_training(tiny_clip_dir):
 
     with pytest.raises(ValueError, match="trainable_vision_layers"):
         CLIPBackbone(str(tiny_clip_dir), trainable_vision_layers=5)
+
+
+def test_prompt_names_defaults_overrides_and_typos():
+    import pytest
+
+    from cssa_lightning.clip import prompt_names
+
+    names = ["pottedplant", "tvmonitor", "dog", "hair drier"]
+    assert prompt_names(names) == ["potted plant", "tv monitor", "dog", "hair dryer"]
+    assert prompt_names(names, {"dog": "puppy", "tvmonitor": "television"}) == [
+        "potted plant",
+        "television",
+        "puppy",
+        "hair dryer",
+    ]
+    with pytest.raises(ValueError, match=r"class_prompts names classes that do not exist: \['cta'"):
+        prompt_names(names, {"cta": "cat"})
+
+
+def test_class_prompts_change_the_prompts_not_the_class_names(tiny_clip_dir):
+    plain = CLIPBackbone(str(tiny_clip_dir)).eval()
+    renamed = CLIPBackbone(str(tiny_clip_dir), class_prompts={"red": "green"}).eval()
+    assert renamed.model.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        expected = plain.class_text_features(["green", "blue"])
+        got = renamed.class_text_features(["red", "blue"])
+    torch.testing.assert_close(got, expected)
+
+
+def test_task_option_reaches_the_prompts(tiny_clip_dir):
+    from cssa_lightning.multilabel import MultiLabelTask
+
+    task = MultiLabelTask(
+        ["red", "blue"], clip_checkpoint=str(tiny_clip_dir), class_prompts={"red": "green"}
+    )
+    expected = CLIPBackbone(str(tiny_clip_dir)).eval().class_text_features(["green", "blue"])
+    torch.testing.assert_close(task.net.text_features, expected.detach())
+
+
+def test_adamw_is_fused_only_when_every_parameter_is_on_a_gpu(tiny_clip_dir):
+    from types import SimpleNamespace
+
+    from cssa_lightning.multilabel import MultiLabelTask
+
+    task = MultiLabelTask(["red", "blue"], clip_checkpoint=str(tiny_clip_dir))
+    task._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    optimizer = task.configure_optimizers()["optimizer"]
+    assert not optimizer.defaults["fused"]  # CPU parameters: the default implementation
+    if torch.cuda.is_available():
+        task.cuda()
+        assert task.configure_optimizers()["optimizer"].defaults["fused"]
