@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from cssa_lightning.datamodule import MultiLabelDataModule
 from cssa_lightning.multilabel import MultiLabelTask
+from cssa_lightning.run_files import RunConfigCallback, configure_logging
 
 
 class CSSALightningCLI(LightningCLI):
@@ -41,7 +43,18 @@ class CSSALightningCLI(LightningCLI):
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of the ``cssa`` console script and ``python -m cssa_lightning``."""
+    """Entry point of the ``cssa`` console script and ``python -m cssa_lightning``.
+
+    ``cssa report RUN_DIR`` writes a run's figures and summary (:mod:`cssa_lightning.report`);
+    every other subcommand is the ``LightningCLI``'s.
+    """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and argv[:1] == ["report"]:
+        from cssa_lightning.report import main as report_main
+
+        report_main(argv[1:])
+        return
+    configure_logging()
     build_cli(args)
 
 
@@ -52,7 +65,7 @@ def build_cli(args: ArgsType = None) -> CSSALightningCLI:
         MultiLabelDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=RunConfigCallback,
         args=args,
     )
 
