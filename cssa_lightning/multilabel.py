@@ -7,11 +7,13 @@ change are small public methods (``encode``, ``supervised_loss``, ``evaluation_s
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from cssa_lightning.clip import DEFAULT_TEMPLATES, CLIPBackbone
 from cssa_lightning.losses import asymmetric_loss, binary_cross_entropy
@@ -181,12 +183,22 @@ class MultiLabelTask(LightningModule):
         was_training = self.training
         self.eval()
         logits, targets, seen = [], [], 0
-        for batch in datamodule.labeled_eval_dataloader():
+        loader = datamodule.labeled_eval_dataloader()
+        batches = math.ceil(self.hparams.calibration_max_images / (loader.batch_size or 1))
+        progress = tqdm(
+            loader,
+            desc="bias calibration",
+            total=min(len(loader), batches),
+            leave=False,
+            disable=None if self.trainer.is_global_zero else True,
+        )
+        for batch in progress:
             logits.append(self(batch["image"].to(self.device)).float())
             targets.append(batch["target"].to(self.device))
             seen += len(batch["image"])
             if seen >= self.hparams.calibration_max_images:
                 break
+        progress.close()
         self.train(was_training)
         logits, targets = torch.cat(logits), torch.cat(targets)
         n = len(logits)

@@ -23,6 +23,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def read_source(source: str | Path) -> list[RawRecord]:
         )
     if not records:
         raise ValueError(f"data source {source} lists no image")
-    missing = [r for r in records if not r.path.is_file()]
+    checked = tqdm(records, desc=f"checking {source.name}", unit="img", leave=False)
+    missing = [r for r in checked if not r.path.is_file()]
     if missing:
         first = missing[0]
         raise FileNotFoundError(
@@ -140,7 +142,7 @@ def build_record_table(
         raise ValueError("class_names is empty")
     index = {name: i for i, name in enumerate(class_names)}
     targets = np.zeros((len(records), len(class_names)), dtype=np.uint8)
-    for row, record in enumerate(records):
+    for row, record in enumerate(tqdm(records, desc="record table", unit="img", leave=False)):
         for label in record.labels:
             if label not in index:
                 raise ValueError(
