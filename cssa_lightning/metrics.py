@@ -10,6 +10,8 @@ from torchmetrics.classification import (
     MultilabelPrecision,
     MultilabelRecall,
 )
+from torchmetrics.functional.classification import multilabel_average_precision
+from torchmetrics.utilities import dim_zero_cat
 
 
 class MultiLabelMetrics(nn.Module):
@@ -22,6 +24,7 @@ class MultiLabelMetrics(nn.Module):
 
     def __init__(self, num_classes: int, threshold: float = 0.5):
         super().__init__()
+        self.num_classes = num_classes
         common = dict(num_labels=num_classes, threshold=threshold)
         self.metrics = MetricCollection(
             {
@@ -47,3 +50,14 @@ class MultiLabelMetrics(nn.Module):
 
     def reset(self) -> None:
         self.metrics.reset()
+
+    def per_class_ap(self) -> Tensor | None:
+        """AP x100 of each class on what was seen since the last reset (NaN: no positive);
+        ``None`` before any update. For reports: it does not change the state."""
+        metric = self.metrics["mAP"]
+        if not metric.update_count:
+            return None
+        with metric.sync_context():
+            preds, target = dim_zero_cat(metric.preds), dim_zero_cat(metric.target)
+        ap = multilabel_average_precision(preds, target, self.num_classes, average="none")
+        return (100 * ap).masked_fill(target.sum(0) == 0, float("nan"))
