@@ -183,6 +183,10 @@ class RunReport(Callback):
             "labeled_ratio": hp.get("labeled_ratio"),
             "seed": os.environ.get("PL_GLOBAL_SEED"),
         }
+        if trainer.is_global_zero:
+            from cssa_lightning.run_files import provenance
+
+            info["commit"] = provenance().get("git_commit")
         wandb_loggers = RunReport.wandb_loggers(trainer)
         if wandb_loggers and trainer.is_global_zero:
             info["name"] = wandb_loggers[0].experiment.name

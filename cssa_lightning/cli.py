@@ -9,7 +9,7 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from cssa_lightning.datamodule import MultiLabelDataModule
 from cssa_lightning.multilabel import MultiLabelTask
-from cssa_lightning.run_files import RunConfigCallback, configure_logging
+from cssa_lightning.run_files import RunConfigCallback, configure_logging, finish_run
 
 
 class CSSALightningCLI(LightningCLI):
@@ -55,7 +55,8 @@ def main(args: ArgsType = None) -> None:
         report_main(argv[1:])
         return
     configure_logging()
-    build_cli(args)
+    cli = build_cli(args)
+    finish_run(cli.trainer)
 
 
 def build_cli(args: ArgsType = None) -> CSSALightningCLI:

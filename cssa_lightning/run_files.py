@@ -152,6 +152,17 @@ class RunConfigCallback(SaveConfigCallback):
         return values
 
 
+def finish_run(trainer: Trainer) -> None:
+    """Close what a ``cssa`` command opened for its run: its W&B runs (so that the offline
+    run on disk is complete, and a later in-process command starts a new run rather than
+    reusing this one) and its log file."""
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
+    detach_run_log()
+
+
 # -- console and log file ----------------------------------------------------------------------
 class _Buffer(logging.Handler):
     """Keeps the latest records so the run's log file can start with what came before it."""
