@@ -113,8 +113,7 @@ class RunConfigCallback(SaveConfigCallback):
     ``cssa fit --config`` to repeat the run) into :func:`run_directory`, never over an existing
     file, and starts the run's log file there (:func:`attach_run_log`). Every logger gets the
     config's sections as hyper-parameters, plus ``cssa_lightning`` (version, git commit, dirty
-    flag) and ``command`` (the command line), so runs can be grouped by seed, epochs or
-    precision. Lightning's own copy in the shared ``trainer.log_dir`` is not written
+    flag), so runs can be grouped by seed, epochs or precision. Lightning's own copy in the shared ``trainer.log_dir`` is not written
     (``save_to_log_dir=False``): the next run would overwrite it.
     """
 
@@ -148,7 +147,6 @@ class RunConfigCallback(SaveConfigCallback):
         values = yaml.safe_load(self.parser.dump(self.config, skip_none=False)) or {}
         values.pop("config", None)
         values[PACKAGE] = provenance()
-        values["command"] = " ".join(sys.argv)
         return values
 
 

@@ -228,3 +228,10 @@ def test_report_with_another_logger_and_a_supervised_task(tmp_path, image_folder
     assert data["contexts"] is None and data["epochs"][0].get("thresholds") is None
     assert not math.isnan(data["test"]["metrics"]["test/mAP"])
     assert write_report(run).read_text().startswith("# Run report")
+
+
+def test_run_report_rejects_negative_options():
+    from cssa_lightning.callbacks import RunReport
+
+    with pytest.raises(ValueError, match="pseudo_every_n_batches"):
+        RunReport(pseudo_every_n_batches=-1)
