@@ -214,14 +214,14 @@ class RunReport(Callback):
     def _log_image(self, trainer: Trainer, key: str, figure: Any) -> None:
         from cssa_lightning.report import figure_to_image
 
-        loggers = self.wandb_loggers(trainer)
+        loggers = self.wandb_loggers(trainer) if trainer.is_global_zero else []
         if loggers:
             image = figure_to_image(figure)
             for logger in loggers:
                 logger.log_image(key, [image], step=trainer.global_step)
 
     def _log_table(self, trainer: Trainer, key: str, columns: list[str], rows: list[list]) -> None:
-        for logger in self.wandb_loggers(trainer):
+        for logger in self.wandb_loggers(trainer) if trainer.is_global_zero else []:
             logger.log_table(key, columns=columns, data=rows, step=trainer.global_step)
 
     # -- fit ---------------------------------------------------------------------------------------

@@ -13,12 +13,12 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from cssa_lightning.clip import DEFAULT_TEMPLATES, CLIPBackbone
 from cssa_lightning.losses import asymmetric_loss, binary_cross_entropy
 from cssa_lightning.metrics import MultiLabelMetrics
 from cssa_lightning.network import Encoded, MultiLabelCLIPNet
+from cssa_lightning.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +185,11 @@ class MultiLabelTask(LightningModule):
         logits, targets, seen = [], [], 0
         loader = datamodule.labeled_eval_dataloader()
         batches = math.ceil(self.hparams.calibration_max_images / (loader.batch_size or 1))
-        progress = tqdm(
+        progress = track(
             loader,
-            desc="bias calibration",
+            "bias calibration",
             total=min(len(loader), batches),
-            leave=False,
-            disable=None if self.trainer.is_global_zero else True,
+            disable=not self.trainer.is_global_zero,
         )
         for batch in progress:
             logits.append(self(batch["image"].to(self.device)).float())

@@ -23,7 +23,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
+
+from cssa_lightning.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,7 @@ def read_source(source: str | Path) -> list[RawRecord]:
         )
     if not records:
         raise ValueError(f"data source {source} lists no image")
-    checked = tqdm(records, desc=f"checking {source.name}", unit="img", leave=False)
-    missing = [r for r in checked if not r.path.is_file()]
+    missing = [r for r in track(records, f"checking {source.name}") if not r.path.is_file()]
     if missing:
         first = missing[0]
         raise FileNotFoundError(
@@ -142,7 +142,7 @@ def build_record_table(
         raise ValueError("class_names is empty")
     index = {name: i for i, name in enumerate(class_names)}
     targets = np.zeros((len(records), len(class_names)), dtype=np.uint8)
-    for row, record in enumerate(tqdm(records, desc="record table", unit="img", leave=False)):
+    for row, record in enumerate(track(records, "record table")):
         for label in record.labels:
             if label not in index:
                 raise ValueError(

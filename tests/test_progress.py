@@ -7,45 +7,28 @@ from pathlib import Path
 import pytest
 from lightning.pytorch import Trainer
 
-from cssa_lightning import multilabel, records
+from cssa_lightning import progress, records
 from cssa_lightning.datamodule import MultiLabelDataModule
 from cssa_lightning.multilabel import MultiLabelTask
+from cssa_lightning.progress import ProgressBar, track
 from cssa_lightning.synthetic import world
 
 
-class RecordingBar:
-    """A ``tqdm`` stand-in that records what each bar was told."""
+class RecordingBar(ProgressBar):
+    """A ``ProgressBar`` that draws nothing and keeps what each bar was told."""
 
     bars: list[RecordingBar] = []
 
-    def __init__(self, iterable=None, desc=None, total=None, **kwargs):
-        self.iterable, self.desc, self.n = iterable, desc, 0
-        self.total = len(iterable) if total is None and iterable is not None else total
+    def __init__(self, description, total, disable=False):
+        super().__init__(description, total, disable=True)
         RecordingBar.bars.append(self)
-
-    def __iter__(self):
-        for item in self.iterable:
-            self.n += 1  # items handed out (tqdm counts one on the next step)
-            yield item
-
-    def update(self, n=1):
-        self.n += n
-
-    def close(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 @pytest.fixture
 def bars(monkeypatch):
     RecordingBar.bars = []
-    for module in (world, records, multilabel):
-        monkeypatch.setattr(module, "tqdm", RecordingBar)
+    monkeypatch.setattr(progress, "ProgressBar", RecordingBar)
+    monkeypatch.setattr(world, "ProgressBar", RecordingBar)
     return RecordingBar.bars
 
 
@@ -54,7 +37,7 @@ def test_world_generation_counts_every_image(tmp_path: Path, bars, monkeypatch, 
     monkeypatch.setattr(world, "_CHUNK", 4)
     world.generate_world(tmp_path / "w", "val", 10, image_size=32, seed=1, workers=workers)
     [bar] = bars
-    assert bar.desc == "world val" and bar.total == bar.n == 10
+    assert bar.description == "world val" and bar.total == bar.n == 10
 
 
 def test_record_table_progress(image_folders, bars):
@@ -62,7 +45,7 @@ def test_record_table_progress(image_folders, bars):
     table = records.build_record_table(
         records.read_source(source), ["red", "green", "blue", "yellow", "cyan", "magenta"]
     )
-    assert [bar.desc for bar in bars] == ["checking train", "record table"]
+    assert [bar.description for bar in bars] == ["checking train", "record table"]
     assert all(bar.n == bar.total == len(table) == 96 for bar in bars)
 
 
@@ -81,4 +64,11 @@ def test_bias_calibration_progress(image_folders, tiny_clip_dir, bars):
     model.calibrate_bias()
     [bar] = bars
     # 48 labeled images in batches of 10, stopped once 25 were seen: 3 of 5 batches.
-    assert bar.desc == "bias calibration" and bar.total == bar.n == 3
+    assert bar.description == "bias calibration" and bar.total == bar.n == 3
+
+
+def test_track_yields_every_item_and_counts_them():
+    with ProgressBar("x", 3) as bar:  # a real bar (nothing is drawn when not on a terminal)
+        bar.update(2)
+        assert bar.n == 2
+    assert list(track(iter(range(4)), "y", total=4)) == [0, 1, 2, 3]

@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from cssa_lightning.progress import ProgressBar
 from cssa_lightning.synthetic.captions import make_caption
 from cssa_lightning.synthetic.contexts import (
     CONTEXT_BACKGROUND_PROB,
@@ -379,8 +379,8 @@ def generate_world(
     (out_dir / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
 
 
-def _progress(num_images: int, split: str) -> tqdm:
-    return tqdm(total=num_images, desc=f"world {split}", unit="img", leave=False)
+def _progress(num_images: int, split: str) -> ProgressBar:
+    return ProgressBar(f"world {split}", num_images)
 
 
 def _is_complete(folder: Path) -> bool:
