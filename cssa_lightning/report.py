@@ -141,7 +141,7 @@ def figure_curves(epochs: Sequence[dict[str, Any]], validation: Sequence[dict[st
             right.plot(*zip(*points, strict=True), marker="o", label=key)
     right.set_xlabel("epoch")
     right.set_ylabel("%")
-    right.set_title("pseudo-labels (sampled batches)", fontsize=10)
+    right.set_title("pseudo-labels vs hidden labels, all classes", fontsize=10)
     for ax in (left, right):
         if ax.lines:
             ax.legend(fontsize=8)
