@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 from lightning.pytorch.cli import ArgsType, LightningCLI
@@ -13,6 +14,7 @@ from cssa_lightning.guards import (
     unreadable_checkpoint,
 )
 from cssa_lightning.multilabel import MultiLabelTask
+from cssa_lightning.run_files import RunConfigCallback, configure_logging, finish_run
 
 
 class CSSALightningCLI(LightningCLI):
@@ -67,8 +69,20 @@ class CSSALightningCLI(LightningCLI):
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of the ``cssa`` console script and ``python -m cssa_lightning``."""
-    build_cli(args)
+    """Entry point of the ``cssa`` console script and ``python -m cssa_lightning``.
+
+    ``cssa report RUN_DIR`` writes a run's figures and summary (:mod:`cssa_lightning.report`);
+    every other subcommand is the ``LightningCLI``'s.
+    """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and argv[:1] == ["report"]:
+        from cssa_lightning.report import main as report_main
+
+        report_main(argv[1:])
+        return
+    configure_logging()
+    cli = build_cli(args)
+    finish_run(cli.trainer)
 
 
 def build_cli(args: ArgsType = None) -> CSSALightningCLI:
@@ -78,7 +92,7 @@ def build_cli(args: ArgsType = None) -> CSSALightningCLI:
         MultiLabelDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
+        save_config_callback=RunConfigCallback,
         args=args,
     )
 

@@ -219,3 +219,10 @@ class MultiLabelMetrics(nn.Module):
 
     def reset(self) -> None:
         self.scores.reset()
+
+    def per_class_ap(self) -> Tensor | None:
+        """AP x100 of each class on what was seen since the last reset (``nan``: no positive);
+        ``None`` before any update. For reports: it does not change the state."""
+        if not self.scores.update_count:
+            return None
+        return self.average_precision_per_class()

@@ -19,6 +19,7 @@ from cssa_lightning.guards import NonFiniteGuard, RunGuard
 from cssa_lightning.losses import asymmetric_loss, binary_cross_entropy
 from cssa_lightning.metrics import MultiLabelMetrics
 from cssa_lightning.network import Encoded, MultiLabelCLIPNet
+from cssa_lightning.progress import track
 from cssa_lightning.resume import GlobalRandomState
 
 log = logging.getLogger(__name__)
@@ -238,12 +239,21 @@ class MultiLabelTask(LightningModule):
         was_training = self.training
         self.eval()
         logits, targets, seen = [], [], 0
-        for batch in datamodule.labeled_eval_dataloader():
+        loader = datamodule.labeled_eval_dataloader()
+        batches = math.ceil(self.hparams.calibration_max_images / (loader.batch_size or 1))
+        progress = track(
+            loader,
+            "bias calibration",
+            total=min(len(loader), batches),
+            disable=not self.trainer.is_global_zero,
+        )
+        for batch in progress:
             logits.append(self(batch["image"].to(self.device)).float())
             targets.append(batch["target"].to(self.device))
             seen += len(batch["image"])
             if seen >= self.hparams.calibration_max_images:
                 break
+        progress.close()
         self.train(was_training)
         logits, targets = torch.cat(logits), torch.cat(targets)
         n = len(logits)

@@ -37,6 +37,8 @@ import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cssa_lightning.progress import track
+
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.jsonl"
@@ -151,7 +153,7 @@ def read_source(source: str | Path) -> list[RawRecord]:
     if not records:
         raise ValueError(f"data source {source} lists no image")
     records = merge_duplicates(records)
-    missing = [r for r in records if not r.path.is_file()]
+    missing = [r for r in track(records, f"checking {source.name}") if not r.path.is_file()]
     if missing:
         first = missing[0]
         raise FileNotFoundError(
@@ -260,7 +262,7 @@ def build_record_table(
     check_class_names(class_names, "class_names")
     index = {name: i for i, name in enumerate(class_names)}
     targets = np.zeros((len(records), len(class_names)), dtype=np.uint8)
-    for row, record in enumerate(records):
+    for row, record in enumerate(track(records, "record table")):
         for label in record.labels:
             if label not in index:
                 raise ValueError(

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -50,6 +51,7 @@ from typing import Literal
 
 import numpy as np
 
+from cssa_lightning.progress import ProgressBar
 from cssa_lightning.synthetic.captions import make_caption
 from cssa_lightning.synthetic.contexts import (
     CONTEXT_BACKGROUND_PROB,
@@ -93,6 +95,8 @@ OCCLUDER_PROB = 0.3
 NUM_PRETRAIN_CAPTIONS = 5
 # Images per task handed to a worker process (the output does not depend on it).
 _CHUNK = 200
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -353,18 +357,30 @@ def generate_world(
         (out_dir, split, start, min(start + _CHUNK, num_images), image_size, seed)
         for start in range(0, num_images, _CHUNK)
     ]
+    parts: list[list[str]] = []
     if workers == 1:
-        parts = [_make_chunk(chunk) for chunk in chunks]
+        with _progress(num_images, split) as progress:
+            for chunk in chunks:
+                parts.append(_make_chunk(chunk))
+                progress.update(len(parts[-1]))
     else:
         # Fork where it exists: workers then skip re-importing the package (which pulls in
-        # torch and transformers) and start instantly.
+        # torch and transformers) and start instantly. The pool starts before the progress bar
+        # (and its monitor thread) exists.
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        with context.Pool(workers) as pool:
-            parts = pool.map(_make_chunk, chunks, chunksize=1)
+        with context.Pool(workers) as pool, _progress(num_images, split) as progress:
+            # imap keeps the chunks in order, so the files do not depend on the workers.
+            for part in pool.imap(_make_chunk, chunks, chunksize=1):
+                parts.append(part)
+                progress.update(len(part))
     lines = [line for part in parts for line in part]
     (out_dir / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     (out_dir / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+
+
+def _progress(num_images: int, split: str) -> ProgressBar:
+    return ProgressBar(f"world {split}", num_images)
 
 
 def _is_complete(folder: Path) -> bool:
@@ -402,6 +418,8 @@ def ensure_world(
     if _is_complete(final):
         return final
     root.mkdir(parents=True, exist_ok=True)
+    log.info("writing the %s world (%d images, %d px) to %s", split, num_images, image_size, final)
+    start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:
         generate_world(tmp, split, num_images, image_size, seed)
@@ -416,6 +434,7 @@ def ensure_world(
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    log.info("wrote %s in %.1f s", final.name, time.perf_counter() - start)
     return final
 
 
