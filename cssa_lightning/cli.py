@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from cssa_lightning.datamodule import MultiLabelDataModule
 from cssa_lightning.multilabel import MultiLabelTask
+from cssa_lightning.packaged import resolve_config_args
+
+log = logging.getLogger(__name__)
 
 
 class CSSALightningCLI(LightningCLI):
-    """Links the data module's class names into the model; optionally tests after ``fit``."""
+    """Links the data module's class names into the model and the model's CLIP checkpoint into
+    the data module's normalisation; optionally tests after ``fit``."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments(
             "data.class_names", "model.init_args.class_names", apply_on="instantiate"
         )
+        # The images are normalised with the statistics of the CLIP the model loads.
+        parser.link_arguments("model.init_args.clip_checkpoint", "data.init_args.clip_processor")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -31,6 +39,17 @@ class CSSALightningCLI(LightningCLI):
             "monitoring ModelCheckpoint kept as best (model selection on the validation split).",
         )
 
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        if not trainer.loggers:
+            # A learning-rate monitor has nothing to log to without a logger (and Lightning
+            # raises), so a config that has one still runs with --trainer.logger false.
+            monitors = [c for c in trainer.callbacks if isinstance(c, LearningRateMonitor)]
+            if monitors:
+                log.info("no logger: the learning-rate monitor is left out")
+                trainer.callbacks = [c for c in trainer.callbacks if c not in monitors]
+        return trainer
+
     def after_fit(self) -> None:
         config = self.config.get(self.subcommand, {})
         if config.get("test_after_fit", False):
@@ -41,12 +60,17 @@ class CSSALightningCLI(LightningCLI):
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of the ``cssa`` console script and ``python -m cssa_lightning``."""
-    build_cli(args)
+    """Entry point of the ``cssa`` console script (see :func:`cssa_lightning.commands.main`)."""
+    from cssa_lightning.commands import main as run
+
+    run(args)
 
 
-def build_cli(args: ArgsType = None) -> CSSALightningCLI:
-    """Parse ``args`` (default: ``sys.argv``), run the subcommand, return the CLI object."""
+def build_cli(args: ArgsType = None, run: bool = True) -> CSSALightningCLI:
+    """Parse ``args`` (default: ``sys.argv``), run the subcommand (unless ``run=False``: then
+    only instantiate), return the CLI object. ``--config`` takes a path or a packaged name."""
+    if isinstance(args, list | tuple):
+        args = resolve_config_args(args)
     return CSSALightningCLI(
         MultiLabelTask,
         MultiLabelDataModule,
@@ -54,6 +78,7 @@ def build_cli(args: ArgsType = None) -> CSSALightningCLI:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
 
 

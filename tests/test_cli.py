@@ -51,6 +51,7 @@ def write_config(tmp_path: Path, folders, clip_dir, model_class: str, model_args
             "class_path": "cssa_lightning.MultiLabelDataModule",
             "init_args": {
                 "train_source": str(folders["train"]),
+                "val_source": str(folders["val"]),
                 "test_source": str(folders["test"]),
                 "labeled_ratio": 0.25,
                 "image_size": 32,
