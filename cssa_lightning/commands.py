@@ -96,9 +96,9 @@ def _run(command) -> None:
 def user_error(error: BaseException) -> str | None:
     """The one-line message of a user error inside ``error``'s chain, else ``None``.
 
-    A user error is a ``ValueError`` or ``OSError`` raised by this package's own code (the
-    parser wraps such errors in its own ``ValueError``s; loader workers re-raise them with the
-    original traceback as text).
+    A user error is a ``ValueError``, ``OSError`` or ``ImportError`` (an install hint) raised
+    by this package's own code (the parser wraps such errors in its own ``ValueError``s; loader
+    workers re-raise them with the original traceback as text).
     """
     chain: list[BaseException] = []
     current: BaseException | None = error
@@ -106,7 +106,9 @@ def user_error(error: BaseException) -> str | None:
         chain.append(current)
         current = current.__cause__ or current.__context__
     for exception in reversed(chain):  # innermost first
-        if isinstance(exception, ValueError | OSError) and _raised_here(exception.__traceback__):
+        if isinstance(exception, ValueError | OSError | ImportError) and _raised_here(
+            exception.__traceback__
+        ):
             return _one_line(str(exception))
         worker = _worker_error(str(exception))
         if worker is not None:
