@@ -156,7 +156,7 @@ class PredictionFileWriter(BasePredictionWriter):
             path = str(self.paths[index])
             if not bool(batch["valid"][row]):
                 self.skipped.append((path, batch["error"][row]))
-                log.warning("skipped %s", batch["error"][row])
+                log.warning("%s (skipped)", batch["error"][row])
                 continue
             labels = [
                 name

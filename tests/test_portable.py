@@ -92,3 +92,23 @@ def test_checkpoint_loads_from_another_folder(tmp_path, image_folders, tiny_clip
     stored = torch.load(checkpoint, map_location="cpu", weights_only=False)
     assert stored["task_class"] == "cssa_lightning.multilabel.MultiLabelTask"
     assert stored["preprocessing"]["image_size"] == 32
+
+
+def test_light_entry_points_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import cssa_lightning, cssa_lightning.convert\n"
+        "from cssa_lightning.commands import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0\n"
+        "heavy = [m for m in ('torch', 'lightning', 'transformers', 'datasets') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "predict" in result.stdout and "export" in result.stdout and "demo" in result.stdout
