@@ -102,7 +102,7 @@ def test_cssa_help_subprocess():
         [sys.executable, "-m", "cssa_lightning", "fit", "--help"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a loaded machine can take minutes to import the stack
     )
     assert result.returncode == 0, result.stderr
     assert "--data" in result.stdout and "--model" in result.stdout
@@ -114,7 +114,7 @@ def test_model_help_lists_typed_options():
         [sys.executable, "-m", "cssa_lightning", "fit", "--model.help", "MultiLabelTask"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a loaded machine can take minutes to import the stack
     )
     assert result.returncode == 0, result.stderr
     assert "{asl,bce}" in result.stdout
