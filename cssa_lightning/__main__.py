@@ -1,3 +1,3 @@
-from cssa_lightning.cli import main
+from cssa_lightning.commands import main
 
 main()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Literal
 
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from cssa_lightning.datamodule import MultiLabelDataModule
@@ -14,16 +15,22 @@ from cssa_lightning.guards import (
     unreadable_checkpoint,
 )
 from cssa_lightning.multilabel import MultiLabelTask
-from cssa_lightning.run_files import RunConfigCallback, configure_logging, finish_run
+from cssa_lightning.packaged import resolve_config_args
+from cssa_lightning.run_files import RunConfigCallback
+
+log = logging.getLogger(__name__)
 
 
 class CSSALightningCLI(LightningCLI):
-    """Links the data module's class names into the model; optionally tests after ``fit``."""
+    """Links the data module's class names into the model and the model's CLIP checkpoint into
+    the data module's normalisation; optionally tests after ``fit``."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments(
             "data.class_names", "model.init_args.class_names", apply_on="instantiate"
         )
+        # The images are normalised with the statistics of the CLIP the model loads.
+        parser.link_arguments("model.init_args.clip_checkpoint", "data.init_args.clip_processor")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -59,6 +66,17 @@ class CSSALightningCLI(LightningCLI):
                     "(or --test_after_fit false)"
                 )
 
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        if not trainer.loggers:
+            # A learning-rate monitor has nothing to log to without a logger (and Lightning
+            # raises), so a config that has one still runs with --trainer.logger false.
+            monitors = [c for c in trainer.callbacks if isinstance(c, LearningRateMonitor)]
+            if monitors:
+                log.info("no logger: the learning-rate monitor is left out")
+                trainer.callbacks = [c for c in trainer.callbacks if c not in monitors]
+        return trainer
+
     def after_fit(self) -> None:
         config = self.config.get(self.subcommand, {})
         if config.get("test_after_fit", False):
@@ -69,24 +87,17 @@ class CSSALightningCLI(LightningCLI):
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of the ``cssa`` console script and ``python -m cssa_lightning``.
+    """Entry point of the ``cssa`` console script (see :func:`cssa_lightning.commands.main`)."""
+    from cssa_lightning.commands import main as run
 
-    ``cssa report RUN_DIR`` writes a run's figures and summary (:mod:`cssa_lightning.report`);
-    every other subcommand is the ``LightningCLI``'s.
-    """
-    argv = sys.argv[1:] if args is None else args
-    if isinstance(argv, list) and argv[:1] == ["report"]:
-        from cssa_lightning.report import main as report_main
-
-        report_main(argv[1:])
-        return
-    configure_logging()
-    cli = build_cli(args)
-    finish_run(cli.trainer)
+    run(args)
 
 
-def build_cli(args: ArgsType = None) -> CSSALightningCLI:
-    """Parse ``args`` (default: ``sys.argv``), run the subcommand, return the CLI object."""
+def build_cli(args: ArgsType = None, run: bool = True) -> CSSALightningCLI:
+    """Parse ``args`` (default: ``sys.argv``), run the subcommand (unless ``run=False``: then
+    only instantiate), return the CLI object. ``--config`` takes a path or a packaged name."""
+    if isinstance(args, list | tuple):
+        args = resolve_config_args(args)
     return CSSALightningCLI(
         MultiLabelTask,
         MultiLabelDataModule,
@@ -94,6 +105,7 @@ def build_cli(args: ArgsType = None) -> CSSALightningCLI:
         subclass_mode_data=True,
         save_config_callback=RunConfigCallback,
         args=args,
+        run=run,
     )
 
 

@@ -71,6 +71,18 @@ def resolve_checkpoint(name: str) -> str:
     return str(path) if path.exists() else name
 
 
+def portable_checkpoint(name: str) -> str:
+    """``name`` as it should be stored in a training checkpoint.
+
+    Packaged short names and hub ids stay as they are; a local directory is made absolute, so
+    the checkpoint loads from any working directory.
+    """
+    if name in PACKAGED_CHECKPOINTS:
+        return name
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
 class ImageFeatures(NamedTuple):
     patch_tokens: Tensor  # (B, N, D): projected patch tokens, P in the method page
     global_feature: Tensor  # (B, D): projected pooled (CLS) output, g

@@ -159,9 +159,13 @@ class MultiLabelDataModule(LightningDataModule):
         train_source: Training images: a directory with ``metadata.jsonl`` (``file_name`` and a
             ``labels`` list of class names per line) or a CSV with columns ``path,labels``
             (labels joined by ``|``).
-        test_source: Test images, same formats.
-        val_source: Validation images; ``None`` validates on ``test_source`` (the SSMLL
-            protocol reports on the official val split and selects nothing on it).
+        test_source: Test images, same formats. Never used for validation or model selection.
+        val_source: Validation images, same formats.
+        val_fraction: Without ``val_source``: the fraction of the training images held out
+            (by ``val_seed``) for validation, from both the labeled and the unlabeled stream.
+            With neither, nothing is validated (a checkpoint callback cannot monitor ``val/``).
+        val_seed: Seed of the validation hold-out; kept apart from ``split_seed`` so that every
+            labeled/unlabeled split of a study is validated on the same images.
         class_names: Ordered class names; ``None`` reads ``classes.txt`` beside the training
             source, else takes the sorted union of the training labels.
         labeled_ratio: Fraction ``p`` of training images that keep their labels, in (0, 1].
@@ -188,6 +192,8 @@ class MultiLabelDataModule(LightningDataModule):
         train_source: str,
         test_source: str | None = None,
         val_source: str | None = None,
+        val_fraction: float = 0.0,
+        val_seed: int = 0,
         class_names: list[str] | None = None,
         labeled_ratio: float = 0.1,
         split_seed: int = 1,
@@ -219,6 +225,10 @@ class MultiLabelDataModule(LightningDataModule):
             raise ValueError(
                 f"image_cache_size ({image_cache_size}) must be at least image_size ({image_size})"
             )
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if val_fraction > 0 and val_source:
+            raise ValueError("give either val_source or val_fraction, not both")
         if not 0.0 < cutout_max <= 1.0:
             raise ValueError(f"cutout_max must be in (0, 1], got {cutout_max}")
         check_seed(split_seed, "split_seed")
@@ -238,7 +248,9 @@ class MultiLabelDataModule(LightningDataModule):
         self.train_table: datasets.Dataset | None = None
         self._shuffle_seed: int | None = None
         self._resume_point = (0, 0)  # (epoch, batches already trained on) of a resumed run
+        self.val_table: datasets.Dataset | None = None
         self.labeled_indices = self.unlabeled_indices = np.zeros(0, dtype=np.int64)
+        self.val_indices = np.zeros(0, dtype=np.int64)  # held out of train_table
 
     @property
     def num_classes(self) -> int:
@@ -265,17 +277,26 @@ class MultiLabelDataModule(LightningDataModule):
             self.train_table = self._cached(
                 build_record_table(self._train_records, self.class_names)
             )
-            self.labeled_indices, self.unlabeled_indices = split_labeled(
-                len(self.train_table), hp.labeled_ratio, hp.split_seed
+            self.val_indices, train_indices = hold_out_validation(
+                len(self.train_table), hp.get("val_fraction", 0.0), hp.get("val_seed", 0)
             )
+            labeled, unlabeled = split_labeled(len(train_indices), hp.labeled_ratio, hp.split_seed)
+            self.labeled_indices = train_indices[labeled]
+            self.unlabeled_indices = train_indices[unlabeled]
             self._log_split()
         if stage in (None, "fit"):
             self._check_batch_sizes()
         if stage in (None, "fit", "validate", "test", "predict"):
             self.test_table = self._eval_table(self.test_source)
-            self.val_table = (
-                self._eval_table(self.val_source) if self.val_source else self.test_table
-            )
+            if self.val_source:
+                self.val_table = self._eval_table(self.val_source)
+            elif len(self.val_indices):
+                self.val_table = self.train_table.select(self.val_indices)
+            elif stage in (None, "fit", "validate"):
+                log.warning(
+                    "no validation split: set data.val_source or data.val_fraction "
+                    "(the test split is never used for validation)"
+                )
 
     def _check_batch_sizes(self) -> None:
         hp = self.hparams
@@ -310,6 +331,12 @@ class MultiLabelDataModule(LightningDataModule):
             len(self.unlabeled_indices),
             self.num_classes,
         )
+        if len(self.val_indices):
+            log.info(
+                "%d training images held out for validation (seed %d)",
+                len(self.val_indices),
+                self.hparams.get("val_seed", 0),
+            )
         log.info(
             "labeled class priors: %s",
             ", ".join(
@@ -451,13 +478,44 @@ class MultiLabelDataModule(LightningDataModule):
         return self._loader(dataset, self.hparams.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
-        return [] if self.val_table is None else self._eval_loader(self.val_table, "validation")
+        if self.val_table is None:
+            if self.trainer is not None and self.trainer.state.fn == "validate":
+                raise ValueError("no validation data: set data.val_source or data.val_fraction")
+            return []
+        return self._eval_loader(self.val_table, "validation")
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_table, "test")
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_table, "predict")
+
+
+def hold_out_validation(
+    num_images: int, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded validation hold-out: ``(val_indices, train_indices)``, disjoint and sorted.
+
+    ``floor(fraction * N)`` images are held out; ``fraction=0`` holds out none and leaves the
+    training indices ``0..N-1`` (so the labeled/unlabeled split is the same as without it).
+
+    Raises:
+        ValueError: ``fraction`` is outside ``[0, 1)`` or leaves no validation or no training
+            image.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
+    if fraction == 0:
+        return np.zeros(0, dtype=np.int64), np.arange(num_images, dtype=np.int64)
+    num_val = int(np.floor(fraction * num_images))
+    if num_val == 0 or num_val == num_images:
+        raise ValueError(
+            f"val_fraction={fraction} of {num_images} training images leaves "
+            + ("no validation image" if num_val == 0 else "no training image")
+        )
+    # A stream of its own, so the hold-out does not correlate with the labeled split.
+    permutation = np.random.default_rng([seed, 0x7A1]).permutation(num_images)
+    return np.sort(permutation[:num_val]), np.sort(permutation[num_val:])
 
 
 def _normalisation(checkpoint: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule
 from torch import Tensor, nn
 
-from cssa_lightning.clip import DEFAULT_TEMPLATES, CLIPBackbone
+from cssa_lightning.clip import DEFAULT_TEMPLATES, CLIPBackbone, portable_checkpoint
 from cssa_lightning.guards import NonFiniteGuard, RunGuard
 from cssa_lightning.losses import asymmetric_loss, binary_cross_entropy
 from cssa_lightning.metrics import MultiLabelMetrics
@@ -23,6 +23,19 @@ from cssa_lightning.progress import track
 from cssa_lightning.resume import GlobalRandomState
 
 log = logging.getLogger(__name__)
+
+
+def one_cycle_phases(total_steps: int, pct_start: float) -> tuple[int, float]:
+    """``OneCycleLR``'s ``(total_steps, pct_start)`` with at least one step in each phase.
+
+    ``OneCycleLR`` divides by the length of its warm-up phase (``pct_start * total - 1`` steps)
+    and fails when that is zero, as on very short runs (``--trainer.max_steps 5``): there the
+    warm-up is lengthened to one step (and the schedule to three steps at least).
+    """
+    total_steps = max(total_steps, 3)
+    if pct_start > 0:
+        pct_start = min(max(pct_start, 2.0 / total_steps), 1.0 - 1.0 / total_steps)
+    return total_steps, pct_start
 
 
 class MultiLabelTask(LightningModule):
@@ -100,6 +113,8 @@ class MultiLabelTask(LightningModule):
         if not class_names:
             raise ValueError("class_names is empty: the model needs at least one class")
         self.save_hyperparameters()
+        # Checkpoints must load from any folder: a relative local path is stored absolute.
+        self.hparams.clip_checkpoint = portable_checkpoint(clip_checkpoint)
         self.class_names = list(class_names)
         self.net = self.build_network()
         self.register_buffer("bias_calibrated", torch.tensor(False))
@@ -299,11 +314,12 @@ class MultiLabelTask(LightningModule):
     ) -> torch.optim.lr_scheduler.LRScheduler:
         """One OneCycle schedule over the whole run, stepped per batch; each group's ``lr`` is
         its peak."""
+        total_steps, pct_start = one_cycle_phases(total_steps, self.hparams.pct_start)
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=[group["lr"] for group in optimizer.param_groups],
             total_steps=total_steps,
-            pct_start=self.hparams.pct_start,
+            pct_start=pct_start,
         )
 
     # -- evaluation --------------------------------------------------------------------------
@@ -331,12 +347,24 @@ class MultiLabelTask(LightningModule):
         self._log_evaluation("test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        probs = torch.sigmoid(self(batch["image"]))
+        """``probs`` (and ``probs_teacher`` for a mean-teacher task) and the batch ``index``."""
+        scores = self.evaluation_scores(batch["image"])
         return {
-            "probs": probs,
-            "predicted": probs >= self.hparams.prediction_threshold,
+            **{f"probs{name}": probs for name, probs in scores.items()},
             "index": batch["index"],
         }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What `cssa predict` / `cssa export` need besides the weights: the task class, and
+        # the eval preprocessing of the data module the model was trained with.
+        checkpoint["task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None and hasattr(datamodule, "mean"):
+            checkpoint["preprocessing"] = {
+                "image_size": int(datamodule.hparams.image_size),
+                "mean": [float(x) for x in datamodule.mean],
+                "std": [float(x) for x in datamodule.std],
+            }
 
 
 def one_cycle_factor(

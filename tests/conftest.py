@@ -83,9 +83,26 @@ def write_image_folder(root: Path, num_images: int, seed: int) -> Path:
 
 @pytest.fixture(scope="session")
 def image_folders(tmp_path_factory) -> dict[str, Path]:
-    """``{"train": 96 images, "test": 32 images}`` in the imagefolder + metadata.jsonl format."""
+    """``{"train": 96, "val": 24, "test": 32 images}`` in the imagefolder + metadata.jsonl
+    format."""
     root = tmp_path_factory.mktemp("data")
     return {
         "train": write_image_folder(root / "train", 96, seed=1),
+        "val": write_image_folder(root / "val", 24, seed=3),
         "test": write_image_folder(root / "test", 32, seed=2),
     }
+
+
+@pytest.fixture(scope="session")
+def trained_cssa(tmp_path_factory, image_folders, tiny_clip_dir) -> Path:
+    """A ``CSSATask`` checkpoint after two short epochs (warm-up, then every loss), so that
+    its teacher, thresholds and contexts are set."""
+    from cssa_lightning.cli import build_cli
+
+    from .test_cli import write_config
+
+    out = tmp_path_factory.mktemp("trained")
+    fast = {"warmup_epochs": 1, "rampup_epochs": 0.5, "num_contexts": 2, "attention_heads": 4}
+    config = write_config(out, image_folders, tiny_clip_dir, "cssa_lightning.CSSATask", fast)
+    build_cli(["fit", "--config", str(config), "--test_after_fit=false", "--trainer.logger=false"])
+    return next(out.rglob("*.ckpt"))

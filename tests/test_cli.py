@@ -51,6 +51,7 @@ def write_config(tmp_path: Path, folders, clip_dir, model_class: str, model_args
             "class_path": "cssa_lightning.MultiLabelDataModule",
             "init_args": {
                 "train_source": str(folders["train"]),
+                "val_source": str(folders["val"]),
                 "test_source": str(folders["test"]),
                 "labeled_ratio": 0.25,
                 "image_size": 32,
@@ -101,7 +102,7 @@ def test_cssa_help_subprocess():
         [sys.executable, "-m", "cssa_lightning", "fit", "--help"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a loaded machine can take minutes to import the stack
     )
     assert result.returncode == 0, result.stderr
     assert "--data" in result.stdout and "--model" in result.stdout
@@ -113,7 +114,7 @@ def test_model_help_lists_typed_options():
         [sys.executable, "-m", "cssa_lightning", "fit", "--model.help", "MultiLabelTask"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a loaded machine can take minutes to import the stack
     )
     assert result.returncode == 0, result.stderr
     assert "{asl,bce}" in result.stdout

@@ -74,11 +74,57 @@ def test_fully_labeled_has_no_unlabeled_stream(image_folders):
     assert set(batch) == {"labeled"}
 
 
-def test_eval_loaders_use_test_split(image_folders):
+def test_eval_loaders_never_validate_on_the_test_split(image_folders, caplog):
     datamodule = make_datamodule(image_folders)
     batch = next(iter(datamodule.test_dataloader()))
     assert batch["image"].shape == (16, 3, 32, 32)
-    assert len(datamodule.val_dataloader().dataset) == 32
+    # Without val_source or val_fraction nothing is validated, and the user is told.
+    assert datamodule.val_dataloader() == []
+    assert "no validation split" in caplog.text
+    with_val = make_datamodule(image_folders, val_source=str(image_folders["val"]))
+    assert len(with_val.val_dataloader().dataset) == 24
+
+
+def test_val_fraction_is_held_out_of_both_streams(image_folders):
+    datamodule = make_datamodule(image_folders, val_fraction=0.25, val_seed=3)
+    val, labeled, unlabeled = (
+        set(datamodule.val_indices.tolist()),
+        set(datamodule.labeled_indices.tolist()),
+        set(datamodule.unlabeled_indices.tolist()),
+    )
+    assert len(val) == 24 and len(labeled) == 18 and len(unlabeled) == 54
+    assert not val & labeled and not val & unlabeled and not labeled & unlabeled
+    assert val | labeled | unlabeled == set(range(96))
+    # The validation loader reads exactly the held-out training images.
+    loader = datamodule.val_dataloader()
+    paths = {row["image"]["path"] for row in loader.dataset.table}
+    train_paths = [row["image"]["path"] for row in datamodule.train_table]
+    assert paths == {train_paths[i] for i in val}
+    # Seeded: the same hold-out in another process; another val_seed holds out other images;
+    # the labeled split seed does not move the validation images.
+    again = make_datamodule(image_folders, val_fraction=0.25, val_seed=3, split_seed=7)
+    assert np.array_equal(again.val_indices, datamodule.val_indices)
+    other = make_datamodule(image_folders, val_fraction=0.25, val_seed=4)
+    assert not np.array_equal(other.val_indices, datamodule.val_indices)
+
+
+def test_val_fraction_zero_keeps_the_labeled_split(image_folders):
+    plain = make_datamodule(image_folders)
+    explicit = make_datamodule(image_folders, val_fraction=0.0)
+    assert np.array_equal(plain.labeled_indices, explicit.labeled_indices)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"val_fraction": 1.0}, "val_fraction must be in"),
+        ({"val_fraction": 0.001}, "leaves no validation image"),
+        ({"val_fraction": 0.1, "val_source": "x"}, "either val_source or val_fraction"),
+    ],
+)
+def test_bad_val_options(image_folders, options, message):
+    with pytest.raises(ValueError, match=message):
+        make_datamodule(image_folders, **options)
 
 
 def test_normalisation_read_from_processor(image_folders, tiny_clip_dir):

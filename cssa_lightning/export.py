@@ -1,0 +1,296 @@
+"""``cssa export``: a trained checkpoint as a self-contained directory, plus ONNX.
+
+The directory holds everything inference needs and nothing of training::
+
+    clip/                  the CLIP (model, tokenizer) written with ``save_pretrained``
+    heads.safetensors      the heads (cross-attention, alignment, context) and class texts
+    config.json            class names, thresholds, network options, preprocessing
+    model.onnx             images -> probabilities (unless --no_onnx)
+
+Load it with one call, :func:`load_exported` (torch, transformers and this package's
+network modules; no Lightning, no checkpoint), or run ``model.onnx`` with ``onnxruntime``
+alone: its input ``pixel_values`` is a float ``(batch, 3, S, S)`` array of RGB images resized
+to ``S = preprocessing.image_size`` (bicubic) and normalised as ``(x / 255 - mean) / std``;
+its output ``probabilities`` is ``(batch, C)`` in the order of ``class_names``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cssa_lightning.clip import CLIPBackbone
+from cssa_lightning.network import MultiLabelCLIPNet
+
+log = logging.getLogger(__name__)
+
+FORMAT = "cssa-lightning-export"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+HEADS_FILE = "heads.safetensors"
+ONNX_FILE = "model.onnx"
+CLIP_DIR = "clip"
+
+
+class ExportedClassifier(nn.Module):
+    """A trained multi-label classifier loaded from an export directory.
+
+    ``model(pixel_values)`` gives probabilities ``(B, C)``; :meth:`preprocess` turns RGB
+    uint8 images ``(H, W, 3)`` into ``pixel_values``; :meth:`predict` does both and applies
+    the exported thresholds.
+
+    Attributes:
+        net: The network (CLIP + heads).
+        class_names: Ordered class names.
+        thresholds: ``(C,)`` decision thresholds chosen at export.
+        config: The export's ``config.json``.
+    """
+
+    def __init__(self, net: MultiLabelCLIPNet, config: dict[str, Any]):
+        super().__init__()
+        self.net = net
+        self.config = config
+        self.class_names: list[str] = list(config["class_names"])
+        self.register_buffer("thresholds", torch.tensor(config["thresholds"]))
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(pixel_values).logits)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
+        """RGB uint8 ``(H, W, 3)`` images -> ``pixel_values`` ``(B, 3, S, S)``."""
+        from cssa_lightning.transforms import eval_transform
+
+        p = self.config["preprocessing"]
+        transform = eval_transform(p["image_size"], p["mean"], p["std"])
+        return torch.stack([transform(image=image)["image"] for image in images])
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[np.ndarray]) -> tuple[Tensor, list[list[str]]]:
+        """Probabilities and predicted label names of RGB uint8 images."""
+        probs = self(self.preprocess(images).to(self.thresholds.device))
+        labels = [
+            [n for n, hit in zip(self.class_names, row, strict=True) if hit]
+            for row in (probs >= self.thresholds).tolist()
+        ]
+        return probs, labels
+
+
+def load_exported(directory: str | Path) -> ExportedClassifier:
+    """Load an export directory written by ``cssa export`` (CPU, eval mode).
+
+    Raises:
+        FileNotFoundError: The directory or one of its files is missing.
+        ValueError: ``config.json`` is not an export config of a known version.
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory).expanduser()
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} does not exist: not an export directory")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("format") != FORMAT or config.get("version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{config_path}: expected format {FORMAT!r} version {FORMAT_VERSION}, got "
+            f"{config.get('format')!r} version {config.get('version')!r}"
+        )
+    network = config["network"]
+    clip = CLIPBackbone(str(directory / CLIP_DIR), freeze_vision=True, freeze_text=True)
+    net = MultiLabelCLIPNet(
+        clip,
+        config["class_names"],
+        config["prompt_templates"],
+        logit_scale=clip.logit_scale,
+        learnable_prototypes=network["learnable_prototypes"],
+        label_specific=network["label_specific"],
+        attention_heads=network["attention_heads"],
+        num_contexts=network["num_contexts"],
+        context_hidden=network["context_hidden"],
+        context_input=network["context_input"],
+    )
+    heads = load_file(str(directory / HEADS_FILE))
+    missing, unexpected = net.load_state_dict(heads, strict=False)
+    missing = [key for key in missing if not key.startswith("clip.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{directory / HEADS_FILE}: does not match config.json "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    model = ExportedClassifier(net, config)
+    model.eval()
+    return model
+
+
+class _Probabilities(nn.Module):
+    """The network as images -> probabilities, for ONNX."""
+
+    def __init__(self, net: MultiLabelCLIPNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(pixel_values).logits)
+
+
+def export_onnx(net: MultiLabelCLIPNet, image_size: int, path: Path) -> None:
+    """Write ``net`` as ONNX: ``pixel_values (batch, 3, S, S) -> probabilities (batch, C)``."""
+    require_onnx()
+    model = _Probabilities(net).eval()
+    example = torch.zeros(2, 3, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            model,
+            (example,),
+            input_names=["pixel_values"],
+            output_names=["probabilities"],
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+            external_data=False,
+        )
+    program.save(str(path))
+
+
+def require_onnx() -> None:
+    """Raise an install hint unless the ONNX exporter's packages are installed."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(
+            f"ONNX export needs {' and '.join(missing)}: pip install 'cssa-lightning[onnx]' "
+            "(or pass --no_onnx)"
+        )
+
+
+def export(
+    ckpt_path: str,
+    output: str,
+    weights: str = "auto",
+    thresholds: str = "0.5",
+    val_source: str | None = None,
+    onnx: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Run ``cssa export``; returns the export directory."""
+    from safetensors.torch import save_file
+
+    from cssa_lightning.predict import choose_thresholds
+    from cssa_lightning.trained import load_trained
+
+    out = Path(output).expanduser()
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out} exists and is not empty: pass --overwrite or another --output"
+        )
+    if onnx:
+        require_onnx()
+    task, preprocessing = load_trained(ckpt_path)
+    has_teacher = "_teacher" in task.evaluated_scores
+    if weights == "teacher" and not has_teacher:
+        raise ValueError(f"--weights teacher: {type(task).__name__} has no teacher")
+    use_teacher = has_teacher and weights != "student"
+    net: MultiLabelCLIPNet = task.teacher.module if use_teacher else task.net
+    decide_by = "probs_teacher" if use_teacher else "probs"
+    chosen = choose_thresholds(task, thresholds, decide_by, val_source, preprocessing, 64)
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_FILE, HEADS_FILE, ONNX_FILE):
+        (out / name).unlink(missing_ok=True)
+    net.clip.model.save_pretrained(out / CLIP_DIR)
+    net.clip.tokenizer.save_pretrained(out / CLIP_DIR)
+    heads = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    heads = {k: v for k, v in heads.items() if not k.startswith("clip.")}
+    # The class texts as the trained text tower gives them, so that inference never runs it.
+    with torch.no_grad():
+        heads["text_features"] = net.class_text_features().detach().cpu().contiguous()
+    save_file(heads, str(out / HEADS_FILE))
+    hp = task.hparams
+    options = task.network_options()
+    config = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "class_names": list(task.class_names),
+        "thresholds": [float(t) for t in chosen],
+        "threshold_source": thresholds,
+        "weights": "teacher" if use_teacher else "student",
+        "task_class": f"{type(task).__module__}.{type(task).__qualname__}",
+        "source_checkpoint": str(Path(ckpt_path).expanduser().resolve()),
+        "clip_checkpoint": hp.clip_checkpoint,
+        "prompt_templates": list(net.prompt_templates),
+        "network": {
+            "learnable_prototypes": bool(hp.learnable_prototypes),
+            "label_specific": bool(options.get("label_specific", False)),
+            "attention_heads": int(options.get("attention_heads", 8)),
+            "num_contexts": int(options.get("num_contexts", 0)),
+            "context_hidden": int(options.get("context_hidden", 256)),
+            "context_input": options.get("context_input", "global"),
+        },
+        "preprocessing": {
+            **preprocessing.to_dict(),
+            "resize": "bicubic, to image_size x image_size",
+            "normalise": "(rgb / 255 - mean) / std, channels first",
+        },
+        "onnx": {"file": ONNX_FILE, "input": "pixel_values", "output": "probabilities"}
+        if onnx
+        else None,
+    }
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    if onnx:
+        # The ONNX graph is traced from the exported directory as it will be loaded.
+        export_onnx(load_exported(out).net, preprocessing.image_size, out / ONNX_FILE)
+    log.info("exported %s to %s", ckpt_path, out)
+    print(
+        f"exported {config['weights']} weights of {config['task_class'].rsplit('.', 1)[-1]} "
+        f"({len(task.class_names)} classes) -> {out}" + (f" (+ {ONNX_FILE})" if onnx else "")
+    )
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cssa export",
+        description="Write a trained checkpoint as a self-contained directory (CLIP via "
+        "save_pretrained, heads, class names, thresholds, preprocessing) and ONNX. Load it with "
+        "cssa_lightning.export.load_exported(DIR), or run model.onnx with onnxruntime.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="A checkpoint written by cssa fit.")
+    parser.add_argument("--output", required=True, help="The export directory.")
+    parser.add_argument(
+        "--weights",
+        choices=["auto", "student", "teacher"],
+        default="auto",
+        help="Which network to export: the EMA teacher when the model has one (auto).",
+    )
+    parser.add_argument(
+        "--thresholds",
+        default="0.5",
+        help="Thresholds stored with the model: a number, 'trained' or 'val-f1' (as in cssa "
+        "predict).",
+    )
+    parser.add_argument("--val_source", help="Labeled images for --thresholds val-f1.")
+    parser.add_argument("--no_onnx", action="store_true", help="Skip model.onnx.")
+    parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty folder.")
+    return parser
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """``cssa export`` with command-line ``args``."""
+    options = build_parser().parse_args(args)
+    export(
+        options.ckpt_path,
+        options.output,
+        options.weights,
+        options.thresholds,
+        options.val_source,
+        not options.no_onnx,
+        options.overwrite,
+    )

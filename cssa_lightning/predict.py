@@ -1,0 +1,375 @@
+"""``cssa predict``: label a folder or a list of images with a trained checkpoint.
+
+No labels and no training config are needed: the checkpoint holds the task, its class names,
+its thresholds and its eval preprocessing. Writes ``predictions.csv`` and ``predictions.jsonl``
+(image path, predicted label names, every class probability; the EMA teacher's too for a
+mean-teacher task) through a Lightning :class:`~lightning.pytorch.callbacks.BasePredictionWriter`
+as the batches come, with a progress bar. An image that cannot be read is reported, listed in
+``skipped.csv`` and left out; the run goes on::
+
+    cssa predict --ckpt_path outputs/demo/.../best.ckpt --images photos/ --output predictions
+    cssa predict --ckpt_path model.ckpt --images list.txt --thresholds val-f1 --val_source val/
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from cssa_lightning.multilabel import MultiLabelTask
+from cssa_lightning.records import build_record_table, load_image, read_source
+from cssa_lightning.trained import Preprocessing, load_trained
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+OUTPUT_FILES = ("predictions.csv", "predictions.jsonl", "skipped.csv")
+DEFAULT_THRESHOLD = 0.5
+
+
+def list_images(source: str | Path) -> list[Path]:
+    """The images to label.
+
+    Args:
+        source: A directory (every image file under it, recursively, sorted), a ``.csv`` with a
+            ``path`` column (other columns, such as labels, are ignored), or a text file with
+            one image path per line (blank lines and lines starting with ``#`` skipped).
+            Relative paths in a list are resolved against the list's directory.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: It lists no image, or a CSV has no ``path`` column.
+    """
+    source = Path(source).expanduser()
+    if source.is_dir():
+        paths = sorted(
+            p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+    elif source.is_file() and source.suffix.lower() == ".csv":
+        with source.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or "path" not in reader.fieldnames:
+                raise ValueError(f"{source}:1: expected a header with a 'path' column")
+            paths = [source.parent / row["path"] for row in reader if row["path"]]
+    elif source.is_file():
+        lines = source.read_text(encoding="utf-8-sig").splitlines()
+        paths = [
+            source.parent / line.strip()
+            for line in lines
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+    else:
+        raise FileNotFoundError(f"images {source} do not exist")
+    if not paths:
+        raise ValueError(f"{source} lists no image (image suffixes: {sorted(IMAGE_SUFFIXES)})")
+    return paths
+
+
+class ImageFiles(Dataset):
+    """Image files with the eval transform; an unreadable file gives ``valid=False``."""
+
+    def __init__(self, paths: Sequence[Path], transform: A.Compose, image_size: int):
+        self.paths = [Path(p) for p in paths]
+        self.transform = transform
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            if not self.paths[i].is_file():
+                raise ValueError(f"image {self.paths[i]} does not exist")
+            image = self.transform(image=load_image({"path": str(self.paths[i])}))["image"]
+            error = ""
+        except ValueError as problem:
+            image = torch.zeros(3, self.image_size, self.image_size)
+            error = str(problem)
+        return {"image": image, "index": i, "valid": not error, "error": error}
+
+
+class PredictionFileWriter(BasePredictionWriter):
+    """Writes each predicted batch to ``predictions.csv`` and ``predictions.jsonl``.
+
+    Args:
+        output: Directory of the files.
+        paths: Image paths by dataset index.
+        class_names: Ordered class names.
+        thresholds: ``(C,)`` thresholds applied to the ``decide_by`` probabilities.
+        decide_by: Key of the probabilities that decide the labels (``probs`` or
+            ``probs_teacher``).
+    """
+
+    def __init__(
+        self,
+        output: Path,
+        paths: Sequence[Path],
+        class_names: Sequence[str],
+        thresholds: Tensor,
+        decide_by: str,
+    ):
+        super().__init__(write_interval="batch")
+        self.output = Path(output)
+        self.paths = list(paths)
+        self.class_names = list(class_names)
+        self.thresholds = thresholds.float().cpu()
+        self.decide_by = decide_by
+        self.written = 0
+        self.skipped: list[tuple[str, str]] = []
+        self._csv = self._jsonl = self._writer = None
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.output.mkdir(parents=True, exist_ok=True)
+        self._csv = (self.output / "predictions.csv").open("w", encoding="utf-8", newline="")
+        self._jsonl = (self.output / "predictions.jsonl").open("w", encoding="utf-8")
+        self._writer = None  # the header needs the score names of the first batch
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
+    ) -> None:
+        scores = {
+            key.removeprefix("probs").lstrip("_") or "student": value.float().cpu()
+            for key, value in prediction.items()
+            if key.startswith("probs")
+        }
+        decide = prediction[self.decide_by].float().cpu()
+        if self._writer is None:
+            self._writer = csv.writer(self._csv)
+            header = ["path", "labels"]
+            for name in scores:
+                header += [f"{name}:{c}" for c in self.class_names]
+            self._writer.writerow(header)
+        for row, index in enumerate(prediction["index"].tolist()):
+            path = str(self.paths[index])
+            if not bool(batch["valid"][row]):
+                self.skipped.append((path, batch["error"][row]))
+                log.warning("%s (skipped)", batch["error"][row])
+                continue
+            labels = [
+                name
+                for name, p, t in zip(self.class_names, decide[row], self.thresholds, strict=True)
+                if p >= t
+            ]
+            values = {name: probs[row].tolist() for name, probs in scores.items()}
+            line = [path, "|".join(labels)]
+            for probs in values.values():
+                line += [f"{p:.6f}" for p in probs]
+            self._writer.writerow(line)
+            item = {"path": path, "labels": labels}
+            item.update(
+                {
+                    f"{name}_probs": dict(zip(self.class_names, probs, strict=True))
+                    for name, probs in values.items()
+                }
+            )
+            self._jsonl.write(json.dumps(item) + "\n")
+            self.written += 1
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self._csv.close()
+        self._jsonl.close()
+        if self.skipped:
+            with (self.output / "skipped.csv").open("w", encoding="utf-8", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["path", "error"])
+                writer.writerows(self.skipped)
+
+
+def choose_thresholds(
+    task: MultiLabelTask,
+    how: str,
+    decide_by: str,
+    val_source: str | None,
+    preprocessing: Preprocessing,
+    batch_size: int,
+) -> Tensor:
+    """Per-class thresholds: a number, the trained ones, or F1-optimal on labeled images.
+
+    Args:
+        how: ``"trained"`` (the pseudo-label thresholds a CSSA/CAP task learned on its teacher's
+            scores), ``"val-f1"`` (per class, the threshold with the best F1 on ``val_source``),
+            or a number in ``(0, 1)`` for every class.
+    Classes left without a finite threshold (no positive seen) get 0.5, with a warning.
+    """
+    num_classes = task.num_classes
+    if how == "trained":
+        if not hasattr(task, "thresholds") or not bool(getattr(task, "thresholds_ready", False)):
+            raise ValueError(
+                "--thresholds trained: the checkpoint has no trained thresholds "
+                "(only a CSSATask that trained past its first epoch has them)"
+            )
+        thresholds = task.thresholds.detach().float().cpu().clone()
+    elif how == "val-f1":
+        if not val_source:
+            raise ValueError("--thresholds val-f1 needs --val_source (labeled images)")
+        thresholds = f1_thresholds(task, decide_by, val_source, preprocessing, batch_size)
+    else:
+        try:
+            value = float(how)
+        except ValueError:
+            raise ValueError(
+                f"--thresholds must be 'trained', 'val-f1' or a number, got {how!r}"
+            ) from None
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"--thresholds must be in (0, 1), got {value}")
+        thresholds = torch.full((num_classes,), value)
+    unset = ~torch.isfinite(thresholds)
+    if unset.any():
+        names = [n for n, u in zip(task.class_names, unset.tolist(), strict=True) if u]
+        log.warning("%d classes have no %s threshold, they use 0.5: %s", len(names), how, names)
+        thresholds[unset] = DEFAULT_THRESHOLD
+    return thresholds
+
+
+@torch.no_grad()
+def f1_thresholds(
+    task: MultiLabelTask,
+    decide_by: str,
+    val_source: str,
+    preprocessing: Preprocessing,
+    batch_size: int,
+) -> Tensor:
+    """Per-class F1-optimal thresholds of the ``decide_by`` probabilities on ``val_source``."""
+    from cssa_lightning.pseudo_labels import fbeta_thresholds
+
+    table = build_record_table(read_source(val_source), task.class_names)
+    paths = [Path(row["path"]) for row in table["image"]]
+    targets = np.asarray(table.with_format("numpy")["target"], dtype=np.float32)
+    targets = torch.as_tensor(targets.reshape(-1, task.num_classes))
+    dataset = ImageFiles(paths, preprocessing.transform(), preprocessing.image_size)
+    scores = []
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        bad = [e for e in batch["error"] if e]
+        if bad:
+            raise ValueError(f"--val_source {val_source}: {bad[0]}")
+        probs = task.predict_step({"image": batch["image"], "index": batch["index"]}, 0)
+        scores.append(probs[decide_by].float())
+    return fbeta_thresholds(torch.cat(scores), targets, 1.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cssa predict",
+        description="Label images with a trained checkpoint: writes predictions.csv and "
+        "predictions.jsonl (path, predicted labels, per-class probabilities).",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="A checkpoint written by cssa fit.")
+    parser.add_argument(
+        "--images",
+        required=True,
+        help="A folder (searched recursively), a text file with one image path per line, or a "
+        "CSV with a 'path' column; relative paths are relative to the list's folder.",
+    )
+    parser.add_argument("--output", default="predictions", help="Output folder.")
+    parser.add_argument(
+        "--thresholds",
+        default=str(DEFAULT_THRESHOLD),
+        help="Per-class decision thresholds: a number for every class (default 0.5), "
+        "'trained' (the CAT thresholds a CSSA/CAP model learned), or 'val-f1' (F1-optimal "
+        "per class on --val_source).",
+    )
+    parser.add_argument(
+        "--val_source",
+        help="Labeled images for --thresholds val-f1 (an image folder with metadata.jsonl or "
+        "a CSV with path,labels). Use validation images, never the test set.",
+    )
+    parser.add_argument(
+        "--scores",
+        choices=["auto", "student", "teacher"],
+        default="auto",
+        help="Which probabilities decide the labels: the EMA teacher's when the model has one "
+        "(auto), or the student's. Both are written.",
+    )
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator.")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="Replace existing prediction files."
+    )
+    parser.add_argument(
+        "--no_progress_bar", action="store_true", help="Do not show the progress bar."
+    )
+    return parser
+
+
+def predict(
+    ckpt_path: str,
+    images: str,
+    output: str = "predictions",
+    thresholds: str = str(DEFAULT_THRESHOLD),
+    val_source: str | None = None,
+    scores: str = "auto",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    accelerator: str = "auto",
+    overwrite: bool = False,
+    progress_bar: bool = True,
+) -> PredictionFileWriter:
+    """Run ``cssa predict``; returns the writer (its ``written`` and ``skipped``)."""
+    out = Path(output).expanduser()
+    existing = [out / name for name in OUTPUT_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists: pass --overwrite or another --output")
+    if batch_size <= 0:
+        raise ValueError(f"--batch_size must be positive, got {batch_size}")
+    paths = list_images(images)
+    task, preprocessing = load_trained(ckpt_path)
+    has_teacher = "_teacher" in task.evaluated_scores
+    if scores == "teacher" and not has_teacher:
+        raise ValueError(f"--scores teacher: {type(task).__name__} has no teacher")
+    decide_by = "probs_teacher" if has_teacher and scores != "student" else "probs"
+    chosen = choose_thresholds(task, thresholds, decide_by, val_source, preprocessing, batch_size)
+    for path in existing:
+        path.unlink()
+    writer = PredictionFileWriter(out, paths, task.class_names, chosen, decide_by)
+    dataset = ImageFiles(paths, preprocessing.transform(), preprocessing.image_size)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    trainer = Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        callbacks=[writer],
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.predict(task, dataloaders=loader, return_predictions=False)
+    print(
+        f"{writer.written} images labeled -> {out / 'predictions.csv'}, "
+        f"{out / 'predictions.jsonl'} (labels from the "
+        f"{'teacher' if decide_by == 'probs_teacher' else 'student'}, thresholds: {thresholds})"
+    )
+    if writer.skipped:
+        print(f"{len(writer.skipped)} unreadable images skipped -> {out / 'skipped.csv'}")
+    return writer
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """``cssa predict`` with command-line ``args``."""
+    options = build_parser().parse_args(args)
+    predict(
+        options.ckpt_path,
+        options.images,
+        options.output,
+        options.thresholds,
+        options.val_source,
+        options.scores,
+        options.batch_size,
+        options.num_workers,
+        options.accelerator,
+        options.overwrite,
+        not options.no_progress_bar,
+    )

@@ -1,0 +1,88 @@
+"""A trained checkpoint with what inference needs: the task and its eval preprocessing.
+
+Shared by ``cssa predict`` (:mod:`cssa_lightning.predict`) and ``cssa export``
+(:mod:`cssa_lightning.export`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import albumentations as A
+import torch
+
+from cssa_lightning.multilabel import MultiLabelTask
+from cssa_lightning.transforms import eval_transform
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The eval transform of a trained model: bicubic resize to a square, then normalise."""
+
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def transform(self) -> A.Compose:
+        return eval_transform(self.image_size, self.mean, self.std)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+
+def load_trained(checkpoint: str | Path) -> tuple[MultiLabelTask, Preprocessing]:
+    """Load a training checkpoint (any ``MultiLabelTask`` subclass) on the CPU, in eval mode.
+
+    Raises:
+        FileNotFoundError: ``checkpoint`` does not exist.
+        ValueError: It is not a checkpoint of this package's tasks.
+    """
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        # Our own checkpoints hold plain Python values beside tensors (hyperparameters).
+        stored = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise ValueError(f"{path}: not a readable checkpoint ({error})") from error
+    if not isinstance(stored, dict) or "state_dict" not in stored:
+        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    task_class = _task_class(stored, path)
+    task = task_class.load_from_checkpoint(path, map_location="cpu")
+    task.eval()
+    return task, _preprocessing(stored, task)
+
+
+def _task_class(stored: dict, path: Path) -> type[MultiLabelTask]:
+    name = stored.get("task_class")
+    if name is None:  # checkpoints written before the class was stored
+        has_teacher = any(key.startswith("teacher.") for key in stored["state_dict"])
+        name = (
+            "cssa_lightning.cssa.CSSATask"
+            if has_teacher
+            else ("cssa_lightning.multilabel.MultiLabelTask")
+        )
+    module, _, attribute = name.rpartition(".")
+    try:
+        task_class = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"{path}: task class {name} cannot be imported ({error})") from error
+    if not (isinstance(task_class, type) and issubclass(task_class, MultiLabelTask)):
+        raise ValueError(f"{path}: {name} is not a MultiLabelTask")
+    return task_class
+
+
+def _preprocessing(stored: dict, task: MultiLabelTask) -> Preprocessing:
+    if "preprocessing" in stored:
+        p = stored["preprocessing"]
+        return Preprocessing(int(p["image_size"]), tuple(p["mean"]), tuple(p["std"]))
+    # Older checkpoints: the data module's hyperparameters, else the CLIP's own processor.
+    from cssa_lightning.datamodule import _normalisation
+
+    data = stored.get("datamodule_hyper_parameters") or {}
+    clip = task.net.clip
+    image_size = int(data.get("image_size") or clip.image_size)
+    mean, std = _normalisation(data.get("clip_processor") or task.hparams.clip_checkpoint)
+    return Preprocessing(image_size, tuple(mean), tuple(std))

@@ -1,0 +1,104 @@
+"""Errors reach the user as one line; short runs and logger-less configs work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cssa_lightning.cli import main
+from cssa_lightning.commands import user_error
+from cssa_lightning.multilabel import one_cycle_phases
+
+from .test_cli import RecordMetrics, write_config
+
+
+def run_main(args, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_data_error_in_datamodule_init_is_one_line(tmp_path, image_folders, tiny_clip_dir, capsys):
+    config = write_config(tmp_path, image_folders, tiny_clip_dir, "cssa_lightning.MultiLabelTask")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,labels\nmissing.png,red\n")
+    code, err = run_main(
+        ["fit", "--config", str(config), f"--data.init_args.train_source={bad}"], capsys
+    )
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1] == (
+        f"error: {bad}:2: image {tmp_path / 'missing.png'} does not exist "
+        "(1 of 1 listed images are missing)"
+    )
+    assert "Traceback" not in err and "Union subtypes" not in err
+
+
+def test_data_error_in_setup_is_one_line(tmp_path, image_folders, tiny_clip_dir, capsys):
+    config = write_config(tmp_path, image_folders, tiny_clip_dir, "cssa_lightning.MultiLabelTask")
+    bad = tmp_path / "test" / "metadata.jsonl"
+    bad.parent.mkdir()
+    bad.write_text('{"file_name": "x.png"}\n')
+    code, err = run_main(
+        ["fit", "--config", str(config), f"--data.init_args.test_source={bad.parent}"], capsys
+    )
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        f"error: {bad}:1: expected an object with 'file_name' and 'labels'"
+    )
+
+
+def test_other_errors_keep_their_traceback():
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError as error:
+        assert user_error(error) is None
+    # A ValueError raised outside this package is not taken for a user error.
+    try:
+        int("x")
+    except ValueError as error:
+        assert user_error(error) is None
+
+
+def test_loader_worker_error_text_is_reduced_to_its_message():
+    message = (
+        "Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        'call last):\n  File "/x/cssa_lightning/records.py", line 170, in load_image\n'
+        "ValueError: cannot read image a.png: truncated"
+    )
+    assert user_error(ValueError(message)) == "cannot read image a.png: truncated"
+
+
+@pytest.mark.parametrize("pct_start", [0.05, 0.2, 0.3, 0.5, 0.95])
+@pytest.mark.parametrize("total", [1, 2, 3, 4, 5, 7, 10, 33])
+def test_one_cycle_phases_never_divide_by_zero(total, pct_start):
+    steps, pct = one_cycle_phases(total, pct_start)
+    assert steps >= total
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=0.1, total_steps=steps, pct_start=pct
+    )
+    for _ in range(total):
+        optimizer.step()
+        scheduler.step()
+    # Long runs keep the configured schedule exactly.
+    assert one_cycle_phases(1000, pct_start) == (1000, pct_start)
+
+
+def test_five_steps_without_logger_and_with_lr_monitor(tmp_path, image_folders, tiny_clip_dir):
+    config = write_config(
+        tmp_path,
+        image_folders,
+        tiny_clip_dir,
+        "cssa_lightning.MultiLabelTask",
+        logger=False,
+        callbacks=[
+            {"class_path": "tests.test_cli.RecordMetrics"},
+            {
+                "class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
+                "init_args": {"logging_interval": "epoch"},
+            },
+        ],
+    )
+    main(["fit", "--config", str(config), "--trainer.max_steps=5", "--test_after_fit=false"])
+    assert RecordMetrics.trainer.global_step == 5

@@ -1,0 +1,108 @@
+"""``cssa export``: the directory and the ONNX give the Lightning model's probabilities."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cssa_lightning.cli import main
+from cssa_lightning.export import load_exported
+from cssa_lightning.predict import ImageFiles
+from cssa_lightning.records import load_image
+from cssa_lightning.trained import load_trained
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, trained_cssa):
+    out = tmp_path_factory.mktemp("export") / "model"
+    main(
+        [
+            "export",
+            "--ckpt_path",
+            str(trained_cssa),
+            "--output",
+            str(out),
+            "--thresholds",
+            "trained",
+        ]
+    )
+    return out
+
+
+def images_and_reference(trained_cssa, image_folders, count=5):
+    paths = sorted((image_folders["test"] / "images").glob("*.png"))[:count]
+    task, preprocessing = load_trained(trained_cssa)
+    dataset = ImageFiles(paths, preprocessing.transform(), preprocessing.image_size)
+    pixels = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    with torch.no_grad():
+        scores = task.evaluation_scores(pixels)
+    return task, paths, pixels, scores
+
+
+def test_directory_loads_in_one_call_and_matches(exported, trained_cssa, image_folders, tmp_path):
+    task, paths, pixels, scores = images_and_reference(trained_cssa, image_folders)
+    # Moved elsewhere, the directory still loads: it is self-contained.
+    moved = tmp_path / "moved"
+    shutil.copytree(exported, moved)
+    model = load_exported(moved)
+    config = json.loads((moved / "config.json").read_text())
+    assert model.class_names == task.class_names and config["weights"] == "teacher"
+    finite = torch.isfinite(task.thresholds)
+    torch.testing.assert_close(model.thresholds[finite], task.thresholds[finite].float())
+    with torch.no_grad():
+        probs = model(pixels)
+    torch.testing.assert_close(probs, scores["_teacher"], atol=1e-5, rtol=0)
+    # From raw RGB images, with the exported preprocessing.
+    raw = [load_image({"path": str(p)}) for p in paths]
+    probs_raw, labels = model.predict(raw)
+    torch.testing.assert_close(probs_raw, scores["_teacher"], atol=1e-5, rtol=0)
+    assert labels[0] == [
+        c
+        for c, p, t in zip(task.class_names, probs_raw[0], model.thresholds, strict=True)
+        if p >= t
+    ]
+
+
+def test_onnx_matches_the_lightning_model(exported, trained_cssa, image_folders):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    _, _, pixels, scores = images_and_reference(trained_cssa, image_folders, count=3)
+    session = onnxruntime.InferenceSession(
+        str(exported / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (probs,) = session.run(["probabilities"], {"pixel_values": pixels.numpy()})
+    np.testing.assert_allclose(probs, scores["_teacher"].numpy(), atol=1e-5, rtol=0)
+
+
+def test_student_export_without_onnx(tmp_path, trained_cssa, image_folders):
+    out = tmp_path / "student"
+    main(
+        [
+            "export",
+            "--ckpt_path",
+            str(trained_cssa),
+            "--output",
+            str(out),
+            "--weights",
+            "student",
+            "--no_onnx",
+        ]
+    )
+    assert not (out / "model.onnx").exists()
+    _, _, pixels, scores = images_and_reference(trained_cssa, image_folders, count=3)
+    with torch.no_grad():
+        probs = load_exported(out)(pixels)
+    torch.testing.assert_close(probs, scores[""], atol=1e-5, rtol=0)
+    assert load_exported(out).thresholds.tolist() == [0.5] * 6
+
+
+def test_export_refuses_a_non_empty_folder(tmp_path, trained_cssa, capsys):
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--ckpt_path", str(trained_cssa), "--output", str(tmp_path)])
+    assert exit_info.value.code == 1
+    assert "is not empty" in capsys.readouterr().err
+    assert (tmp_path / "keep.txt").read_text() == "mine"

@@ -1,0 +1,169 @@
+"""``cssa predict`` on bare images with a trained checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cssa_lightning.cli import main
+from cssa_lightning.predict import ImageFiles, list_images, predict
+from cssa_lightning.trained import load_trained
+
+
+@pytest.fixture
+def bare_images(tmp_path, image_folders):
+    """Ten unlabeled test images (no metadata) and one corrupt file."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for path in sorted((image_folders["test"] / "images").glob("*.png"))[:10]:
+        shutil.copy(path, folder / "sub" / path.name)
+    (folder / "broken.png").write_bytes(b"not an image")
+    return folder
+
+
+def read_outputs(out):
+    with (out / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    return rows, lines
+
+
+def reference_probs(checkpoint, paths):
+    task, preprocessing = load_trained(checkpoint)
+    dataset = ImageFiles(paths, preprocessing.transform(), preprocessing.image_size)
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    with torch.no_grad():
+        return task, task.evaluation_scores(images)
+
+
+def test_predict_folder_writes_csv_and_jsonl(tmp_path, bare_images, trained_cssa, capsys):
+    out = tmp_path / "out"
+    main(
+        [
+            "predict",
+            "--ckpt_path",
+            str(trained_cssa),
+            "--images",
+            str(bare_images),
+            "--output",
+            str(out),
+            "--batch_size",
+            "4",
+        ]
+    )
+    rows, lines = read_outputs(out)
+    # The corrupt image is reported and skipped; the ten others are labeled.
+    assert len(rows) == len(lines) == 10
+    skipped = list(csv.DictReader((out / "skipped.csv").open()))
+    assert [s["path"] for s in skipped] == [str(bare_images / "broken.png")]
+    assert "cannot read image" in skipped[0]["error"]
+    assert "1 unreadable images skipped" in capsys.readouterr().out
+    # Probabilities of the student and the teacher, equal to the model's on the same images.
+    paths = [bare_images / "sub" / p.name for p in sorted((bare_images / "sub").iterdir())]
+    assert [line["path"] for line in lines] == [str(p) for p in paths]
+    task, expected = reference_probs(trained_cssa, paths)
+    student = torch.tensor([[line["student_probs"][c] for c in task.class_names] for line in lines])
+    teacher = torch.tensor([[line["teacher_probs"][c] for c in task.class_names] for line in lines])
+    torch.testing.assert_close(student, expected[""], atol=1e-5, rtol=0)
+    torch.testing.assert_close(teacher, expected["_teacher"], atol=1e-5, rtol=0)
+    # Labels: the teacher's probabilities at 0.5 (auto), in CSV and JSONL alike.
+    for row, line, probs in zip(rows, lines, expected["_teacher"], strict=True):
+        wanted = [c for c, p in zip(task.class_names, probs.tolist(), strict=True) if p >= 0.5]
+        assert line["labels"] == wanted
+        assert row["labels"] == "|".join(wanted)
+        assert float(row["teacher:red"]) == pytest.approx(line["teacher_probs"]["red"], abs=1e-6)
+
+
+def test_predict_refuses_to_overwrite(tmp_path, bare_images, trained_cssa):
+    out = tmp_path / "out"
+    predict(str(trained_cssa), str(bare_images), str(out), progress_bar=False)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        predict(str(trained_cssa), str(bare_images), str(out), progress_bar=False)
+    writer = predict(
+        str(trained_cssa), str(bare_images), str(out), overwrite=True, progress_bar=False
+    )
+    assert writer.written == 10
+
+
+def test_image_lists(tmp_path, bare_images):
+    images = sorted((bare_images / "sub").iterdir())
+    listing = tmp_path / "list.txt"
+    listing.write_text("# my images\n" + "\n".join(f"photos/sub/{p.name}" for p in images[:3]))
+    assert list_images(listing) == images[:3]
+    table = tmp_path / "list.csv"
+    table.write_text("path,labels\n" + "".join(f"photos/sub/{p.name},red\n" for p in images[:2]))
+    assert list_images(table) == images[:2]
+    assert len(list_images(bare_images)) == 11
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n")
+    with pytest.raises(ValueError, match="lists no image"):
+        list_images(empty)
+    table.write_text("file,labels\n")
+    with pytest.raises(ValueError, match="'path' column"):
+        list_images(table)
+
+
+def test_thresholds_trained_and_val_f1(tmp_path, bare_images, trained_cssa, image_folders):
+    task, expected = reference_probs(trained_cssa, sorted((bare_images / "sub").iterdir()))
+    trained = predict(
+        str(trained_cssa), str(bare_images), str(tmp_path / "a"), "trained", progress_bar=False
+    )
+    finite = torch.isfinite(task.thresholds)
+    torch.testing.assert_close(trained.thresholds[finite], task.thresholds[finite].float())
+    assert torch.all(trained.thresholds[~finite] == 0.5)
+    _, lines = read_outputs(tmp_path / "a")
+    for line, probs in zip(lines, expected["_teacher"], strict=True):
+        assert line["labels"] == [
+            c for c, p, t in zip(task.class_names, probs, trained.thresholds, strict=True) if p >= t
+        ]
+    f1 = predict(
+        str(trained_cssa),
+        str(bare_images),
+        str(tmp_path / "b"),
+        "val-f1",
+        val_source=str(image_folders["val"]),
+        scores="student",
+        progress_bar=False,
+    )
+    assert f1.decide_by == "probs"
+    assert torch.isfinite(f1.thresholds).all() and not torch.equal(
+        f1.thresholds, torch.full_like(f1.thresholds, 0.5)
+    )
+    with pytest.raises(ValueError, match="needs --val_source"):
+        predict(str(trained_cssa), str(bare_images), str(tmp_path / "c"), "val-f1")
+
+
+def test_predict_errors_are_one_line(tmp_path, bare_images, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--ckpt_path", str(tmp_path / "no.ckpt"), "--images", str(bare_images)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: checkpoint {tmp_path / 'no.ckpt'} does not exist"
+
+
+def test_f1_thresholds_are_f1_optimal(tmp_path, trained_cssa, image_folders):
+    # Each class's val-f1 threshold gives an F1 at least that of 0.5 on the val images.
+    task, preprocessing = load_trained(trained_cssa)
+    from cssa_lightning.predict import choose_thresholds
+    from cssa_lightning.records import build_record_table, read_source
+
+    thresholds = choose_thresholds(
+        task, "val-f1", "probs", str(image_folders["val"]), preprocessing, 8
+    )
+    table = build_record_table(read_source(image_folders["val"]), task.class_names)
+    targets = np.asarray(table.with_format("numpy")["target"], dtype=bool).reshape(-1, 6)
+    _, probs = reference_probs(trained_cssa, [r["path"] for r in table["image"]])
+    probs = probs[""].numpy()
+
+    def f1(k, t):
+        predicted = probs[:, k] >= t
+        tp = (predicted & targets[:, k]).sum()
+        return 2 * tp / max(predicted.sum() + targets[:, k].sum(), 1)
+
+    for k in range(6):
+        assert f1(k, float(thresholds[k])) >= f1(k, 0.5) - 1e-9
