@@ -6,7 +6,7 @@
 Measures, side by side on one machine:
 
 - **step**: wall time of a full training step (forward, backward, optimizer, EMA teacher) of
-  CSSA (``configs/coco.yaml``'s model) and CAP (``configs/cap_coco.yaml``'s) after warm-up, on
+  CSSA (the model of ``configs/ssmll.yaml`` + ``coco.yaml``) and CAP (+ ``cap.yaml``) after warm-up, on
   in-memory batches (no loader in the way); images/s; model FLOPs per step counted by
   ``torch.utils.flop_counter`` and the MFU against the card's dense bf16 peak. On ``cuda`` the
   CLIP is ViT-B/16 sized: ``CLIPConfig`` defaults with 16-pixel patches, the shape of
@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -227,9 +227,12 @@ def build_clip(out: Path, sizes: dict[str, Any]) -> Path:
 PROMPT_WORDS = ["a", "photo", "picture", "of", "the"]
 
 
-def model_options(config: str, clip_dir: Path, classes: int) -> dict[str, Any]:
+def model_options(config: Sequence[str], clip_dir: Path, classes: int) -> dict[str, Any]:
     """The model's ``init_args`` of a shipped config, on the offline CLIP, full step at once."""
-    options = yaml.safe_load((ROOT / "configs" / config).read_text())["model"]["init_args"]
+    options: dict[str, Any] = {}
+    for name in config:  # shipped config files combined in order, later ones win
+        model = yaml.safe_load((ROOT / "configs" / name).read_text()).get("model") or {}
+        options.update(model.get("init_args") or {})
     options.update(
         class_names=[f"class{k}" for k in range(classes)],
         clip_checkpoint=str(clip_dir),
@@ -353,7 +356,10 @@ def bench_step(device: str, sizes: dict[str, Any], precision: str) -> dict[str, 
     steps = sizes["steps"] + sizes["warmup_steps"] + 2
     with tempfile.TemporaryDirectory() as tmp:
         clip_dir = build_clip(Path(tmp) / "clip", sizes)
-        for name, config in [("cap", "cap_coco.yaml"), ("cssa", "coco.yaml")]:
+        for name, config in [
+            ("cap", ("ssmll.yaml", "coco.yaml", "cap.yaml")),
+            ("cssa", ("ssmll.yaml", "coco.yaml")),
+        ]:
             torch.manual_seed(0)
             task = CSSATask(**model_options(config, clip_dir, sizes["classes"]))
             timer = StepTimer(sizes["warmup_steps"], steps - 1, device)

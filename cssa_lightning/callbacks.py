@@ -279,10 +279,14 @@ class RunReport(Callback):
         examples = batch_idx == 0 and self.num_examples > 0
         if not (sample or examples):
             return
-        # Before the task's own on_train_batch_end: the teacher that labelled this batch.
-        images = unlabeled["image_weak"] if sample else unlabeled["image_weak"][: self.num_examples]
-        probs = pl_module.teacher_probs(images)
-        labels, _ = pl_module.pseudo_labels(probs)
+        if isinstance(outputs, dict) and "pseudo_labels" in outputs:
+            # The pseudo-labels the step itself used (CSSATask returns them).
+            labels = outputs["pseudo_labels"]
+        else:
+            images = (
+                unlabeled["image_weak"] if sample else unlabeled["image_weak"][: self.num_examples]
+            )
+            labels, _ = pl_module.pseudo_labels(pl_module.teacher_probs(images))
         target = unlabeled["target"][: len(labels)].to(labels.device)
         if sample:
             labels_f, target_f = labels.float(), target.float()

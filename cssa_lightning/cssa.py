@@ -3,7 +3,7 @@
 On top of :class:`~cssa_lightning.multilabel.MultiLabelTask`: label-specific features by
 label-query cross-attention, one-to-one semantic alignment, context identification, an EMA
 teacher giving pseudo-labels on the weak view, and consistency on the strong view. With the
-switches off it is the CAP baseline (see ``configs/cap_coco.yaml``).
+switches off it is the CAP baseline (the ``cap`` config overlay).
 """
 
 from __future__ import annotations
@@ -232,6 +232,7 @@ class CSSATask(MultiLabelTask):
         self._hidden_targets = torch.zeros(num_unlabeled, self.num_classes, device=self.device)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)  # the class-name check
         # Checkpoints written before the pseudo-labeller module kept its thresholds on the task.
         state = checkpoint.get("state_dict", {})
         for old, new in (("thresholds", "thresholds"), ("thresholds_ready", "ready")):
@@ -415,7 +416,10 @@ class CSSATask(MultiLabelTask):
         return names
 
     # -- training ----------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """The weighted sum of the named loss terms. Returns ``{"loss"}`` plus, when the batch
+        has unlabeled images, the teacher's ``teacher_probs`` and ``pseudo_labels`` of this step
+        (callbacks read them in ``on_train_batch_end``, after the teacher has moved on)."""
         labeled, unlabeled = batch["labeled"], batch.get("unlabeled")
         student = self.encode(labeled["image"])
         losses = self.labeled_losses(student, labeled["target"])
@@ -424,7 +428,7 @@ class CSSATask(MultiLabelTask):
                 self.teacher_probs(labeled["image"]), labeled["target"]
             )
 
-        num_unlabeled, mask_ratio = 0, None
+        num_unlabeled, mask_ratio, outputs = 0, None, {}
         if unlabeled is not None:
             probs = self.unlabeled_teacher_probs(unlabeled)
             pseudo = self.pseudo_labels(probs)
@@ -432,6 +436,7 @@ class CSSATask(MultiLabelTask):
             self.pseudo_metrics.update(pseudo.labels, unlabeled["target"].long())
             self._hidden_targets[unlabeled["index"]] = unlabeled["target"].float()
             mask_ratio = pseudo.mask.mean()
+            outputs = {"teacher_probs": probs.detach(), "pseudo_labels": pseudo.labels.detach()}
             if not self.in_warmup() and self.uses_unlabeled:
                 strong = self.encode(unlabeled["image_strong"])
                 losses.update(self.unlabeled_losses(strong, probs, pseudo))
@@ -448,7 +453,7 @@ class CSSATask(MultiLabelTask):
             log_values["train/mask_ratio"] = mask_ratio
         self.log_dict(log_values, on_step=True, on_epoch=True, batch_size=size)
         self.log("train/lambda_u", weights["cons"], on_step=True, on_epoch=False, batch_size=size)
-        return total
+        return {"loss": total, **outputs}
 
     def unlabeled_teacher_probs(self, unlabeled: dict[str, Tensor]) -> Tensor:
         """Teacher probabilities of the step's unlabeled images: scored now on the weak view,

@@ -206,7 +206,9 @@ def choose_thresholds(
     """
     num_classes = task.num_classes
     if how == "trained":
-        if not hasattr(task, "thresholds") or not bool(getattr(task, "thresholds_ready", False)):
+        labeller = getattr(task, "pseudo_labeller", None)
+        ready = labeller.ready if labeller is not None else getattr(task, "thresholds_ready", False)
+        if not hasattr(task, "thresholds") or not bool(ready):
             raise ValueError(
                 "--thresholds trained: the checkpoint has no trained thresholds "
                 "(only a CSSATask that trained past its first epoch has them)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from rich.console import Console
 from rich.errors import LiveError
 from rich.progress import (
     BarColumn,
@@ -49,6 +50,7 @@ class ProgressBar:
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             transient=True,
+            console=Console(stderr=True),  # stdout stays for results (paths, tables)
         )
         try:
             progress.start()

@@ -314,3 +314,9 @@ def test_precision_at_recall(task):
     assert values["pseudo/precision@50"].item() == pytest.approx(100 * 2 / 3)
     assert values["pseudo/precision@80"].item() == pytest.approx(100 * 4 / 7)
     assert values["pseudo/precision@40"].item() == pytest.approx(100 * 2 / 3)
+
+
+def test_cssa_checkpoint_with_other_class_order_is_refused(task):
+    checkpoint = {"hyper_parameters": {"class_names": task.class_names[::-1]}, "state_dict": {}}
+    with pytest.raises(ValueError):
+        task.on_load_checkpoint(checkpoint)
