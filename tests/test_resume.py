@@ -60,6 +60,7 @@ def resume_config(out: Path, folders, clip_dir, num_workers: int = 0) -> Path:
             "init_args": {
                 "train_source": str(folders["train"]),
                 "test_source": str(folders["test"]),
+                "val_source": str(folders["val"]),
                 "labeled_ratio": 0.25,
                 "image_size": 32,
                 "labeled_batch_size": 4,
