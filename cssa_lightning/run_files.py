@@ -191,9 +191,15 @@ _run_log: logging.FileHandler | None = None
 def configure_logging(level: int = logging.INFO) -> None:
     """Show the package's messages of ``level`` and above on stderr and keep them for the run log.
 
-    Called by the ``cssa`` command; a library user configures logging as usual instead.
-    Repeated calls change nothing.
+    Called at the start of every ``cssa`` command; a library user configures logging as usual
+    instead. Each call starts a new command: what earlier work in this process logged is not
+    carried into the next run's log, and a W&B run left open by earlier work is finished so the
+    command logs to its own run.
     """
+    _buffer.records.clear()
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
     logger = logging.getLogger(PACKAGE)
     logger.setLevel(min(logger.level or level, level))
     if not any(isinstance(h, _Console) for h in logger.handlers):
