@@ -19,7 +19,12 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MultilabelF1Score, MultilabelPrecision, MultilabelRecall
 
 from cssa_lightning.contexts import cluster_contexts, context_targets, cooccurrence_affinity
-from cssa_lightning.losses import absent_push_loss, context_loss, semantic_alignment_loss
+from cssa_lightning.losses import (
+    absent_push_loss,
+    context_loss,
+    pair_normalizer,
+    semantic_alignment_loss,
+)
 from cssa_lightning.multilabel import MultiLabelTask, one_cycle_factor
 from cssa_lightning.network import Encoded
 from cssa_lightning.pseudo_labels import PseudoLabeller, PseudoLabels
@@ -90,8 +95,8 @@ class CSSATask(MultiLabelTask):
         fixed_threshold: The threshold of ``pseudo_threshold="fixed"``.
         fbeta: ``beta`` of ``pseudo_threshold="fbeta"``.
         threshold_refresh: Recompute thresholds at each epoch end from the epoch's teacher
-            scores (gathered across processes), at every step from the latest teacher score of
-            each image seen so far (this process's only), or from one pass of the fixed
+            scores, at every step from the latest teacher score of each image seen so far
+            (every process records every process's scores), or from one pass of the fixed
             teacher over every unlabeled image (eval view) at the start of each
             semi-supervised epoch (``pass``, CAP).
         pseudo_label_scores: Pseudo-labels from the teacher's scores of the step's weak views
@@ -343,8 +348,11 @@ class CSSATask(MultiLabelTask):
         """One-to-one alignment of each positive label's feature with its class text and/or
         its classifier prototype (``alignment_target``)."""
         temperature = self.hparams.alignment_temperature
+        normalizer = self.pair_normalizer(positives)
         losses = [
-            semantic_alignment_loss(encoded.label_features, target, positives, temperature)
+            semantic_alignment_loss(
+                encoded.label_features, target, positives, temperature, normalizer
+            )
             for target in self.alignment_targets()
         ]
         return sum(losses) / len(losses)
@@ -352,11 +360,27 @@ class CSSATask(MultiLabelTask):
     def absent_push_loss(self, encoded: Encoded, negatives: Tensor) -> Tensor:
         """Push absent labels' features away from their class's alignment target."""
         margin = self.hparams.absent_push_margin
+        normalizer = self.pair_normalizer(negatives)
         losses = [
-            absent_push_loss(encoded.label_features, target, negatives, margin)
+            absent_push_loss(encoded.label_features, target, negatives, margin, normalizer)
             for target in self.alignment_targets()
         ]
         return sum(losses) / len(losses)
+
+    def pair_normalizer(self, weights: Tensor) -> Tensor:
+        """Denominator of the per-pair means (alignment, push): the pairs of every process's
+        batch, so several processes train like one with their batches together."""
+        world = self._trainer.world_size if self._trainer is not None else 1
+        return pair_normalizer(weights, world, self.sum_over_processes)
+
+    def sum_over_processes(self, tensor: Tensor) -> Tensor:
+        return self.trainer.strategy.reduce(tensor, reduce_op="sum")
+
+    def step_gather(self) -> Any:
+        """``all_gather`` when several processes train (their step's records are shared), else
+        ``None``."""
+        trainer = self._trainer
+        return self.all_gather if trainer is not None and trainer.world_size > 1 else None
 
     def consistency_loss(self, strong_logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         """The supervised loss between strong-view student scores and teacher pseudo-labels."""
@@ -425,7 +449,7 @@ class CSSATask(MultiLabelTask):
         losses = self.labeled_losses(student, labeled["target"])
         if self.hparams.pseudo_threshold == "fbeta":
             self.pseudo_labeller.record_labeled(
-                self.teacher_probs(labeled["image"]), labeled["target"]
+                self.teacher_probs(labeled["image"]), labeled["target"], self.step_gather()
             )
 
         num_unlabeled, mask_ratio, outputs = 0, None, {}
@@ -434,7 +458,7 @@ class CSSATask(MultiLabelTask):
             pseudo = self.pseudo_labels(probs)
             # Monitoring only: the hidden labels never reach a loss.
             self.pseudo_metrics.update(pseudo.labels, unlabeled["target"].long())
-            self._hidden_targets[unlabeled["index"]] = unlabeled["target"].float()
+            self.remember_hidden_targets(unlabeled["index"], unlabeled["target"])
             mask_ratio = pseudo.mask.mean()
             outputs = {"teacher_probs": probs.detach(), "pseudo_labels": pseudo.labels.detach()}
             if not self.in_warmup() and self.uses_unlabeled:
@@ -465,9 +489,17 @@ class CSSATask(MultiLabelTask):
             return labeller.recorded(unlabeled["index"])
         probs = self.teacher_probs(unlabeled["image_weak"])
         if not passed:  # the pass's scores stay as they are for the epoch
-            labeller.record(unlabeled["index"], probs)
+            labeller.record(unlabeled["index"], probs, self.step_gather())
             labeller.step_refresh(self.class_priors)
         return probs
+
+    def remember_hidden_targets(self, index: Tensor, targets: Tensor) -> None:
+        """Keep the unlabeled images' hidden labels (every process's) for monitoring."""
+        gather = self.step_gather()
+        if gather is not None:
+            index = gather(index).reshape(-1)
+            targets = gather(targets).reshape(-1, self.num_classes)
+        self._hidden_targets[index] = targets.float()
 
     def on_train_epoch_start(self) -> None:
         hp = self.hparams
@@ -496,8 +528,7 @@ class CSSATask(MultiLabelTask):
         self.teacher.update_parameters(self.net)
 
     def on_train_epoch_end(self) -> None:
-        gather = self.all_gather if self.trainer.world_size > 1 else None
-        self.pseudo_labeller.end_epoch(self.class_priors, gather)
+        self.pseudo_labeller.end_epoch(self.class_priors)
         finite = self.thresholds[torch.isfinite(self.thresholds)]
         if len(finite):
             self.log_dict(
@@ -517,7 +548,7 @@ class CSSATask(MultiLabelTask):
     @torch.no_grad()
     def pseudo_label_quality(self) -> dict[str, Tensor]:
         """Threshold-free quality of the remembered teacher scores against the hidden labels
-        (monitoring only, this process's images): precision at fixed recalls, in %."""
+        (monitoring only): precision at fixed recalls, in %."""
         seen = self.pseudo_labeller.seen
         scores = self.pseudo_labeller.scores[seen].flatten()
         hidden = self._hidden_targets[seen].flatten()

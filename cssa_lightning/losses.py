@@ -56,7 +56,11 @@ def binary_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor | None = 
 
 
 def semantic_alignment_loss(
-    label_features: Tensor, text_features: Tensor, positives: Tensor, temperature: float = 0.07
+    label_features: Tensor,
+    text_features: Tensor,
+    positives: Tensor,
+    temperature: float = 0.07,
+    normalizer: Tensor | float | None = None,
 ) -> Tensor:
     """One-to-one contrastive alignment of label-specific features with their label texts.
 
@@ -68,13 +72,16 @@ def semantic_alignment_loss(
         text_features: ``(C, D)`` class text features ``T``.
         positives: ``(B, C)`` 0/1 (or weights): which ``(image, label)`` pairs to align.
         temperature: ``tau``.
+        normalizer: What the sum over positives is divided by; ``None``: their total weight
+            (at least 1). Several processes pass the count over every process's batch (see
+            :func:`pair_normalizer`).
     """
     features = F.normalize(label_features.float(), dim=-1)
     text = F.normalize(text_features.float(), dim=-1)
     logits = torch.einsum("bkd,jd->bkj", features, text) / temperature
     own = logits.log_softmax(-1).diagonal(dim1=1, dim2=2)  # (B, C): log p(k | v_bk)
     weights = positives.to(own.dtype)
-    return -(own * weights).sum() / weights.sum().clamp(min=1.0)
+    return -(own * weights).sum() / _normalizer(weights, normalizer)
 
 
 def context_loss(logits: Tensor, targets: Tensor, single_label: bool = False) -> Tensor:
@@ -86,7 +93,11 @@ def context_loss(logits: Tensor, targets: Tensor, single_label: bool = False) ->
 
 
 def absent_push_loss(
-    label_features: Tensor, targets: Tensor, negatives: Tensor, margin: float = 0.0
+    label_features: Tensor,
+    targets: Tensor,
+    negatives: Tensor,
+    margin: float = 0.0,
+    normalizer: Tensor | float | None = None,
 ) -> Tensor:
     """Push the features of absent labels away from their class's target.
 
@@ -100,9 +111,33 @@ def absent_push_loss(
         targets: ``(C, D)`` each class's alignment target ``a_k`` (text or prototype).
         negatives: ``(B, C)`` 0/1 (or weights): which ``(image, label)`` pairs are absent.
         margin: Cosine below which an absent label's feature is left alone.
+        normalizer: As in :func:`semantic_alignment_loss`.
     """
     features = F.normalize(label_features.float(), dim=-1)
     target = F.normalize(targets.float(), dim=-1)
     cosine = torch.einsum("bkd,kd->bk", features, target)
     weights = negatives.to(cosine.dtype)
-    return ((cosine - margin).clamp(min=0) * weights).sum() / weights.sum().clamp(min=1.0)
+    return ((cosine - margin).clamp(min=0) * weights).sum() / _normalizer(weights, normalizer)
+
+
+def pair_normalizer(weights: Tensor, world_size: int = 1, all_reduce=None) -> Tensor:
+    """The denominator of a mean over weighted pairs that makes ``world_size`` processes train
+    like one process with their batches together.
+
+    Data-parallel training averages the processes' gradients, so each process divides its sum
+    by the total weight of every process's pairs over ``world_size``, not by its own total
+    (which would give a process with few pairs as much say as one with many).
+
+    Args:
+        weights: This process's pair weights.
+        world_size: Number of processes.
+        all_reduce: Sums a tensor over processes (needed when ``world_size > 1``).
+    """
+    total = weights.detach().sum().float()
+    if world_size > 1:
+        total = all_reduce(total)
+    return total.clamp(min=1.0) / world_size
+
+
+def _normalizer(weights: Tensor, normalizer: Tensor | float | None) -> Tensor | float:
+    return weights.sum().clamp(min=1.0) if normalizer is None else normalizer

@@ -7,8 +7,8 @@
   of the teacher's scores on labeled images.
 
 :class:`PseudoLabeller` is the plain module around them that a task holds: the thresholds, the
-per-image memory of teacher scores, when they are refreshed and how they are gathered across
-processes. Everything it needs to resume is a buffer, so it is saved in checkpoints.
+per-image memory of teacher scores (every process records every process's scores, so all hold
+the same memory) and when they are refreshed. Everything it needs to resume is a buffer, so it is saved in checkpoints.
 """
 
 from __future__ import annotations
@@ -197,15 +197,29 @@ class PseudoLabeller(nn.Module):
             self.seen = torch.zeros(num_unlabeled, dtype=torch.bool, device=device)
         self.provisional = not bool(self.ready)
 
-    def record(self, index: Tensor, probs: Tensor) -> None:
-        """Remember the teacher's probabilities of the unlabeled images at ``index``."""
-        self.scores[index] = probs.detach().float()
+    def record(self, index: Tensor, probs: Tensor, gather: Gather | None = None) -> None:
+        """Remember the teacher's probabilities of the unlabeled images at ``index``.
+
+        ``gather`` (given when several processes train) adds the other processes' images of
+        the same step, so every process holds the same memory as a one-process run: the
+        thresholds computed from it need no further exchange.
+        """
+        probs = probs.detach().float()
+        if gather is not None:
+            index = gather(index).reshape(-1)
+            probs = gather(probs).reshape(-1, self.num_classes)
+        self.scores[index] = probs
         self.seen[index] = True
 
-    def record_labeled(self, probs: Tensor, targets: Tensor) -> None:
-        """Remember labeled teacher scores (only ``rule="fbeta"`` uses them)."""
+    def record_labeled(self, probs: Tensor, targets: Tensor, gather: Gather | None = None) -> None:
+        """Remember labeled teacher scores (only ``rule="fbeta"`` uses them); ``gather`` as in
+        :meth:`record`."""
         if self.rule == "fbeta":
-            self._labeled.append((probs.detach().float(), targets.detach().float()))
+            probs, targets = probs.detach().float(), targets.detach().float()
+            if gather is not None:
+                probs = gather(probs).reshape(-1, self.num_classes)
+                targets = gather(targets).reshape(-1, self.num_classes)
+            self._labeled.append((probs, targets))
 
     def recorded(self, index: Tensor) -> Tensor:
         """The remembered probabilities of the unlabeled images at ``index``."""
@@ -220,11 +234,11 @@ class PseudoLabeller(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     # -- thresholds --------------------------------------------------------------------------
-    def refresh(self, priors: Tensor, gather: Gather | None = None) -> bool:
+    def refresh(self, priors: Tensor) -> bool:
         """Recompute the thresholds from the memory (or labeled scores); ``False`` if no data.
 
-        ``gather`` (given when several processes train) merges every process's memory: each
-        image was scored on one process, so the memories are combined by their ``seen`` masks.
+        With several processes every process holds every process's scores (see
+        :meth:`record`), so each computes the same thresholds without exchanging anything.
         """
         if self.rule == "fixed":
             thresholds = torch.full_like(self.thresholds, float(self.fixed_threshold))
@@ -233,18 +247,8 @@ class PseudoLabeller(nn.Module):
                 return False
             scores = torch.cat([s for s, _ in self._labeled])
             targets = torch.cat([t for _, t in self._labeled])
-            if gather is not None:
-                scores = gather(scores).reshape(-1, self.num_classes)
-                targets = gather(targets).reshape(-1, self.num_classes)
             thresholds = fbeta_thresholds(scores, targets, self.fbeta)
         scores, seen = self.scores, self.seen
-        if gather is not None:
-            # (gathered as floats: not every backend gathers bool tensors)
-            all_seen = gather(seen.float()).reshape(-1, len(seen))
-            all_scores = gather(scores).reshape(-1, *scores.shape)
-            weights = all_seen.unsqueeze(-1)
-            scores = (all_scores * weights).sum(0) / weights.sum(0).clamp(min=1)
-            seen = all_seen.sum(0) > 0
         if self.rule == "cat":
             if not seen.any():
                 return False
@@ -254,10 +258,10 @@ class PseudoLabeller(nn.Module):
         self.ready.fill_(True)
         return True
 
-    def end_epoch(self, priors: Tensor, gather: Gather | None = None) -> None:
+    def end_epoch(self, priors: Tensor) -> None:
         """Epoch boundary: refresh (``refresh="epoch"``) and forget the labeled scores."""
         if self.refresh_mode == "epoch":
-            self.refresh(priors, gather)
+            self.refresh(priors)
         if self.refresh_mode != "pass":
             self.provisional = not bool(self.ready)
         self._labeled.clear()

@@ -41,7 +41,7 @@ def run_directory(trainer: Trainer) -> Path:
 
     - with a :class:`~lightning.pytorch.loggers.WandbLogger`: the W&B run's ``files`` folder
       (``<save_dir>/wandb/<run>/files``), which ``wandb sync`` uploads with the run;
-    - else with a logger that versions its folder (TensorBoard, CSV): ``trainer.log_dir``;
+    - else with a logger that versions its folder (TensorBoard, CSV): its ``log_dir``;
     - else ``<default_root_dir>/runs/<UTC time>`` (suffixed if two runs start in one second).
     """
     if trainer in _run_dirs:
@@ -49,8 +49,10 @@ def run_directory(trainer: Trainer) -> Path:
     logger = trainer.logger
     if isinstance(logger, WandbLogger):
         folder = Path(logger.experiment.dir)
-    elif logger is not None and getattr(logger, "version", None) is not None and trainer.log_dir:
-        folder = Path(trainer.log_dir)
+    elif logger is not None and getattr(logger, "version", None) is not None and logger.log_dir:
+        # The logger's own folder, not ``trainer.log_dir``: that one is a broadcast, a
+        # collective that the other ranks (which never call this) would not join.
+        folder = Path(logger.log_dir)
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         folder = unused_path(Path(trainer.default_root_dir) / "runs" / stamp)

@@ -10,7 +10,7 @@ from cssa_lightning.clip import CLIPBackbone, zero_shot_scores
 from cssa_lightning.contexts import cluster_contexts, context_targets, cooccurrence_affinity
 from cssa_lightning.cssa import CSSATask
 from cssa_lightning.heads import AlignmentHead, LabelQueryCrossAttention
-from cssa_lightning.losses import semantic_alignment_loss
+from cssa_lightning.losses import pair_normalizer, semantic_alignment_loss
 from cssa_lightning.network import MultiLabelCLIPNet
 from cssa_lightning.pseudo_labels import (
     PseudoLabels,
@@ -97,6 +97,30 @@ def test_alignment_loss_matches_naive_loop():
     ours = semantic_alignment_loss(features, text, positives, tau)
     assert ours.item() == pytest.approx((total / count).item(), rel=1e-5)
     assert semantic_alignment_loss(features, text, torch.zeros(3, 4)).item() == 0.0
+
+
+def test_split_batches_average_to_the_whole_batch_alignment_loss():
+    # Two processes with uneven positives: the average of their losses (what DDP's gradient
+    # averaging sees) must equal the loss of the batch as a whole.
+    torch.manual_seed(0)
+    features, text = torch.randn(4, 3, 5), torch.randn(3, 5)
+    positives = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 0, 1], [0, 0, 0]], dtype=torch.float32)
+    whole = semantic_alignment_loss(features, text, positives)
+    halves = (slice(0, 2), slice(2, 4))
+    total = sum(positives[h].sum() for h in halves)
+    split = [
+        semantic_alignment_loss(
+            features[h],
+            text,
+            positives[h],
+            normalizer=pair_normalizer(positives[h], world_size=2, all_reduce=lambda _: total),
+        )
+        for h in halves
+    ]
+    torch.testing.assert_close((split[0] + split[1]) / 2, whole)
+    # Each process dividing by its own count instead would not.
+    own = [semantic_alignment_loss(features[h], text, positives[h]) for h in halves]
+    assert abs(((own[0] + own[1]) / 2 - whole).item()) > 1e-3
 
 
 def test_cat_positive_rate_equals_prior():

@@ -56,28 +56,30 @@ def test_memory_is_saved_and_restored_at_its_size():
     assert restored.seen.sum() == 2 and not restored.provisional
 
 
-def test_refresh_merges_the_memories_of_several_processes():
+def test_every_process_records_every_process_scores():
     scores = torch.rand(6, 2)
     priors = torch.tensor([0.5, 0.34])
     one = PseudoLabeller(2)
     one.allocate(6)
     one.record(torch.arange(6), scores)
     one.refresh(priors)
-    # Two processes, each saw three of the images.
+    # Two processes; at each of three steps each scores one image (rank r: images r, r+2, r+4).
     ranks = [PseudoLabeller(2), PseudoLabeller(2)]
-    for rank, labeller in enumerate(ranks):
+    for labeller in ranks:
         labeller.allocate(6)
-        index = torch.arange(rank, 6, 2)
-        labeller.record(index, scores[index])
-
-    def gather_from(rank_tensors):
-        calls = iter(rank_tensors)
-        return lambda tensor: torch.stack(next(calls))
-
-    # What all_gather would return for (seen, scores) in that order.
-    gathered = [[r.seen.float() for r in ranks], [r.scores for r in ranks]]
-    ranks[0].refresh(priors, gather_from(gathered))
-    torch.testing.assert_close(ranks[0].thresholds, one.thresholds)
+    for step in range(3):
+        index = [torch.tensor([2 * step + rank]) for rank in range(2)]
+        for rank, labeller in enumerate(ranks):
+            # What all_gather returns on either process: (world, ...) in rank order.
+            calls = iter([torch.stack(index), torch.stack([scores[i] for i in index])])
+            labeller.record(
+                index[rank], scores[index[rank]], lambda tensor, calls=calls: next(calls)
+            )
+    for labeller in ranks:
+        torch.testing.assert_close(labeller.scores, one.scores)
+        assert labeller.seen.all()
+        labeller.refresh(priors)
+        torch.testing.assert_close(labeller.thresholds, one.thresholds)
 
 
 def test_provisional_thresholds_follow_steps_until_the_epoch_end():
