@@ -3,7 +3,7 @@
 The average precision is exact (the step-wise definition of scikit-learn's
 ``average_precision_score``, tied scores grouped into one threshold) and vectorised over
 classes: one sort of the ``(C, N)`` scores and a few cumulative sums, on whatever device the
-scores live. Classes with no positive in the evaluated images have no defined AP; they are
+scores live (on the CPU: one float32 sort per class and binary searches). Classes with no positive in the evaluated images have no defined AP; they are
 left out of the macro mean and listed once in the log, rather than counted as AP 0.
 """
 
@@ -51,16 +51,13 @@ def average_precision(scores: Tensor, targets: Tensor) -> Tensor:
     host_scores = scores.float().numpy() if device.type == "cpu" else None
     if np.isnan(host_scores).any() if host_scores is not None else torch.isnan(scores).any():
         raise ValueError("scores contain NaN: average precision is undefined")
-    # Sort one int64 key per (class, image): the score's order-preserving bit pattern with the
-    # target in the lowest bit. Sorting values alone is much faster than an argsort + gather.
     if device.type == "cpu":
-        # numpy's SIMD sort and single-threaded element-wise ops beat torch's on CPU.
-        keys = np.sort(_sort_keys_numpy(host_scores, targets.numpy()), 1)
-        result = _ascending_average_precision(torch.from_numpy(keys.reshape(-1)), num_images)
-    else:
-        keys = torch.sort(_sort_keys(scores, targets), dim=1).values
-        result = _ascending_average_precision(keys.reshape(-1), num_images)
-    return result.to(device)
+        # numpy's SIMD sort of float32 and its binary searches beat torch's on CPU.
+        return torch.from_numpy(_average_precision_numpy(host_scores, targets.numpy() > 0))
+    # On an accelerator: sort one int64 key per (class, image), the score's order-preserving
+    # bit pattern with the target in the lowest bit (faster than an argsort + gather).
+    keys = torch.sort(_sort_keys(scores, targets), dim=1).values
+    return _ascending_average_precision(keys.reshape(-1), num_images)
 
 
 def _ascending_average_precision(keys: Tensor, num_images: int) -> Tensor:
@@ -87,11 +84,25 @@ def _ascending_average_precision(keys: Tensor, num_images: int) -> Tensor:
     return torch.where(count > 0, total / count.clamp(min=1), float("nan"))
 
 
-def _sort_keys_numpy(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """:func:`_sort_keys` in numpy."""
-    bits = (np.ascontiguousarray(scores.T, dtype=np.float32) + np.float32(0.0)).view(np.int32)
-    ordered = np.where(bits < 0, ~bits, bits ^ np.int32(-(2**31))).view(np.uint32)
-    return (ordered.astype(np.int64) << 1) | (targets.T > 0)
+def _average_precision_numpy(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """:func:`average_precision` of ``(N, C)`` float32 scores and bool targets, on the CPU.
+
+    Each positive contributes the precision at its score threshold (ties included):
+    ``#positives scoring >= s / #images scoring >= s``, both counted by a binary search, in the
+    class's sorted scores and in its sorted positive scores. One float32 sort per class is the
+    only pass over every image.
+    """
+    num_images, num_classes = scores.shape
+    by_class = np.ascontiguousarray(scores.T)
+    ranked = np.sort(by_class, axis=1)
+    result = np.full(num_classes, np.nan)
+    for k, column in enumerate(np.ascontiguousarray(positive.T)):
+        hits = np.sort(by_class[k][column])
+        if len(hits):
+            images_above = num_images - np.searchsorted(ranked[k], hits, side="left")
+            hits_above = len(hits) - np.searchsorted(hits, hits, side="left")
+            result[k] = np.mean(hits_above / images_above)
+    return result
 
 
 def _sort_keys(scores: Tensor, targets: Tensor) -> Tensor:
