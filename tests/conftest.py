@@ -16,6 +16,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from transformers import CLIPModel
 
@@ -99,10 +100,97 @@ def trained_cssa(tmp_path_factory, image_folders, tiny_clip_dir) -> Path:
     its teacher, thresholds and contexts are set."""
     from cssa_lightning.cli import build_cli
 
-    from .test_cli import write_config
-
     out = tmp_path_factory.mktemp("trained")
     fast = {"warmup_epochs": 1, "rampup_epochs": 0.5, "num_contexts": 2, "attention_heads": 4}
-    config = write_config(out, image_folders, tiny_clip_dir, "cssa_lightning.CSSATask", fast)
+    config = fit_config(out, image_folders, tiny_clip_dir, "cssa_lightning.CSSATask", fast)
     build_cli(["fit", "--config", str(config), "--test_after_fit=false", "--trainer.logger=false"])
     return next(out.rglob("*.ckpt"))
+
+
+def fit_config(
+    out: Path,
+    folders: dict[str, Path],
+    clip_dir: Path | str,
+    task: str = "cssa_lightning.MultiLabelTask",
+    model_options: dict | None = None,
+    *,
+    seed: int = 1,
+    test_after_fit: bool = True,
+    data: dict | None = None,
+    **trainer,
+) -> Path:
+    """Write a tiny ``cssa fit`` config to ``out/input.yaml`` and return its path.
+
+    By default: seed 1, two epochs of three batches on the CPU into ``out``, logged every
+    step to an offline W&B run, the :class:`tests.test_cli.RecordMetrics` callback, the
+    ``folders``' train / val / test images at 32 px, and a test after the fit.
+
+    Args:
+        out: The run's ``default_root_dir`` (created), where the config is written.
+        folders: ``{"train", "val", "test"}`` image folders (the ``image_folders`` fixture).
+        clip_dir: The CLIP checkpoint.
+        task: The model's class path.
+        model_options: More init args of the model (``lr`` is 1e-3).
+        seed: ``seed_everything``.
+        test_after_fit: ``test_after_fit``.
+        data: Init args of the data module that replace or add to the defaults.
+        **trainer: Trainer settings that replace or add to the defaults (``logger=False``,
+            ``callbacks=[...]``; ``None`` stands for Lightning's default).
+    """
+    config = {
+        "seed_everything": seed,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": 2,
+            "limit_train_batches": 3,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(out),
+            "log_every_n_steps": 1,
+            "callbacks": [{"class_path": "tests.test_cli.RecordMetrics"}],
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.WandbLogger",
+                "init_args": {"project": "cssa-tests", "save_dir": str(out), "offline": True},
+            },
+            **trainer,
+        },
+        "model": {
+            "class_path": task,
+            "init_args": {"clip_checkpoint": str(clip_dir), "lr": 1.0e-3, **(model_options or {})},
+        },
+        "data": {
+            "class_path": "cssa_lightning.MultiLabelDataModule",
+            "init_args": {
+                "train_source": str(folders["train"]),
+                "val_source": str(folders["val"]),
+                "test_source": str(folders["test"]),
+                "labeled_ratio": 0.25,
+                "image_size": 32,
+                "labeled_batch_size": 4,
+                "unlabeled_batch_size": 8,
+                "eval_batch_size": 16,
+                **(data or {}),
+            },
+        },
+        "test_after_fit": test_after_fit,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    # Not config.yaml, the name of Lightning's own copy of a run's config.
+    path = out / "input.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def checkpoint_every_step(out: Path) -> dict:
+    """A ``ModelCheckpoint`` callback config that keeps every step's checkpoint and
+    ``last.ckpt`` in ``out/checkpoints``."""
+    return {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {
+            "dirpath": str(out / "checkpoints"),
+            "every_n_train_steps": 1,
+            "save_last": True,
+            "save_top_k": -1,
+        },
+    }

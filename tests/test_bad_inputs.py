@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from lightning.pytorch import LightningDataModule, Trainer
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -37,7 +36,7 @@ from cssa_lightning.records import (
     split_labeled,
 )
 
-from .conftest import CLASS_NAMES
+from .conftest import CLASS_NAMES, checkpoint_every_step, fit_config
 
 
 def image_folder(root: Path, lines: list, classes: bytes | None = None, images=("a", "b")) -> Path:
@@ -202,64 +201,29 @@ class NaNAtStep(MultiLabelTask):
         return loss * float("nan") if self.trainer.global_step == self.nan_step else loss
 
 
-def fit_config(tmp_path, folders, clip_dir, model="cssa_lightning.MultiLabelTask", **options):
-    """A tiny ``cssa fit`` config; ``options`` are dotted overrides (``"trainer.max_steps"``)."""
-    config = {
-        "seed_everything": 1,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_epochs": 2,
-            "limit_train_batches": 3,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "default_root_dir": str(tmp_path),
-            "logger": False,
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {
-                        "dirpath": str(tmp_path / "checkpoints"),
-                        "save_last": True,
-                        "every_n_train_steps": 1,
-                        "save_top_k": -1,
-                    },
-                }
-            ],
-        },
-        "model": {
-            "class_path": model,
-            "init_args": {"clip_checkpoint": str(clip_dir), "lr": 1.0e-3},
-        },
-        "data": {
-            "class_path": "cssa_lightning.MultiLabelDataModule",
-            "init_args": {
-                "train_source": str(folders["train"]),
-                "test_source": str(folders["test"]),
-                "labeled_ratio": 0.25,
-                "image_size": 32,
-                "labeled_batch_size": 4,
-                "unlabeled_batch_size": 8,
-                "eval_batch_size": 16,
-            },
-        },
+def checkpointed_config(
+    tmp_path, folders, clip_dir, task="cssa_lightning.MultiLabelTask", data=None, **options
+):
+    """:func:`fit_config` without logger, validation images or test after the fit, keeping a
+    checkpoint every step in ``tmp_path/checkpoints``."""
+    options = {
+        "callbacks": [checkpoint_every_step(tmp_path)],
+        "logger": False,
+        "log_every_n_steps": None,
+        "test_after_fit": False,
+        **options,
     }
-    for dotted, value in options.items():
-        *parents, leaf = dotted.split(".")
-        node = config
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    # Not config.yaml: the CLI saves the config of each run there, in default_root_dir.
-    path = tmp_path / "input.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return fit_config(
+        tmp_path, folders, clip_dir, task, data={"val_source": None, **(data or {})}, **options
+    )
 
 
 def test_nan_loss_stops_naming_term_and_step_and_keeps_the_good_checkpoint(
     tmp_path, image_folders, tiny_clip_dir
 ):
-    config = fit_config(tmp_path, image_folders, tiny_clip_dir, "tests.test_bad_inputs.NaNAtStep")
+    config = checkpointed_config(
+        tmp_path, image_folders, tiny_clip_dir, "tests.test_bad_inputs.NaNAtStep"
+    )
     with pytest.raises(
         FloatingPointError,
         match=r"non-finite training loss nan at step 2 \(epoch 0, batch 2\): train/loss_sup = nan",
@@ -273,12 +237,12 @@ def test_nan_loss_stops_naming_term_and_step_and_keeps_the_good_checkpoint(
 
 
 def test_nan_loss_skip_mode_counts_and_leaves_weights_alone(tmp_path, image_folders, tiny_clip_dir):
-    config = fit_config(
+    config = checkpointed_config(
         tmp_path,
         image_folders,
         tiny_clip_dir,
         "tests.test_bad_inputs.NaNAtStep",
-        **{"model.init_args.on_non_finite": "skip"},
+        model_options={"on_non_finite": "skip"},
     )
     cli = build_cli(["fit", "--config", str(config)])
     guard = next(c for c in cli.trainer.callbacks if isinstance(c, NonFiniteGuard))
@@ -293,7 +257,7 @@ def test_nan_loss_skip_mode_counts_and_leaves_weights_alone(tmp_path, image_fold
 
 
 def test_non_finite_weights_are_never_saved(tmp_path, image_folders, tiny_clip_dir):
-    config = fit_config(tmp_path, image_folders, tiny_clip_dir, **{"trainer.max_epochs": 1})
+    config = checkpointed_config(tmp_path, image_folders, tiny_clip_dir, max_epochs=1)
     cli = build_cli(["fit", "--config", str(config)])
     good = tmp_path / "good.ckpt"
     cli.trainer.save_checkpoint(good)
@@ -340,16 +304,14 @@ def test_a_fit_without_training_batches_does_not_pass(tiny_clip_dir):
 
 
 def test_missing_test_source_is_reported_before_training(tmp_path, image_folders, tiny_clip_dir):
-    config = fit_config(
-        tmp_path, image_folders, tiny_clip_dir, **{"data.init_args.test_source": None}
-    )
+    config = checkpointed_config(tmp_path, image_folders, tiny_clip_dir, data={"test_source": None})
     with pytest.raises(ValueError, match=r"--test_after_fit true needs test images"):
         build_cli(["fit", "--config", str(config), "--test_after_fit=true"])
     assert not (tmp_path / "checkpoints").exists()
 
 
 def test_image_smaller_than_the_patch(tmp_path, image_folders, tiny_clip_dir):
-    config = fit_config(tmp_path, image_folders, tiny_clip_dir, **{"data.init_args.image_size": 4})
+    config = checkpointed_config(tmp_path, image_folders, tiny_clip_dir, data={"image_size": 4})
     with pytest.raises(
         ValueError, match=r"data.image_size=4 is smaller than the CLIP patch \(8 px"
     ):
@@ -359,11 +321,12 @@ def test_image_smaller_than_the_patch(tmp_path, image_folders, tiny_clip_dir):
 def test_unwritable_output_folder_fails_before_training(tmp_path, image_folders, tiny_clip_dir):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    config = fit_config(
+    config = checkpointed_config(
         tmp_path,
         image_folders,
         tiny_clip_dir,
-        **{"trainer.callbacks": [], "trainer.default_root_dir": str(blocker / "out")},
+        callbacks=[],
+        default_root_dir=str(blocker / "out"),
     )
     with pytest.raises(PermissionError, match=r"output folder .*a_file/out cannot be written"):
         build_cli(["fit", "--config", str(config)])
@@ -393,7 +356,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("content", [b"", b"garbage", "truncated"])
 def test_corrupt_checkpoint_is_one_line(tmp_path, image_folders, tiny_clip_dir, content):
-    config = fit_config(tmp_path, image_folders, tiny_clip_dir)
+    config = checkpointed_config(tmp_path, image_folders, tiny_clip_dir)
     checkpoint = tmp_path / "bad.ckpt"
     if content == "truncated":
         AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1000)}}, checkpoint)
@@ -409,7 +372,7 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, image_folders, tiny_clip_dir, 
 def test_checkpoint_with_other_class_order_or_set_is_refused(
     tmp_path, image_folders, tiny_clip_dir
 ):
-    config = fit_config(tmp_path, image_folders, tiny_clip_dir, **{"trainer.max_epochs": 1})
+    config = checkpointed_config(tmp_path, image_folders, tiny_clip_dir, max_epochs=1)
     build_cli(["fit", "--config", str(config)])
     checkpoint = str(tmp_path / "checkpoints" / "last.ckpt")
     test = ["test", "--config", str(config), "--ckpt_path", checkpoint]

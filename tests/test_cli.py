@@ -4,11 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from cssa_lightning.callbacks import FitSummary
 from cssa_lightning.cli import main
 from cssa_lightning.multilabel import MultiLabelTask
+
+from .conftest import fit_config
 
 
 class RecordMetrics(FitSummary):
@@ -24,51 +25,8 @@ class RecordMetrics(FitSummary):
         RecordMetrics.trainer, RecordMetrics.model = trainer, pl_module
 
 
-def write_config(tmp_path: Path, folders, clip_dir, model_class: str, model_args=None, **trainer):
-    config = {
-        "seed_everything": 1,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_epochs": 2,
-            "limit_train_batches": 3,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "default_root_dir": str(tmp_path),
-            "log_every_n_steps": 1,
-            "callbacks": [{"class_path": "tests.test_cli.RecordMetrics"}],
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.WandbLogger",
-                "init_args": {"project": "cssa-tests", "save_dir": str(tmp_path), "offline": True},
-            },
-            **trainer,
-        },
-        "model": {
-            "class_path": model_class,
-            "init_args": {"clip_checkpoint": str(clip_dir), "lr": 1.0e-3, **(model_args or {})},
-        },
-        "data": {
-            "class_path": "cssa_lightning.MultiLabelDataModule",
-            "init_args": {
-                "train_source": str(folders["train"]),
-                "val_source": str(folders["val"]),
-                "test_source": str(folders["test"]),
-                "labeled_ratio": 0.25,
-                "image_size": 32,
-                "labeled_batch_size": 4,
-                "unlabeled_batch_size": 8,
-                "eval_batch_size": 16,
-            },
-        },
-        "test_after_fit": True,
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def test_fit_supervised_baseline_in_process(tmp_path, image_folders, tiny_clip_dir):
-    config = write_config(tmp_path, image_folders, tiny_clip_dir, "cssa_lightning.MultiLabelTask")
+    config = fit_config(tmp_path, image_folders, tiny_clip_dir)
     assert main(["fit", "--config", str(config)]) is None
     trainer, model = RecordMetrics.trainer, RecordMetrics.model
     assert isinstance(model, MultiLabelTask)
@@ -123,7 +81,7 @@ def test_model_help_lists_typed_options():
 
 @pytest.mark.parametrize("bad", ["--model.init_args.loss=hinge"])
 def test_cli_rejects_bad_choice(tmp_path, image_folders, tiny_clip_dir, bad):
-    config = write_config(tmp_path, image_folders, tiny_clip_dir, "cssa_lightning.MultiLabelTask")
+    config = fit_config(tmp_path, image_folders, tiny_clip_dir)
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(config), bad])
 
@@ -134,11 +92,10 @@ def test_after_fit_test_uses_final_or_best_weights(tmp_path, image_folders, tiny
         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
         "init_args": {"monitor": "val/mAP", "mode": "max", "save_top_k": 1},
     }
-    config = write_config(
+    config = fit_config(
         tmp_path,
         image_folders,
         tiny_clip_dir,
-        "cssa_lightning.MultiLabelTask",
         logger=False,
         callbacks=[{"class_path": "tests.test_cli.RecordMetrics"}, checkpoint],
     )

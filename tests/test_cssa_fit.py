@@ -12,7 +12,8 @@ from cssa_lightning.cli import build_cli
 from cssa_lightning.cssa import CSSATask
 from cssa_lightning.records import split_labeled
 
-from .test_cli import RecordMetrics, write_config
+from .conftest import fit_config
+from .test_cli import RecordMetrics
 
 FAST = {"warmup_epochs": 1, "rampup_epochs": 0.5, "num_contexts": 2, "attention_heads": 4}
 LOSS_KEYS = [
@@ -38,7 +39,7 @@ class ThresholdTrace(Callback):
 def run_fit(tmp_path, folders, clip_dir, model_args, name="run", extra=()):
     out = tmp_path / name
     out.mkdir()
-    config = write_config(out, folders, clip_dir, "cssa_lightning.CSSATask", model_args)
+    config = fit_config(out, folders, clip_dir, "cssa_lightning.CSSATask", model_args)
     cli = build_cli(["fit", "--config", str(config), "--test_after_fit=false", *extra])
     return cli, dict(RecordMetrics.fit_metrics)
 

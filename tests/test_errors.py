@@ -9,7 +9,8 @@ from cssa_lightning.cli import main
 from cssa_lightning.commands import user_error
 from cssa_lightning.multilabel import one_cycle_phases
 
-from .test_cli import RecordMetrics, write_config
+from .conftest import fit_config
+from .test_cli import RecordMetrics
 
 
 def run_main(args, capsys) -> tuple[int, str]:
@@ -19,7 +20,7 @@ def run_main(args, capsys) -> tuple[int, str]:
 
 
 def test_data_error_in_datamodule_init_is_one_line(tmp_path, image_folders, tiny_clip_dir, capsys):
-    config = write_config(tmp_path, image_folders, tiny_clip_dir, "cssa_lightning.MultiLabelTask")
+    config = fit_config(tmp_path, image_folders, tiny_clip_dir)
     bad = tmp_path / "bad.csv"
     bad.write_text("path,labels\nmissing.png,red\n")
     code, err = run_main(
@@ -35,7 +36,7 @@ def test_data_error_in_datamodule_init_is_one_line(tmp_path, image_folders, tiny
 
 
 def test_data_error_in_setup_is_one_line(tmp_path, image_folders, tiny_clip_dir, capsys):
-    config = write_config(tmp_path, image_folders, tiny_clip_dir, "cssa_lightning.MultiLabelTask")
+    config = fit_config(tmp_path, image_folders, tiny_clip_dir)
     bad = tmp_path / "test" / "metadata.jsonl"
     bad.parent.mkdir()
     bad.write_text('{"file_name": "x.png"}\n')
@@ -86,11 +87,10 @@ def test_one_cycle_phases_never_divide_by_zero(total, pct_start):
 
 
 def test_five_steps_without_logger_and_with_lr_monitor(tmp_path, image_folders, tiny_clip_dir):
-    config = write_config(
+    config = fit_config(
         tmp_path,
         image_folders,
         tiny_clip_dir,
-        "cssa_lightning.MultiLabelTask",
         logger=False,
         callbacks=[
             {"class_path": "tests.test_cli.RecordMetrics"},

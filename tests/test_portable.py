@@ -12,7 +12,7 @@ from cssa_lightning.cli import build_cli, main
 from cssa_lightning.multilabel import MultiLabelTask
 from cssa_lightning.packaged import packaged_configs, resolve_config, resolve_config_args
 
-from .test_cli import write_config
+from .conftest import fit_config
 
 REPO_CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -74,11 +74,10 @@ def test_demo_config_by_name_instantiates_from_an_empty_folder(empty_cwd, tmp_pa
 def test_checkpoint_loads_from_another_folder(tmp_path, image_folders, tiny_clip_dir, empty_cwd):
     # Train with the CLIP given as a path relative to the working directory ...
     os.chdir(tiny_clip_dir.parent)
-    config = write_config(
+    config = fit_config(
         tmp_path,
         image_folders,
         tiny_clip_dir.name,
-        "cssa_lightning.MultiLabelTask",
         max_epochs=1,
         limit_train_batches=2,
         logger=False,

@@ -15,65 +15,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from cssa_lightning.cli import build_cli
 from cssa_lightning.datamodule import MultiLabelDataModule
 from cssa_lightning.resume import StreamSampler
 
+from .conftest import checkpoint_every_step, fit_config
+
 FAST = {"warmup_epochs": 1, "rampup_epochs": 0.5, "num_contexts": 2, "attention_heads": 4}
 
 
-def resume_config(out: Path, folders, clip_dir, num_workers: int = 0) -> Path:
-    config = {
-        "seed_everything": 3,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_epochs": 2,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "default_root_dir": str(out),
-            "log_every_n_steps": 1,
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(out), "name": "csv"},
-            },
-            "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {
-                        "dirpath": str(out / "checkpoints"),
-                        "every_n_train_steps": 1,
-                        "save_last": True,
-                        "save_top_k": -1,
-                    },
-                }
-            ],
+def resume_config(out: Path, folders, clip_dir) -> Path:
+    """:func:`fit_config` for CSSA, seed 3, whole epochs, a CSV log of every step in
+    ``out/csv`` and a checkpoint every step; no test after the fit."""
+    return fit_config(
+        out,
+        folders,
+        clip_dir,
+        "cssa_lightning.CSSATask",
+        FAST,
+        seed=3,
+        test_after_fit=False,
+        limit_train_batches=None,
+        logger={
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(out), "name": "csv"},
         },
-        "model": {
-            "class_path": "cssa_lightning.CSSATask",
-            "init_args": {"clip_checkpoint": str(clip_dir), "lr": 1.0e-3, **FAST},
-        },
-        "data": {
-            "class_path": "cssa_lightning.MultiLabelDataModule",
-            "init_args": {
-                "train_source": str(folders["train"]),
-                "test_source": str(folders["test"]),
-                "val_source": str(folders["val"]),
-                "labeled_ratio": 0.25,
-                "image_size": 32,
-                "labeled_batch_size": 4,
-                "unlabeled_batch_size": 8,
-                "eval_batch_size": 16,
-                "num_workers": num_workers,
-            },
-        },
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "input.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+        callbacks=[checkpoint_every_step(out)],
+    )
 
 
 def cssa(*args: str, **popen) -> subprocess.Popen:

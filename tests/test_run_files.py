@@ -11,7 +11,7 @@ import yaml
 from cssa_lightning import run_files
 from cssa_lightning.cli import main
 from cssa_lightning.run_files import provenance, unused_path
-from tests.test_cli import write_config
+from tests.conftest import fit_config
 
 
 def csv_logger(tmp_path: Path) -> dict:
@@ -23,9 +23,7 @@ def csv_logger(tmp_path: Path) -> dict:
 
 def fit(tmp_path, image_folders, tiny_clip_dir, **trainer):
     trainer.setdefault("callbacks", [])
-    config = write_config(
-        tmp_path, image_folders, tiny_clip_dir, "cssa_lightning.MultiLabelTask", **trainer
-    )
+    config = fit_config(tmp_path, image_folders, tiny_clip_dir, **trainer)
     main(["fit", "--config", str(config), "--trainer.max_epochs=1", "--test_after_fit=false"])
 
 

@@ -16,8 +16,7 @@ import yaml
 
 from cssa_lightning.cli import main
 from cssa_lightning.report import find_data_file, write_report
-from tests.conftest import CLASS_NAMES
-from tests.test_cli import write_config
+from tests.conftest import CLASS_NAMES, fit_config
 
 CSSA_ARGS = {
     "label_specific": True,
@@ -80,7 +79,7 @@ def unflatten(item: dict) -> dict:
 def cssa_run(tmp_path_factory, image_folders, tiny_clip_dir) -> Path:
     """One tiny CSSA fit + test through the CLI, logged to an offline W&B run."""
     tmp_path = tmp_path_factory.mktemp("report-run")
-    config = write_config(
+    config = fit_config(
         tmp_path,
         image_folders,
         tiny_clip_dir,
@@ -210,11 +209,10 @@ def test_report_command_names_a_folder_without_data(tmp_path, capsys):
 
 
 def test_report_with_another_logger_and_a_supervised_task(tmp_path, image_folders, tiny_clip_dir):
-    config = write_config(
+    config = fit_config(
         tmp_path,
         image_folders,
         tiny_clip_dir,
-        "cssa_lightning.MultiLabelTask",
         logger={
             "class_path": "lightning.pytorch.loggers.CSVLogger",
             "init_args": {"save_dir": str(tmp_path)},
