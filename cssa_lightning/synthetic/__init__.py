@@ -11,27 +11,20 @@ locating its packaged assets with ``importlib.resources``) stays cheap:
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import Any
+
+from cssa_lightning._lazy import lazy_attributes
 
 __all__ = ["CLASS_NAMES", "TINY_CLIP", "WorldDataModule", "ensure_world"]
 
 #: Directory of the shipped tiny CLIP checkpoint.
 TINY_CLIP = str(Path(__file__).parent / "assets" / "tiny-clip")
 
-_LAZY = {
-    "WorldDataModule": "cssa_lightning.synthetic.datamodule",
-    "CLASS_NAMES": "cssa_lightning.synthetic.shapes",
-    "ensure_world": "cssa_lightning.synthetic.world",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_attributes(
+    globals(),
+    {
+        "WorldDataModule": "cssa_lightning.synthetic.datamodule",
+        "CLASS_NAMES": "cssa_lightning.synthetic.shapes",
+        "ensure_world": "cssa_lightning.synthetic.world",
+    },
+)
