@@ -480,24 +480,30 @@ def render(results: dict[str, Any]) -> str:
 
 
 def _render_step(step: dict[str, Any]) -> list[str]:
+    cap, cssa = step["cap"], step["cssa"]
+    images = f"{step['labeled_batch']} + {step['unlabeled_batch']}"
     return [
-        "| step | CAP | CSSA |",
-        "|---|---|---|",
-        f"| model | {step['model']} | {step['model']} |",
-        f"| images per step (labeled + unlabeled) | {step['labeled_batch']} + "
-        f"{step['unlabeled_batch']} | {step['labeled_batch']} + {step['unlabeled_batch']} |",
-        f"| step time (s) | {step['cap']['step_s']:.4f} | {step['cssa']['step_s']:.4f} |",
-        f"| step CPU time (s, all threads) | {step['cap']['step_cpu_s']:.4f} | "
-        f"{step['cssa']['step_cpu_s']:.4f} |",
-        f"| images/s | {step['cap']['images_per_s']} | {step['cssa']['images_per_s']} |",
-        f"| model GFLOP per step | {step['cap']['flops_per_step'] / 1e9:.1f} | "
-        f"{step['cssa']['flops_per_step'] / 1e9:.1f} |",
-        f"| achieved TFLOP/s | {step['cap']['tflops_per_s']:.4f} | "
-        f"{step['cssa']['tflops_per_s']:.4f} |",
-        f"| MFU | {_mfu(step['cap'])} | {_mfu(step['cssa'])} |",
-        "",
+        *_table(
+            ("step", "CAP", "CSSA"),
+            ("model", step["model"], step["model"]),
+            ("images per step (labeled + unlabeled)", images, images),
+            ("step time (s)", f"{cap['step_s']:.4f}", f"{cssa['step_s']:.4f}"),
+            (
+                "step CPU time (s, all threads)",
+                f"{cap['step_cpu_s']:.4f}",
+                f"{cssa['step_cpu_s']:.4f}",
+            ),
+            ("images/s", cap["images_per_s"], cssa["images_per_s"]),
+            (
+                "model GFLOP per step",
+                f"{cap['flops_per_step'] / 1e9:.1f}",
+                f"{cssa['flops_per_step'] / 1e9:.1f}",
+            ),
+            ("achieved TFLOP/s", f"{cap['tflops_per_s']:.4f}", f"{cssa['tflops_per_s']:.4f}"),
+            ("MFU", _mfu(cap), _mfu(cssa)),
+        ),
         f"CSSA / CAP step time: **{step['cssa_over_cap']}x** (goal <= 1.15x); in CPU time "
-        f"{step['cssa']['step_cpu_s'] / step['cap']['step_cpu_s']:.3f}x.",
+        f"{cssa['step_cpu_s'] / cap['step_cpu_s']:.3f}x.",
         "",
     ]
 
@@ -507,13 +513,19 @@ def _render_loader(loader: dict[str, Any]) -> list[str]:
         f"Loader, one worker (one thread), {loader['images']} {loader['source']} images, "
         f"weak + strong views at {loader['size']} px:",
         "",
-        "| path | unlabeled images/s (wall) | per CPU second |",
-        "|---|---|---|",
-        f"| decoded from the files | {loader['uncached_images_per_s']} | "
-        f"{loader['uncached_images_per_cpu_s']} |",
-        f"| from the prepared cache | {loader['cached_images_per_s']} | "
-        f"{loader['cached_images_per_cpu_s']} |",
-        "",
+        *_table(
+            ("path", "unlabeled images/s (wall)", "per CPU second"),
+            (
+                "decoded from the files",
+                loader["uncached_images_per_s"],
+                loader["uncached_images_per_cpu_s"],
+            ),
+            (
+                "from the prepared cache",
+                loader["cached_images_per_s"],
+                loader["cached_images_per_cpu_s"],
+            ),
+        ),
         f"Cached / uncached (CPU time): {loader['speedup']}x (goal: >= 300 images/s per "
         f"worker from the cache). Preparing the cache took {loader['prepare_s']} s.",
         "",
@@ -524,17 +536,32 @@ def _render_map(metric: dict[str, Any]) -> list[str]:
     return [
         f"mAP of {metric['images']} x {metric['classes']} scores (update + compute):",
         "",
-        "| implementation | wall s | CPU s |",
-        "|---|---|---|",
-        f"| `MultiLabelMetrics` (exact, this package) | {metric['ours_s']} | "
-        f"{metric['ours_cpu_s']} |",
-        f"| torchmetrics `MultilabelAveragePrecision` | {metric['torchmetrics_s']} | "
-        f"{metric['torchmetrics_cpu_s']} |",
-        f"| scikit-learn `average_precision_score` | {metric['sklearn_s']} | "
-        f"{metric['sklearn_cpu_s']} |",
-        "",
+        *_table(
+            ("implementation", "wall s", "CPU s"),
+            ("`MultiLabelMetrics` (exact, this package)", metric["ours_s"], metric["ours_cpu_s"]),
+            (
+                "torchmetrics `MultilabelAveragePrecision`",
+                metric["torchmetrics_s"],
+                metric["torchmetrics_cpu_s"],
+            ),
+            (
+                "scikit-learn `average_precision_score`",
+                metric["sklearn_s"],
+                metric["sklearn_cpu_s"],
+            ),
+        ),
         "Largest difference from scikit-learn's per-class AP: "
         f"{metric['max_ap_diff_vs_sklearn']:.1e}. Goal: < 0.5 s.",
+        "",
+    ]
+
+
+def _table(header: Sequence[str], *rows: Sequence[Any]) -> list[str]:
+    """A Markdown table (cells as ``str`` gives them), then a blank line."""
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows),
         "",
     ]
 

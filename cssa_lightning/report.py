@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -128,24 +129,30 @@ def figure_curves(epochs: Sequence[dict[str, Any]], validation: Sequence[dict[st
     """Validation mAP and pseudo-label precision / recall (all classes) per epoch."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
-    for key in ("val/mAP", "val/mAP_teacher"):
-        points = [(v["epoch"], v[key]) for v in validation if v.get(key) is not None]
-        if points:
-            left.plot(*zip(*points, strict=True), marker="o", label=key)
-    left.set_xlabel("epoch")
-    left.set_ylabel("mAP (%)")
-    left.set_title("validation", fontsize=10)
-    for key in ("pseudo/precision", "pseudo/recall"):
-        points = [(e["epoch"], e[key]) for e in epochs if e.get(key) is not None]
-        if points:
-            right.plot(*zip(*points, strict=True), marker="o", label=key)
-    right.set_xlabel("epoch")
-    right.set_ylabel("%")
-    right.set_title("pseudo-labels vs hidden labels, all classes", fontsize=10)
-    for ax in (left, right):
-        if ax.lines:
-            ax.legend(fontsize=8)
+    _plot_per_epoch(left, validation, ("val/mAP", "val/mAP_teacher"), "mAP (%)", "validation")
+    _plot_per_epoch(
+        right,
+        epochs,
+        ("pseudo/precision", "pseudo/recall"),
+        "%",
+        "pseudo-labels vs hidden labels, all classes",
+    )
     return fig
+
+
+def _plot_per_epoch(
+    ax: Axes, rows: Sequence[dict[str, Any]], keys: Sequence[str], ylabel: str, title: str
+) -> None:
+    """One line per key against the rows' ``epoch`` (rows without the key are skipped)."""
+    for key in keys:
+        points = [(row["epoch"], row[key]) for row in rows if row.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if ax.lines:
+        ax.legend(fontsize=8)
 
 
 def figure_learning_rates(learning_rates: Sequence[dict[str, Any]]) -> Figure:
