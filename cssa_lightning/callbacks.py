@@ -110,9 +110,11 @@ class RunReport(Callback):
       prior (``test/per_class`` table, ``test/per_class_ap`` plot) and the test metrics in the
       run summary; the summary of ``val/mAP`` and ``val/mAP_teacher`` is their maximum.
 
-    Per-class pseudo-label quality is measured with an extra teacher pass on the weak view of
-    every ``pseudo_every_n_batches``-th training batch (the hidden labels are for monitoring
-    only). Learning rates are kept for the file report every ``trainer.log_every_n_steps``
+    Per-class pseudo-label quality is measured on every ``pseudo_every_n_batches``-th training
+    batch with the pseudo-labels its step returned (``outputs["pseudo_labels"]``, as
+    :class:`~cssa_lightning.cssa.CSSATask` does; only a task with a teacher whose step does not
+    return them costs an extra teacher pass on the weak view). The hidden labels are for
+    monitoring only. Learning rates are kept for the file report every ``trainer.log_every_n_steps``
     steps; in W&B, add Lightning's ``LearningRateMonitor``.
 
     Args:
