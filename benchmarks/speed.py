@@ -341,7 +341,9 @@ def random_datamodule(sizes: dict[str, Any], device: str, steps: int):
     return RandomBatches()
 
 
-def bench_step(device: str, sizes: dict[str, Any], precision: str) -> dict[str, Any]:
+def bench_step(
+    device: str, sizes: dict[str, Any], precision: str, compile_network: bool = False
+) -> dict[str, Any]:
     from lightning.pytorch import Trainer
 
     from cssa_lightning.cssa import CSSATask
@@ -352,6 +354,7 @@ def bench_step(device: str, sizes: dict[str, Any], precision: str) -> dict[str, 
         "unlabeled_batch": sizes["unlabeled_batch"],
         "classes": sizes["classes"],
         "precision": precision,
+        "compiled": compile_network,
     }
     steps = sizes["steps"] + sizes["warmup_steps"] + 2
     with tempfile.TemporaryDirectory() as tmp:
@@ -361,7 +364,8 @@ def bench_step(device: str, sizes: dict[str, Any], precision: str) -> dict[str, 
             ("cssa", ("ssmll.yaml", "coco.yaml")),
         ]:
             torch.manual_seed(0)
-            task = CSSATask(**model_options(config, clip_dir, sizes["classes"]))
+            options = model_options(config, clip_dir, sizes["classes"])
+            task = CSSATask(**options, compile_network=compile_network)
             timer = StepTimer(sizes["warmup_steps"], steps - 1, device)
             trainer = Trainer(
                 accelerator=device,
@@ -579,6 +583,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default by device)")
     parser.add_argument("--warmup-steps", type=int, default=None, help="untimed first steps")
+    parser.add_argument(
+        "--compile", action="store_true", help="time the step with model.compile_network"
+    )
     parser.add_argument("--startup-repeats", type=int, default=3, help="0 skips the start-up")
     parser.add_argument("--note", default="", help="free text about the machine, kept in the doc")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -629,7 +636,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     entry["loader"] = bench_loader(args.loader_images, 224, sizes["unlabeled_batch"])
     save()
     print("step ...", flush=True)
-    step = bench_step(args.device, sizes, precision)
+    step = bench_step(args.device, sizes, precision, args.compile)
     step["model"] = "ViT-B/16 CLIP (random weights)" if sizes["clip"] is None else "tiny CLIP"
     for name in ("cap", "cssa"):
         step[name]["mfu"] = (

@@ -178,9 +178,10 @@ class CSSATask(MultiLabelTask):
         self.register_buffer("class_to_context", torch.zeros(num_classes, dtype=torch.long))
         self.pseudo_metrics = MetricCollection(
             {
-                "precision": MultilabelPrecision(num_classes, average="micro"),
-                "recall": MultilabelRecall(num_classes, average="micro"),
-                "F1": MultilabelF1Score(num_classes, average="micro"),
+                # validate_args=False: the checks of the inputs wait for the device each step.
+                "precision": MultilabelPrecision(num_classes, average="micro", validate_args=False),
+                "recall": MultilabelRecall(num_classes, average="micro", validate_args=False),
+                "F1": MultilabelF1Score(num_classes, average="micro", validate_args=False),
             }
         )
         # Hidden labels of the unlabeled images, for monitoring the pseudo-labels only.
@@ -235,6 +236,9 @@ class CSSATask(MultiLabelTask):
         num_unlabeled = len(datamodule.unlabeled_indices)
         self.pseudo_labeller.allocate(num_unlabeled)  # a restored memory is kept
         self._hidden_targets = torch.zeros(num_unlabeled, self.num_classes, device=self.device)
+
+    def compiled_modules(self) -> list[torch.nn.Module]:
+        return [*super().compiled_modules(), self.teacher.module]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)  # the class-name check
@@ -305,11 +309,14 @@ class CSSATask(MultiLabelTask):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     # -- teacher and pseudo-labels (override one to change what the losses receive) -----------
-    @torch.no_grad()
     def teacher_probs(self, images: Tensor) -> Tensor:
         """Teacher probabilities on (weak-view) images."""
         self.teacher.eval()
-        return torch.sigmoid(self.teacher(images).logits.float())
+        with torch.inference_mode():  # no autograd bookkeeping at all for the teacher
+            probs = torch.sigmoid(self.teacher(images).logits.float())
+        # Cloned outside inference mode into a normal tensor: the losses use the probabilities
+        # as weights, and inference tensors cannot be saved for a backward pass.
+        return probs.clone()
 
     def pseudo_labels(self, probs: Tensor) -> PseudoLabels:
         """Hard pseudo-labels and the mask of usable entries. The alignment positives, the
@@ -457,7 +464,8 @@ class CSSATask(MultiLabelTask):
             probs = self.unlabeled_teacher_probs(unlabeled)
             pseudo = self.pseudo_labels(probs)
             # Monitoring only: the hidden labels never reach a loss.
-            self.pseudo_metrics.update(pseudo.labels, unlabeled["target"].long())
+            # (integer predictions: float ones are range-checked, which waits for the device)
+            self.pseudo_metrics.update(pseudo.labels.long(), unlabeled["target"].long())
             self.remember_hidden_targets(unlabeled["index"], unlabeled["target"])
             mask_ratio = pseudo.mask.mean()
             outputs = {"teacher_probs": probs.detach(), "pseudo_labels": pseudo.labels.detach()}

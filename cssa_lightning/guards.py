@@ -43,8 +43,8 @@ class NonFiniteGuard(Callback):
     """Stop (or skip the step) on a non-finite loss; refuse to save non-finite weights.
 
     Args:
-        mode: ``"stop"`` raises ``FloatingPointError`` at the first non-finite loss, before its
-            backward pass; ``"skip"`` drops the step's gradients (the optimizer then leaves
+        mode: ``"stop"`` raises ``FloatingPointError`` at the first non-finite loss, before the
+            optimizer step; ``"skip"`` drops the step's gradients (the optimizer then leaves
             every parameter unchanged), counts it and goes on.
     """
 
@@ -53,7 +53,8 @@ class NonFiniteGuard(Callback):
             raise ValueError(f"mode must be 'stop' or 'skip', got {mode!r}")
         self.mode = mode
         self.skipped_steps = 0
-        self._drop_gradients = False
+        self._finite: Tensor | None = None  # whether the losses since the last step were finite
+        self._loss: Tensor | None = None
 
     @property
     def state_key(self) -> str:
@@ -81,7 +82,18 @@ class NonFiniteGuard(Callback):
         return terms
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor):
-        if bool(torch.isfinite(loss.detach()).all()):
+        # Only noted on the device here; read once, just before the optimizer step, when the
+        # backward pass is already queued (reading it now would stall the GPU between the
+        # forward and the backward pass). Several accumulated batches: any one non-finite.
+        finite = torch.isfinite(loss.detach()).all()
+        self._finite = finite if self._finite is None else self._finite & finite
+        self._loss = loss.detach()
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        finite, self._finite = self._finite, None
+        if finite is None or bool(finite):
             return
         terms = self.non_finite_terms(trainer)
         named = ", ".join(f"{k} = {v}" for k, v in terms.items()) or "no logged term is"
@@ -91,11 +103,10 @@ class NonFiniteGuard(Callback):
         )
         if self.mode == "stop":
             raise FloatingPointError(
-                f"non-finite training loss {float(loss.detach().float().sum())} at {where}: "
+                f"non-finite training loss {float(self._loss.float().sum())} at {where}: "
                 f"{named}; the weights were not updated and no checkpoint was written for this "
                 "step (lower the learning rate, or set model.init_args.on_non_finite=skip)"
             )
-        self._drop_gradients = True
         self.skipped_steps += 1
         log.warning(
             "skipped %s: non-finite loss (%s); %d skipped so far",
@@ -103,14 +114,8 @@ class NonFiniteGuard(Callback):
             named,
             self.skipped_steps,
         )
-
-    def on_before_optimizer_step(
-        self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        if self._drop_gradients:
-            # Parameters without a gradient are left alone by the optimizer (weight decay too).
-            optimizer.zero_grad(set_to_none=True)
-            self._drop_gradients = False
+        # Parameters without a gradient are left alone by the optimizer (weight decay too).
+        optimizer.zero_grad(set_to_none=True)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int

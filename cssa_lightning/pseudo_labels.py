@@ -23,23 +23,31 @@ ThresholdRule = Literal["cat", "fixed", "fbeta"]
 ThresholdRefresh = Literal["epoch", "step", "pass"]
 
 
-def cat_thresholds(scores: Tensor, priors: Tensor) -> Tensor:
+def cat_thresholds(scores: Tensor, priors: Tensor, seen: Tensor | None = None) -> Tensor:
     """Per-class thresholds so that ``round(prior_k * n)`` scores of class ``k`` reach them.
 
     Args:
         scores: ``(n, C)`` teacher probabilities on unlabeled images.
         priors: ``(C,)`` labeled class priors in [0, 1].
+        seen: ``(n,)`` bool: only these rows count (``n`` is their number). A mask rather than
+            ``scores[seen]`` keeps every shape fixed, so nothing waits for the device.
 
     Returns:
-        ``(C,)`` thresholds; ``inf`` for a class with a zero prior (never pseudo-positive).
+        ``(C,)`` thresholds; ``inf`` for a class with a zero prior (never pseudo-positive), and
+        for every class when no row counts.
     """
     if scores.dim() != 2 or scores.shape[1] != priors.shape[0]:
         raise ValueError(f"scores {tuple(scores.shape)} do not match priors {tuple(priors.shape)}")
-    n = scores.shape[0]
-    if n == 0:
+    if scores.shape[0] == 0:
         raise ValueError("cat_thresholds needs at least one unlabeled score")
-    ranked = scores.float().sort(dim=0, descending=True).values
-    counts = torch.round(priors.float().to(scores.device) * n).long().clamp(0, n)
+    scores = scores.float()
+    if seen is None:
+        n = torch.tensor(scores.shape[0], device=scores.device)
+    else:
+        n = seen.sum()
+        scores = scores.masked_fill(~seen.unsqueeze(1), float("-inf"))  # ranked last
+    ranked = scores.sort(dim=0, descending=True).values
+    counts = torch.minimum(torch.round(priors.float().to(scores.device) * n).long(), n)
     thresholds = ranked.gather(0, (counts - 1).clamp(min=0).unsqueeze(0)).squeeze(0)
     return torch.where(counts > 0, thresholds, torch.full_like(thresholds, float("inf")))
 
@@ -100,7 +108,9 @@ def pseudo_labels(probs: Tensor, thresholds: Tensor, margin: float = 0.0) -> tup
     return labels, (distance >= margin).to(probs.dtype)
 
 
-def negative_thresholds(scores: Tensor, thresholds: Tensor, keep: float) -> Tensor:
+def negative_thresholds(
+    scores: Tensor, thresholds: Tensor, keep: float, seen: Tensor | None = None
+) -> Tensor:
     """Per-class cut below which pseudo-negatives are trusted (CAP's negative mask).
 
     Among the scores of class ``k`` under its positive threshold, the lowest ``keep`` fraction
@@ -111,6 +121,7 @@ def negative_thresholds(scores: Tensor, thresholds: Tensor, keep: float) -> Tens
         scores: ``(n, C)`` teacher probabilities on unlabeled images.
         thresholds: ``(C,)`` positive thresholds.
         keep: Fraction of the pseudo-negatives kept, in (0, 1]; 1 keeps all (returns ``inf``).
+        seen: ``(n,)`` bool: only these rows count (as in :func:`cat_thresholds`).
 
     Returns:
         ``(C,)`` cuts: a pseudo-negative counts only when its score is ``<=`` the cut.
@@ -120,9 +131,13 @@ def negative_thresholds(scores: Tensor, thresholds: Tensor, keep: float) -> Tens
     num_classes = scores.shape[1]
     if keep >= 1.0 or scores.shape[0] == 0:
         return torch.full((num_classes,), float("inf"), device=scores.device)
-    ranked = scores.float().sort(dim=0).values  # ascending
-    negatives = (scores < thresholds.to(scores.device)).sum(0)
-    counts = torch.floor(negatives.float() * keep).long()
+    scores = scores.float()
+    negative = scores < thresholds.to(scores.device)
+    if seen is not None:
+        scores = scores.masked_fill(~seen.unsqueeze(1), float("inf"))  # ranked last
+        negative &= seen.unsqueeze(1)
+    ranked = scores.sort(dim=0).values  # ascending
+    counts = torch.floor(negative.sum(0).float() * keep).long()
     cuts = ranked.gather(0, (counts - 1).clamp(min=0).unsqueeze(0)).squeeze(0)
     # No negative kept: a cut below every score.
     return torch.where(counts > 0, cuts, torch.full_like(cuts, float("-inf")))
@@ -234,29 +249,38 @@ class PseudoLabeller(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     # -- thresholds --------------------------------------------------------------------------
-    def refresh(self, priors: Tensor) -> bool:
-        """Recompute the thresholds from the memory (or labeled scores); ``False`` if no data.
+    def refresh(self, priors: Tensor) -> Tensor:
+        """Recompute the thresholds from the memory (or labeled scores).
 
         With several processes every process holds every process's scores (see
         :meth:`record`), so each computes the same thresholds without exchanging anything.
+        Runs without a host synchronisation (it may run at every step): with no score yet the
+        previous thresholds are kept on the device.
+
+        Returns:
+            A 0-dim bool tensor: whether there was data to compute them from.
         """
-        if self.rule == "fixed":
-            thresholds = torch.full_like(self.thresholds, float(self.fixed_threshold))
-        elif self.rule == "fbeta":
+        seen = self.seen
+        if self.rule == "fbeta":
             if not self._labeled:
-                return False
+                return torch.tensor(False)
             scores = torch.cat([s for s, _ in self._labeled])
             targets = torch.cat([t for _, t in self._labeled])
             thresholds = fbeta_thresholds(scores, targets, self.fbeta)
-        scores, seen = self.scores, self.seen
-        if self.rule == "cat":
-            if not seen.any():
-                return False
-            thresholds = cat_thresholds(scores[seen], priors)
-        self.thresholds.copy_(thresholds)
-        self.negative_cuts.copy_(negative_thresholds(scores[seen], thresholds, self.negative_keep))
-        self.ready.fill_(True)
-        return True
+            found = torch.tensor(True, device=thresholds.device)
+        elif self.rule == "fixed":
+            thresholds = torch.full_like(self.thresholds, float(self.fixed_threshold))
+            found = torch.tensor(True, device=thresholds.device)
+        else:
+            found = seen.any()
+            thresholds = cat_thresholds(self.scores, priors, seen) if len(seen) else None
+        if thresholds is None:  # no memory allocated
+            return found
+        cuts = negative_thresholds(self.scores, thresholds, self.negative_keep, seen)
+        self.thresholds.copy_(torch.where(found, thresholds, self.thresholds))
+        self.negative_cuts.copy_(torch.where(found, cuts, self.negative_cuts))
+        self.ready.logical_or_(found)
+        return found
 
     def end_epoch(self, priors: Tensor) -> None:
         """Epoch boundary: refresh (``refresh="epoch"``) and forget the labeled scores."""

@@ -1,5 +1,6 @@
 """CSSA and the CAP baseline trained through the real CLI on tiny data."""
 
+import contextlib
 import json
 import shutil
 
@@ -148,7 +149,8 @@ def test_no_leakage_of_unlabeled_ground_truth(tmp_path, image_folders, tiny_clip
     ):
         torch.testing.assert_close(a, b, msg=name)
     # Only the monitoring of pseudo-labels against the hidden labels may differ.
-    assert not torch.equal(first_metrics["pseudo/precision"], second_metrics["pseudo/precision"])
+    precisions = first_metrics["pseudo/precision"], second_metrics["pseudo/precision"]
+    assert not torch.equal(*precisions), precisions
 
 
 def test_thresholds_follow_the_first_epoch_then_refresh_per_epoch(
@@ -207,3 +209,74 @@ def test_alignment_target_and_auxiliary_ramp_run(
     _, metrics = run_fit(tmp_path, image_folders, tiny_clip_dir, options)
     for key in LOSS_KEYS:
         assert torch.isfinite(metrics[key]) and metrics[key + "_epoch"] > 0, key
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """Fail on every Python-level read of a tensor's value (each one makes the host wait for
+    the device on a GPU)."""
+    names = ["__bool__", "item", "tolist", "__float__", "__int__"]
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+
+    def refuse(name):
+        def method(self, *args, **kwargs):
+            raise AssertionError(f"Tensor.{name} read on the host inside the training step")
+
+        return method
+
+    for name in names:
+        setattr(torch.Tensor, name, refuse(name))
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+class NoHostReadCSSA(CSSATask):
+    def training_step(self, batch, batch_idx):
+        with no_host_reads():
+            return super().training_step(batch, batch_idx)
+
+
+def test_the_training_step_never_waits_for_the_device(tmp_path, image_folders, tiny_clip_dir):
+    # Every unlabeled term, thresholds refreshed at every step, the negative mask: the whole
+    # step runs without reading a tensor's value on the host.
+    options = {
+        **FAST,
+        "threshold_refresh": "step",
+        "alignment_unlabeled": "weighted",
+        "absent_push_weight": 0.5,
+        "negative_keep": 0.99,
+    }
+    out = tmp_path / "run"
+    out.mkdir()
+    config = write_config(
+        out, image_folders, tiny_clip_dir, "tests.test_cssa_fit.NoHostReadCSSA", options
+    )
+    build_cli(["fit", "--config", str(config), "--test_after_fit=false"])
+    with pytest.raises(AssertionError, match="read on the host"), no_host_reads():
+        bool(torch.ones(1))  # the check itself works
+
+
+def test_compile_network_compiles_student_and_teacher_in_place(
+    tmp_path, image_folders, tiny_clip_dir, monkeypatch
+):
+    compiled = []
+    original = torch.nn.Module.compile
+
+    def compile_eagerly(module, *args, **kwargs):
+        # Dynamo's "eager" backend: the same graph capture without the slow code generation.
+        compiled.append(module)
+        original(module, backend="eager")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
+    cli, metrics = run_fit(
+        tmp_path, image_folders, tiny_clip_dir, {**FAST, "compile_network": True}
+    )
+    model = cli.model
+    assert compiled == [model.net, model.teacher.module]
+    assert all(module._compiled_call_impl is not None for module in compiled)
+    # Compiled in place: the parameter names (and so the checkpoints) are unchanged.
+    assert not any("_orig_mod" in name for name in model.state_dict())
+    assert torch.isfinite(metrics["val/mAP_teacher"])

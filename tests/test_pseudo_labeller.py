@@ -322,3 +322,29 @@ def test_cssa_checkpoint_with_other_class_order_is_refused(task):
     checkpoint = {"hyper_parameters": {"class_names": task.class_names[::-1]}, "state_dict": {}}
     with pytest.raises(ValueError):
         task.on_load_checkpoint(checkpoint)
+
+
+def test_thresholds_from_a_masked_memory_equal_those_from_the_seen_rows():
+    # The pseudo-labeller refreshes from the whole memory with a ``seen`` mask (fixed shapes,
+    # no wait for the device); that must give what the seen rows alone give.
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.rand(50, 4, generator=generator)
+    seen = torch.rand(50, generator=generator) < 0.4
+    priors = torch.tensor([0.0, 0.1, 0.3, 1.0])
+    masked = cat_thresholds(scores, priors, seen)
+    torch.testing.assert_close(masked, cat_thresholds(scores[seen], priors))
+    torch.testing.assert_close(
+        negative_thresholds(scores, masked, 0.8, seen),
+        negative_thresholds(scores[seen], masked, 0.8),
+    )
+    # Nothing seen: no threshold, and the labeller keeps the ones it had.
+    assert torch.isinf(cat_thresholds(scores, priors, torch.zeros(50, dtype=torch.bool))).all()
+    labeller = PseudoLabeller(4)
+    labeller.allocate(50)
+    labeller.record(torch.nonzero(seen).flatten(), scores[seen])
+    assert labeller.refresh(priors)
+    before = labeller.thresholds.clone()
+    labeller.seen.zero_()
+    assert not labeller.refresh(priors)
+    torch.testing.assert_close(labeller.thresholds, before)
+    assert labeller.ready
