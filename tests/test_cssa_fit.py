@@ -251,7 +251,7 @@ def test_the_training_step_never_waits_for_the_device(tmp_path, image_folders, t
     }
     out = tmp_path / "run"
     out.mkdir()
-    config = write_config(
+    config = fit_config(
         out, image_folders, tiny_clip_dir, "tests.test_cssa_fit.NoHostReadCSSA", options
     )
     build_cli(["fit", "--config", str(config), "--test_after_fit=false"])
