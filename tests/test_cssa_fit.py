@@ -148,9 +148,13 @@ def test_no_leakage_of_unlabeled_ground_truth(tmp_path, image_folders, tiny_clip
         first.model.state_dict().items(), second.model.state_dict().items(), strict=True
     ):
         torch.testing.assert_close(a, b, msg=name)
-    # Only the monitoring of pseudo-labels against the hidden labels may differ.
-    precisions = first_metrics["pseudo/precision"], second_metrics["pseudo/precision"]
-    assert not torch.equal(*precisions), precisions
+    # Only the monitoring of pseudo-labels against the hidden labels may differ (precision or
+    # recall: on this tiny data either one alone can come out equal by chance).
+    monitored = {
+        key: (first_metrics[key], second_metrics[key])
+        for key in ("pseudo/precision", "pseudo/recall")
+    }
+    assert any(not torch.equal(*pair) for pair in monitored.values()), monitored
 
 
 def test_thresholds_follow_the_first_epoch_then_refresh_per_epoch(
