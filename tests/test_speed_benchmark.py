@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -76,3 +77,15 @@ def test_map_and_loader_parts_and_the_report(tmp_path):
     partial = speed.render({"cpu": {**entry, "step": None, "complete": False}})
     assert "Training step: not measured in this run." in partial
     assert "interrupted, parts missing" in partial and "mAP of 400 x 6" in partial
+
+
+def test_parts_and_a_non_default_model_get_their_own_entry(tmp_path):
+    output, doc = tmp_path / "speed.json", tmp_path / "speed.md"
+    common = ["--map-images", "300", "--repeats", "1", "--output", str(output), "--doc", str(doc)]
+    speed.main(["--parts", "map", *common])
+    entry = speed.main(["--parts", "map", "--model", "vit-b16", *common])
+    assert entry["complete"] and entry["step"] is None and entry["map"]["images"] == 300
+    results = json.loads(output.read_text())
+    assert set(results) == {"cpu", "cpu-vit-b16"}  # the first run's entry is kept
+    text = doc.read_text()
+    assert text.index("## CPU\n") < text.index("## CPU-VIT-B16") < text.index("## CUDA")
