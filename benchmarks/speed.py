@@ -343,7 +343,11 @@ def random_datamodule(sizes: dict[str, Any], device: str, steps: int):
 
 
 def bench_step(
-    device: str, sizes: dict[str, Any], precision: str, compile_network: bool = False
+    device: str,
+    sizes: dict[str, Any],
+    precision: str,
+    compile_network: bool = False,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     from lightning.pytorch import Trainer
 
@@ -358,42 +362,55 @@ def bench_step(
         "compiled": compile_network,
     }
     steps = sizes["steps"] + sizes["warmup_steps"] + 2
+    configs = {
+        "cap": ("ssmll.yaml", "coco.yaml", "cap.yaml"),
+        "cssa": ("ssmll.yaml", "coco.yaml"),
+    }
+    runs: dict[str, list[StepTimer]] = {name: [] for name in configs}
     with tempfile.TemporaryDirectory() as tmp:
         clip_dir = build_clip(Path(tmp) / "clip", sizes)
-        for name, config in [
-            ("cap", ("ssmll.yaml", "coco.yaml", "cap.yaml")),
-            ("cssa", ("ssmll.yaml", "coco.yaml")),
-        ]:
-            torch.manual_seed(0)
-            options = model_options(config, clip_dir, sizes["classes"])
-            task = CSSATask(**options, compile_network=compile_network)
-            timer = StepTimer(sizes["warmup_steps"], steps - 1, device)
-            trainer = Trainer(
-                accelerator=device,
-                devices=1,
-                precision=precision,
-                max_epochs=1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                num_sanity_val_steps=0,
-                limit_val_batches=0,
-                callbacks=[timer.callback],
-                default_root_dir=tmp,
-            )
-            trainer.fit(task, datamodule=random_datamodule(sizes, device, steps))
-            seconds = timer.step_seconds()
-            images = sizes["labeled_batch"] + sizes["unlabeled_batch"]
-            results[name] = {
-                "step_s": round(seconds, 5),
-                "step_cpu_s": round(timer.step_seconds(cpu=True), 5),
-                "images_per_s": round(images / seconds, 1),
-                "flops_per_step": timer.flops,
-                "tflops_per_s": round(timer.flops / seconds / 1e12, 5),
-            }
-            del task, trainer
+        for repeat in range(repeats):
+            # Alternating order (CAP, CSSA, CSSA, CAP, ...): a drift in the machine's speed
+            # during the run does not favour one method.
+            for name in list(configs) if repeat % 2 == 0 else list(configs)[::-1]:
+                torch.manual_seed(0)
+                options = model_options(configs[name], clip_dir, sizes["classes"])
+                task = CSSATask(**options, compile_network=compile_network)
+                timer = StepTimer(sizes["warmup_steps"], steps - 1, device)
+                trainer = Trainer(
+                    accelerator=device,
+                    devices=1,
+                    precision=precision,
+                    max_epochs=1,
+                    logger=False,
+                    enable_checkpointing=False,
+                    enable_progress_bar=False,
+                    enable_model_summary=False,
+                    num_sanity_val_steps=0,
+                    limit_val_batches=0,
+                    callbacks=[timer.callback],
+                    default_root_dir=tmp,
+                )
+                trainer.fit(task, datamodule=random_datamodule(sizes, device, steps))
+                runs[name].append(timer)
+                del task, trainer
+    images = sizes["labeled_batch"] + sizes["unlabeled_batch"]
+    for name, timers in runs.items():
+        # The median over runs of each run's median step.
+        seconds = statistics.median(timer.step_seconds() for timer in timers)
+        flops = timers[0].flops
+        results[name] = {
+            "step_s": round(seconds, 5),
+            "step_cpu_s": round(statistics.median(t.step_seconds(cpu=True) for t in timers), 5),
+            "images_per_s": round(images / seconds, 1),
+            "flops_per_step": flops,
+            "tflops_per_s": round(flops / seconds / 1e12, 5),
+        }
+    results["repeats"] = repeats
     results["cssa_over_cap"] = round(results["cssa"]["step_s"] / results["cap"]["step_s"], 3)
+    results["flops_cssa_over_cap"] = round(
+        results["cssa"]["flops_per_step"] / results["cap"]["flops_per_step"], 3
+    )
     return results
 
 
@@ -575,6 +592,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--compile", action="store_true", help="time the step with model.compile_network"
     )
+    parser.add_argument(
+        "--step-repeats", type=int, default=3, help="fits per method, in alternating order"
+    )
     parser.add_argument("--startup-repeats", type=int, default=3, help="0 skips the start-up")
     parser.add_argument("--note", default="", help="free text about the machine, kept in the doc")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -635,7 +655,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         save()
     if "step" in args.parts:
         print("step ...", flush=True)
-        step = bench_step(args.device, sizes, precision, args.compile)
+        step = bench_step(args.device, sizes, precision, args.compile, args.step_repeats)
         step["model"] = "ViT-B/16 CLIP (random weights)" if sizes["clip"] is None else "tiny CLIP"
         for name in ("cap", "cssa"):
             step[name]["mfu"] = (

@@ -33,11 +33,13 @@ TINY = dict(
 
 
 def test_step_benchmark_times_both_methods_and_counts_flops():
-    step = speed.bench_step("cpu", TINY, "32-true")
+    step = speed.bench_step("cpu", TINY, "32-true", repeats=2)  # CAP, CSSA, CSSA, CAP
+    assert step["repeats"] == 2
     for name in ("cap", "cssa"):
         assert step[name]["step_s"] > 0 and step[name]["flops_per_step"] > 0
     # CSSA adds label-query cross-attention and heads to CAP's step: more FLOPs.
     assert step["cssa"]["flops_per_step"] > step["cap"]["flops_per_step"]
+    assert step["flops_cssa_over_cap"] > 1
     assert step["cssa_over_cap"] == pytest.approx(
         step["cssa"]["step_s"] / step["cap"]["step_s"], rel=1e-2
     )
