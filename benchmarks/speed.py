@@ -51,8 +51,9 @@ DOC = ROOT / "docs" / "speed.md"
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 SIZES = {
-    # tiny: a CLIP small enough for a CPU; cuda: ViT-B/16 at 224 with the configs' batches.
-    "cpu": dict(
+    # tiny: a CLIP small enough for a CPU; vit-b16: ViT-B/16 at 224 with the configs' batches
+    # (on a CPU, give it small batches: --labeled-batch 2 --unlabeled-batch 4).
+    "tiny": dict(
         image_size=64,
         clip=dict(image_size=64, patch_size=8, width=64, layers=2, heads=2, embed_dim=64),
         labeled_batch=4,
@@ -61,7 +62,7 @@ SIZES = {
         warmup_steps=3,
         classes=80,
     ),
-    "cuda": dict(
+    "vit-b16": dict(
         image_size=224,
         clip=None,
         labeled_batch=8,
@@ -342,7 +343,11 @@ def random_datamodule(sizes: dict[str, Any], device: str, steps: int):
 
 
 def bench_step(
-    device: str, sizes: dict[str, Any], precision: str, compile_network: bool = False
+    device: str,
+    sizes: dict[str, Any],
+    precision: str,
+    compile_network: bool = False,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     from lightning.pytorch import Trainer
 
@@ -357,42 +362,55 @@ def bench_step(
         "compiled": compile_network,
     }
     steps = sizes["steps"] + sizes["warmup_steps"] + 2
+    configs = {
+        "cap": ("ssmll.yaml", "coco.yaml", "cap.yaml"),
+        "cssa": ("ssmll.yaml", "coco.yaml"),
+    }
+    runs: dict[str, list[StepTimer]] = {name: [] for name in configs}
     with tempfile.TemporaryDirectory() as tmp:
         clip_dir = build_clip(Path(tmp) / "clip", sizes)
-        for name, config in [
-            ("cap", ("ssmll.yaml", "coco.yaml", "cap.yaml")),
-            ("cssa", ("ssmll.yaml", "coco.yaml")),
-        ]:
-            torch.manual_seed(0)
-            options = model_options(config, clip_dir, sizes["classes"])
-            task = CSSATask(**options, compile_network=compile_network)
-            timer = StepTimer(sizes["warmup_steps"], steps - 1, device)
-            trainer = Trainer(
-                accelerator=device,
-                devices=1,
-                precision=precision,
-                max_epochs=1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                num_sanity_val_steps=0,
-                limit_val_batches=0,
-                callbacks=[timer.callback],
-                default_root_dir=tmp,
-            )
-            trainer.fit(task, datamodule=random_datamodule(sizes, device, steps))
-            seconds = timer.step_seconds()
-            images = sizes["labeled_batch"] + sizes["unlabeled_batch"]
-            results[name] = {
-                "step_s": round(seconds, 5),
-                "step_cpu_s": round(timer.step_seconds(cpu=True), 5),
-                "images_per_s": round(images / seconds, 1),
-                "flops_per_step": timer.flops,
-                "tflops_per_s": round(timer.flops / seconds / 1e12, 5),
-            }
-            del task, trainer
+        for repeat in range(repeats):
+            # Alternating order (CAP, CSSA, CSSA, CAP, ...): a drift in the machine's speed
+            # during the run does not favour one method.
+            for name in list(configs) if repeat % 2 == 0 else list(configs)[::-1]:
+                torch.manual_seed(0)
+                options = model_options(configs[name], clip_dir, sizes["classes"])
+                task = CSSATask(**options, compile_network=compile_network)
+                timer = StepTimer(sizes["warmup_steps"], steps - 1, device)
+                trainer = Trainer(
+                    accelerator=device,
+                    devices=1,
+                    precision=precision,
+                    max_epochs=1,
+                    logger=False,
+                    enable_checkpointing=False,
+                    enable_progress_bar=False,
+                    enable_model_summary=False,
+                    num_sanity_val_steps=0,
+                    limit_val_batches=0,
+                    callbacks=[timer.callback],
+                    default_root_dir=tmp,
+                )
+                trainer.fit(task, datamodule=random_datamodule(sizes, device, steps))
+                runs[name].append(timer)
+                del task, trainer
+    images = sizes["labeled_batch"] + sizes["unlabeled_batch"]
+    for name, timers in runs.items():
+        # The median over runs of each run's median step.
+        seconds = statistics.median(timer.step_seconds() for timer in timers)
+        flops = timers[0].flops
+        results[name] = {
+            "step_s": round(seconds, 5),
+            "step_cpu_s": round(statistics.median(t.step_seconds(cpu=True) for t in timers), 5),
+            "images_per_s": round(images / seconds, 1),
+            "flops_per_step": flops,
+            "tflops_per_s": round(flops / seconds / 1e12, 5),
+        }
+    results["repeats"] = repeats
     results["cssa_over_cap"] = round(results["cssa"]["step_s"] / results["cap"]["step_s"], 3)
+    results["flops_cssa_over_cap"] = round(
+        results["cssa"]["flops_per_step"] / results["cap"]["flops_per_step"], 3
+    )
     return results
 
 
@@ -444,7 +462,7 @@ def render(results: dict[str, Any]) -> str:
         "one machine; compare figures within one entry (same machine, same run).",
         "",
     ]
-    for device in ("cpu", "cuda"):
+    for device in ("cpu", *sorted(set(results) - {"cpu", "cuda"}), "cuda"):
         entry = results.get(device)
         lines += [f"## {device.upper()}", ""]
         if entry is None:
@@ -577,6 +595,21 @@ def _mfu(step: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--model",
+        choices=list(SIZES),
+        default=None,
+        help="the step's CLIP (default: tiny on cpu, vit-b16 on cuda); a non-default model's "
+        "figures are kept as their own entry, e.g. cpu-vit-b16",
+    )
+    parser.add_argument("--labeled-batch", type=int, default=None)
+    parser.add_argument("--unlabeled-batch", type=int, default=None)
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["map", "loader", "step", "startup"],
+        default=["map", "loader", "step", "startup"],
+    )
     parser.add_argument("--loader-images", type=int, default=2000)
     parser.add_argument("--map-images", type=int, default=40504)
     parser.add_argument("--map-classes", type=int, default=80)
@@ -586,6 +619,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--compile", action="store_true", help="time the step with model.compile_network"
     )
+    parser.add_argument(
+        "--step-repeats", type=int, default=3, help="fits per method, in alternating order"
+    )
     parser.add_argument("--startup-repeats", type=int, default=3, help="0 skips the start-up")
     parser.add_argument("--note", default="", help="free text about the machine, kept in the doc")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -594,7 +630,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA device is available")
     start = time.perf_counter()
-    sizes = dict(SIZES[args.device])
+    default_model = "vit-b16" if args.device == "cuda" else "tiny"
+    model = args.model or default_model
+    key = args.device if model == default_model else f"{args.device}-{model}"
+    sizes = dict(SIZES[model])
+    if args.labeled_batch:
+        sizes["labeled_batch"] = args.labeled_batch
+    if args.unlabeled_batch:
+        sizes["unlabeled_batch"] = args.unlabeled_batch
     if args.steps:
         sizes["steps"] = args.steps
     if args.warmup_steps is not None:
@@ -624,27 +667,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # After every part, so that an interrupted run keeps what it measured.
         entry["total_s"] = round(time.perf_counter() - start, 1)
         results = json.loads(args.output.read_text()) if args.output.is_file() else {}
-        results[args.device] = entry
+        results[key] = entry
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(results, indent=2) + "\n")
         args.doc.write_text(render(results))
 
-    print("map ...", flush=True)
-    entry["map"] = bench_map(args.device, args.map_images, args.map_classes, args.repeats)
-    save()
-    print("loader ...", flush=True)
-    entry["loader"] = bench_loader(args.loader_images, 224, sizes["unlabeled_batch"])
-    save()
-    print("step ...", flush=True)
-    step = bench_step(args.device, sizes, precision, args.compile)
-    step["model"] = "ViT-B/16 CLIP (random weights)" if sizes["clip"] is None else "tiny CLIP"
-    for name in ("cap", "cssa"):
-        step[name]["mfu"] = (
-            None if peak is None else step[name]["flops_per_step"] / step[name]["step_s"] / peak
-        )
-    entry["step"] = step
-    save()
-    if args.startup_repeats:
+    if "map" in args.parts:
+        print("map ...", flush=True)
+        entry["map"] = bench_map(args.device, args.map_images, args.map_classes, args.repeats)
+        save()
+    if "loader" in args.parts:
+        print("loader ...", flush=True)
+        entry["loader"] = bench_loader(args.loader_images, 224, sizes["unlabeled_batch"])
+        save()
+    if "step" in args.parts:
+        print("step ...", flush=True)
+        step = bench_step(args.device, sizes, precision, args.compile, args.step_repeats)
+        step["model"] = "ViT-B/16 CLIP (random weights)" if sizes["clip"] is None else "tiny CLIP"
+        for name in ("cap", "cssa"):
+            step[name]["mfu"] = (
+                None if peak is None else step[name]["flops_per_step"] / step[name]["step_s"] / peak
+            )
+        entry["step"] = step
+        save()
+    if "startup" in args.parts and args.startup_repeats:
         print("startup ...", flush=True)
         entry["startup"] = bench_startup(args.startup_repeats)
     entry["complete"] = True

@@ -1,4 +1,4 @@
-"""The ``cssa`` entry point: dispatch to the Lightning CLI, ``predict`` or ``export``.
+"""The ``cssa`` entry point: dispatch to the Lightning CLI or to the package's own commands.
 
 Kept free of heavy imports so that ``cssa --help`` and argument mistakes answer quickly; the
 Lightning CLI (:mod:`cssa_lightning.cli`) is imported only when a training subcommand runs.
@@ -11,6 +11,7 @@ Every error in the user's data or options that the package raises (``ValueError`
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -31,13 +32,17 @@ OWN_SUBCOMMANDS = {
     "predict": "Label a folder or list of images with a trained checkpoint (CSV + JSONL).",
     "export": "Write a trained checkpoint as a self-contained directory and ONNX.",
     "report": "Write a run's figures and report.md from its run folder.",
+    "convert": "Write COCO, VOC or NUS-WIDE annotations as image folders (metadata.jsonl).",
+    "prepare": "Decode and resize image folders once into the image cache (data.image_cache).",
 }
+# Own subcommand -> the module whose ``main(argv)`` runs it (imported only when it runs).
+OWN_MODULES = {name: f"cssa_lightning.{name}" for name in OWN_SUBCOMMANDS}
 
 
 def usage() -> str:
     """The top-level help of ``cssa``."""
     lines = [
-        "usage: cssa [-h] {fit,validate,test,predict,export,report} ...",
+        "usage: cssa [-h] {" + ",".join([*LIGHTNING_SUBCOMMANDS, *OWN_SUBCOMMANDS]) + "} ...",
         "",
         "Semi-supervised multi-label image classification with CLIP (CSSA, CAP, baselines).",
         "",
@@ -62,18 +67,9 @@ def main(args: Sequence[str] | dict[str, Any] | None = None) -> None:
         print(usage())
         raise SystemExit(0 if argv else 2)
     argv = resolve_config_args(argv)
-    if argv[0] == "predict":
-        from cssa_lightning.predict import main as predict_main
-
-        return _run(lambda: predict_main(argv[1:]))
-    if argv[0] == "export":
-        from cssa_lightning.export import main as export_main
-
-        return _run(lambda: export_main(argv[1:]))
-    if argv[0] == "report":
-        from cssa_lightning.report import main as report_main
-
-        return _run(lambda: report_main(argv[1:]))
+    if argv[0] in OWN_MODULES:
+        module = importlib.import_module(OWN_MODULES[argv[0]])
+        return _run(lambda: module.main(argv[1:]))
     if args is None:
         # LightningCLI warns when given args while sys.argv has some: hand it sys.argv.
         sys.argv[1:] = argv

@@ -4,11 +4,11 @@ Writes ``metadata.jsonl`` (``file_name`` relative to the output folder, ``labels
 ``classes.txt`` (the datasets' own class names) into an output folder, leaving the images where
 they are. Existing outputs are only replaced with ``--overwrite``::
 
-    python -m cssa_lightning.convert coco --annotations instances_train2014.json \\
+    cssa convert coco --annotations instances_train2014.json \\
         --images train2014 --out data/coco/train
-    python -m cssa_lightning.convert voc --root VOCdevkit/VOC2007 --split trainval \\
+    cssa convert voc --root VOCdevkit/VOC2007 --split trainval \\
         --out data/voc2007/trainval
-    python -m cssa_lightning.convert nuswide --root NUS-WIDE --images NUS-WIDE/Flickr \\
+    cssa convert nuswide --root NUS-WIDE --images NUS-WIDE/Flickr \\
         --split train --out data/nuswide/train
 
 Every input is checked; a problem is reported as one line naming the file and the entry.
@@ -318,7 +318,7 @@ def nuswide_items(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cssa convert", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="dataset", required=True)
     coco = commands.add_parser("coco", help="COCO instances json")
     coco.add_argument("--annotations", type=Path, required=True)

@@ -10,7 +10,7 @@ preparation options, so a changed image, list, size or option prepares a new ent
 reading a stale one. Labels are not part of the cache: they come from the live record table, so
 a relabelled split reuses its images. ::
 
-    python -m cssa_lightning.prepare data/coco/train data/coco/val --cache_dir ~/.cache/cssa
+    cssa prepare data/coco/train data/coco/val --cache_dir ~/.cache/cssa
 
 or set ``image_cache`` on :class:`~cssa_lightning.datamodule.MultiLabelDataModule`, which
 prepares missing entries on first use (once per machine, before training starts).
@@ -165,7 +165,7 @@ def with_prepared_images(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cssa prepare", description=__doc__.splitlines()[0])
     parser.add_argument("sources", nargs="+", help="image folders (metadata.jsonl) or CSV files")
     parser.add_argument("--cache_dir", required=True, help="the data module's image_cache")
     parser.add_argument("--size", type=int, default=256, help="shorter side (image_cache_size)")

@@ -105,3 +105,14 @@ def test_after_fit_test_uses_final_or_best_weights(tmp_path, image_folders, tiny
     assert best and Path(best).is_file()
     # Lightning records which checkpoint the last test loaded (None: the weights in memory).
     assert trainer.ckpt_path == (best if weights == "best" else None)
+
+
+@pytest.mark.parametrize("command", ["convert", "prepare"])
+def test_cssa_runs_the_data_commands(command, capsys):
+    from cssa_lightning.commands import main, usage
+
+    assert command in usage()
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: cssa {command}" in capsys.readouterr().out

@@ -284,3 +284,14 @@ def test_compile_network_compiles_student_and_teacher_in_place(
     # Compiled in place: the parameter names (and so the checkpoints) are unchanged.
     assert not any("_orig_mod" in name for name in model.state_dict())
     assert torch.isfinite(metrics["val/mAP_teacher"])
+
+
+def test_bf16_mixed_precision_fit(tmp_path, image_folders, tiny_clip_dir):
+    # The shipped configs train in bf16-mixed: every loss term under autocast, finite.
+    options = {**FAST, "alignment_unlabeled": "weighted", "absent_push_weight": 0.5}
+    cli, metrics = run_fit(
+        tmp_path, image_folders, tiny_clip_dir, options, extra=["--trainer.precision=bf16-mixed"]
+    )
+    assert cli.trainer.precision == "bf16-mixed"
+    for key in [*LOSS_KEYS, "train/loss_push", "train/loss_push_u", "val/mAP_teacher"]:
+        assert torch.isfinite(metrics[key]), key

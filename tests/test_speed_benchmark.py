@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -32,11 +33,13 @@ TINY = dict(
 
 
 def test_step_benchmark_times_both_methods_and_counts_flops():
-    step = speed.bench_step("cpu", TINY, "32-true")
+    step = speed.bench_step("cpu", TINY, "32-true", repeats=2)  # CAP, CSSA, CSSA, CAP
+    assert step["repeats"] == 2
     for name in ("cap", "cssa"):
         assert step[name]["step_s"] > 0 and step[name]["flops_per_step"] > 0
     # CSSA adds label-query cross-attention and heads to CAP's step: more FLOPs.
     assert step["cssa"]["flops_per_step"] > step["cap"]["flops_per_step"]
+    assert step["flops_cssa_over_cap"] > 1
     assert step["cssa_over_cap"] == pytest.approx(
         step["cssa"]["step_s"] / step["cap"]["step_s"], rel=1e-2
     )
@@ -76,3 +79,15 @@ def test_map_and_loader_parts_and_the_report(tmp_path):
     partial = speed.render({"cpu": {**entry, "step": None, "complete": False}})
     assert "Training step: not measured in this run." in partial
     assert "interrupted, parts missing" in partial and "mAP of 400 x 6" in partial
+
+
+def test_parts_and_a_non_default_model_get_their_own_entry(tmp_path):
+    output, doc = tmp_path / "speed.json", tmp_path / "speed.md"
+    common = ["--map-images", "300", "--repeats", "1", "--output", str(output), "--doc", str(doc)]
+    speed.main(["--parts", "map", *common])
+    entry = speed.main(["--parts", "map", "--model", "vit-b16", *common])
+    assert entry["complete"] and entry["step"] is None and entry["map"]["images"] == 300
+    results = json.loads(output.read_text())
+    assert set(results) == {"cpu", "cpu-vit-b16"}  # the first run's entry is kept
+    text = doc.read_text()
+    assert text.index("## CPU\n") < text.index("## CPU-VIT-B16") < text.index("## CUDA")
