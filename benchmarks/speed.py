@@ -525,8 +525,20 @@ def _render_step(step: dict[str, Any]) -> list[str]:
             ("MFU", _mfu(cap), _mfu(cssa)),
         ),
         f"CSSA / CAP step time: **{step['cssa_over_cap']}x** (goal <= 1.15x); in CPU time "
-        f"{cssa['step_cpu_s'] / cap['step_cpu_s']:.3f}x.",
+        f"{cssa['step_cpu_s'] / cap['step_cpu_s']:.3f}x; in model FLOPs "
+        f"{cssa['flops_per_step'] / cap['flops_per_step']:.3f}x"
+        + (f" (median of {step['repeats']} fits per method)." if step.get("repeats") else "."),
         "",
+        *(
+            [
+                "The tiny CLIP is a stand-in for a CPU: at its width the label-query "
+                "cross-attention and the extra heads are a large share of the step. The ratio "
+                "that matters is the one at ViT-B/16 size (`--model vit-b16`).",
+                "",
+            ]
+            if step["model"] == "tiny CLIP"
+            else []
+        ),
     ]
 
 
