@@ -7,7 +7,8 @@ from cssa_lightning.datamodule import MultiLabelDataModule
 from .conftest import CLASS_NAMES
 
 
-def make_datamodule(folders, **kwargs) -> MultiLabelDataModule:
+def datamodule_options(folders, **kwargs) -> dict:
+    """The tests' data module options on the fixture folders, with ``kwargs`` on top."""
     options = dict(
         train_source=str(folders["train"]),
         test_source=str(folders["test"]),
@@ -17,8 +18,11 @@ def make_datamodule(folders, **kwargs) -> MultiLabelDataModule:
         unlabeled_batch_size=8,
         eval_batch_size=16,
     )
-    options.update(kwargs)
-    datamodule = MultiLabelDataModule(**options)
+    return options | kwargs
+
+
+def make_datamodule(folders, **kwargs) -> MultiLabelDataModule:
+    datamodule = MultiLabelDataModule(**datamodule_options(folders, **kwargs))
     datamodule.setup("fit")
     return datamodule
 

@@ -15,6 +15,8 @@ from cssa_lightning.datamodule import MultiLabelDataModule
 from cssa_lightning.prepare import prepare_image, prepare_images, with_prepared_images
 from cssa_lightning.records import build_record_table, load_image, read_source
 
+from .test_datamodule import datamodule_options
+
 
 def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
     """A smooth image (JPEG-friendly, like a photo) with a bright square to locate."""
@@ -96,16 +98,8 @@ def test_prepared_table_keeps_targets_and_order(image_folders, tmp_path):
 
 
 def test_data_module_prepares_on_first_use_and_loads_batches(image_folders, tmp_path):
-    options = dict(
-        train_source=str(image_folders["train"]),
-        test_source=str(image_folders["test"]),
-        labeled_ratio=0.25,
-        image_size=32,
-        labeled_batch_size=4,
-        unlabeled_batch_size=8,
-        eval_batch_size=16,
-        image_cache=str(tmp_path / "cache"),
-        image_cache_size=32,
+    options = datamodule_options(
+        image_folders, image_cache=str(tmp_path / "cache"), image_cache_size=32
     )
     datamodule = MultiLabelDataModule(**options)
     datamodule.prepare_data()
