@@ -24,9 +24,12 @@ DEFAULT_TEMPLATES = (
 )
 
 # Short names of checkpoints shipped inside the package: name -> (package, path in it).
-# "tiny-clip" is the small CLIP pre-trained on the synthetic world (see
-# cssa_lightning/synthetic/assets/tiny-clip/README.md).
-PACKAGED_CHECKPOINTS = {"tiny-clip": ("cssa_lightning.synthetic", "assets/tiny-clip")}
+# "tiny-clip" is the small CLIP pre-trained on the synthetic world v2, "tiny-clip-v3" the same
+# model pre-trained on world v3 (see cssa_lightning/synthetic/assets/*/README.md).
+PACKAGED_CHECKPOINTS = {
+    "tiny-clip": ("cssa_lightning.synthetic", "assets/tiny-clip"),
+    "tiny-clip-v3": ("cssa_lightning.synthetic", "assets/tiny-clip-v3"),
+}
 
 # How a class is named in prompts when its dataset name is an identifier, not words: Pascal
 # VOC's joined names and COCO's misspelling. Datasets keep their own names (``classes.txt``,

@@ -54,9 +54,9 @@ from cssa_lightning.synthetic.tiny_clip import (
 )
 from cssa_lightning.transforms import CLIP_MEAN, CLIP_STD, eval_transform
 
-DEFAULT_OUT = (
-    Path(__file__).resolve().parents[1] / "cssa_lightning" / "synthetic" / "assets" / "tiny-clip"
-)
+ASSETS = Path(__file__).resolve().parents[1] / "cssa_lightning" / "synthetic" / "assets"
+# The shipped checkpoint of each world version (its short name is the folder name).
+DEFAULT_OUT = {"v2": ASSETS / "tiny-clip", "v3": ASSETS / "tiny-clip-v3"}
 DEFAULT_WORLD_ROOT = Path("~/.cache/cssa_lightning/world")
 # The benchmark's test set: do not change.
 TEST_SPLIT, TEST_NUM_IMAGES, TEST_IMAGE_SIZE, TEST_SEED = "test", 2000, 64, 0
@@ -66,8 +66,13 @@ VAL_SPLIT, VAL_NUM_IMAGES = "val", 1000
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint directory")
+    p.add_argument(
+        "--out", type=Path, default=None, help="checkpoint directory (default: the shipped one)"
+    )
     p.add_argument("--world-root", type=Path, default=DEFAULT_WORLD_ROOT)
+    p.add_argument(
+        "--world-version", choices=sorted(world.WORLD_VERSIONS), default=world.WORLD_VERSION
+    )
     p.add_argument("--num-images", type=int, default=20000, help="pretrain split size")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the pretrain world")
     p.add_argument("--seed", type=int, default=0, help="seed of init, batches and captions")
@@ -93,7 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--val-every", type=int, default=1, help="epochs between validation zero-shot checks"
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = DEFAULT_OUT[args.world_version]
+    return args
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -166,16 +174,26 @@ def normalise(images: Tensor) -> Tensor:
     return (images - mean) / std
 
 
-def pick_texts(records: list[dict], index: Tensor, rng: np.random.Generator, p: float) -> list:
+def pick_texts(
+    records: list[dict],
+    index: Tensor,
+    rng: np.random.Generator,
+    p: float,
+    style: captions.CaptionStyle = captions.V2_CAPTIONS,
+) -> list:
+    """One text per image: a stored caption, or with probability ``p`` a single-object prompt
+    for one of its labels; a rare class of ``style`` gets its prompt only as often as
+    captions name it (else the image keeps a caption)."""
     texts = []
     for i in index.tolist():
         r = records[i]
         if rng.random() < p:
             name = r["labels"][int(rng.integers(len(r["labels"])))]
             template = DEFAULT_TEMPLATES[int(rng.integers(len(DEFAULT_TEMPLATES)))]
-            texts.append(template.format(name))
-        else:
-            texts.append(r["captions"][int(rng.integers(len(r["captions"])))])
+            if not style.is_rare(name) or rng.random() < style.rare_mention_prob:
+                texts.append(template.format(name))
+                continue
+        texts.append(r["captions"][int(rng.integers(len(r["captions"])))])
     return texts
 
 
@@ -194,9 +212,16 @@ def time_vision_step(model: CLIPModel, image_size: int, batch: int = 64, reps: i
 
 
 def train(args: argparse.Namespace, model: CLIPModel, tokenizer, on_epoch=None) -> dict:
+    version = args.world_version
     folder = world.ensure_world(
-        args.world_root.expanduser(), "pretrain", args.num_images, args.image_size, args.world_seed
+        args.world_root.expanduser(),
+        "pretrain",
+        args.num_images,
+        args.image_size,
+        args.world_seed,
+        version,
     )
+    style = world.world_version(version).captions
     records = read_metadata(folder)
     start = time.perf_counter()
     images = load_images(folder, records)
@@ -235,7 +260,7 @@ def train(args: argparse.Namespace, model: CLIPModel, tokenizer, on_epoch=None) 
         for b in range(steps_per_epoch):
             index = perm[b * args.batch_size : (b + 1) * args.batch_size]
             pixels = augment(images[index].float() / 255, gen, args.image_size, args.crop_scale)
-            texts = pick_texts(records, index, rng, args.prompt_prob)
+            texts = pick_texts(records, index, rng, args.prompt_prob, style)
             tokens = tokenizer(
                 texts,
                 padding=True,
@@ -275,11 +300,13 @@ def evaluate_zero_shot(
     world_root: Path,
     split: str = TEST_SPLIT,
     num_images: int = TEST_NUM_IMAGES,
+    version: str = world.WORLD_VERSION,
 ) -> dict[str, float]:
-    """Zero-shot metrics on a benchmark split, as the package computes them, and the largest
-    cosine between two different class text features (how separable the label texts are)."""
+    """Zero-shot metrics on a benchmark split, as the package computes them, the mean AP of the
+    version's rare and other classes, and the largest cosine between two different class text
+    features (how separable the label texts are)."""
     folder = world.ensure_world(
-        world_root.expanduser(), split, num_images, TEST_IMAGE_SIZE, TEST_SEED
+        world_root.expanduser(), split, num_images, TEST_IMAGE_SIZE, TEST_SEED, version
     )
     records = read_metadata(folder)
     backbone = CLIPBackbone(str(checkpoint)).eval()
@@ -314,6 +341,11 @@ def evaluate_zero_shot(
         targets.append(target)
     prior = torch.cat(targets).mean(0)
     result = {k: float(v) for k, v in metrics.compute().items()}
+    rare = torch.tensor([world.world_version(version).captions.is_rare(n) for n in CLASS_NAMES])
+    per_class = metrics.per_class_ap()
+    if per_class is not None and rare.any():
+        result["rare_mAP"] = float(per_class[rare].nanmean())
+        result["other_mAP"] = float(per_class[~rare].nanmean())
     result["chance_mAP"] = float(100 * prior.mean())
     result["max_text_cosine"] = float(text_cosine.max())
     result["most_similar_texts"] = " / ".join(CLASS_NAMES[k] for k in most_similar)
@@ -336,13 +368,31 @@ def write_readme(args, out: Path, info: dict, zs: dict, vision_s: float, wall: f
     )
     command = " ".join(["python scripts/pretrain_tiny_clip.py", *map(shlex.quote, sys.argv[1:])])
     n_params = info["n_params"]
-    text = f"""# tiny-clip: a CLIP pre-trained on the procedural world
+    version = args.world_version
+    name = out.name
+    style = world.world_version(version).captions
+    rare = ""
+    if style.rare_classes:
+        rare = (
+            f"\n\nWorld {version}'s captions name an object with probability "
+            f"{style.mention_prob:g} ({style.small_mention_prob:g} if small) and its "
+            f"{len(style.rare_classes)} rare classes ({', '.join(style.rare_classes)}) with "
+            f"probability {style.rare_mention_prob:g}, in captions and single-object prompts "
+            "alike: the text prior knows little of them, so labels must teach them."
+        )
+    rare_row = ""
+    if "rare_mAP" in zs:
+        rare_row = (
+            f"\n\nMean AP of the {len(style.rare_classes)} rare classes {zs['rare_mAP']:.2f}, "
+            f"of the other classes {zs['other_mAP']:.2f}."
+        )
+    text = f"""# {name}: a CLIP pre-trained on the procedural world {version}
 
 A small `transformers.CLIPModel` (ViT vision tower, {n_params / 1e6:.2f} M parameters) pre-trained
 from scratch on CPU with the standard symmetric CLIP contrastive loss on image-caption pairs of
-the synthetic world v2 (`cssa_lightning/synthetic/world.py`). It stands in for real CLIP weights,
-which cannot be downloaded here. Load it with `CLIPModel.from_pretrained(path)` or
-`cssa_lightning.clip.CLIPBackbone("tiny-clip")` (the short name resolves to this directory).
+the synthetic world {version} (`cssa_lightning/synthetic/world.py`). It stands in for real CLIP
+weights, which cannot be downloaded here. Load it with `CLIPModel.from_pretrained(path)` or
+`cssa_lightning.clip.CLIPBackbone("{name}")` (the short name resolves to this directory).{rare}
 
 Produced by `scripts/pretrain_tiny_clip.py`:
 
@@ -365,13 +415,14 @@ Produced by `scripts/pretrain_tiny_clip.py`:
 
 ## Zero-shot on the benchmark test split
 
-World split `test`, 2000 images, 64x64, seed 0 (`ensure_world(root, "test", 2000, 64, seed=0)`);
+World {version} split `test`, 2000 images, 64x64, seed 0
+(`ensure_world(root, "test", 2000, 64, seed=0, version="{version}")`);
 `CLIPBackbone.class_text_features(CLASS_NAMES, DEFAULT_TEMPLATES)`, cosine between the
 global image feature and each class, `MultiLabelMetrics` (x100):
 
 | mAP | chance mAP (mean class prior) |
 |---|---|
-| {zs["mAP"]:.2f} | {zs["chance_mAP"]:.2f} |
+| {zs["mAP"]:.2f} | {zs["chance_mAP"]:.2f} |{rare_row}
 
 How separable the class texts are (cosine between the prompt-ensembled text features of two
 different classes, {len(CLASS_NAMES)} classes): mean {zs["mean_text_cosine"]:.3f}, largest
@@ -397,7 +448,7 @@ may change the last bits. The pretrain world is generated once into `--world-roo
 The schedule was chosen on the validation split: zero-shot mAP stops improving by the last
 epochs (table above), and the fine-tuned models of the benchmark stay far above it
 (`docs/results.md`). The largest text-text cosine does not fall with longer training: it is set by
-pairs that are drawn alike and share contexts (spoon/fork), which the captions rarely tell
+pairs that are drawn alike and share contexts (the most similar pairs above), which the captions rarely tell
 apart; most class pairs are far apart.
 """
     (out / "README.md").write_text(text)
@@ -426,7 +477,9 @@ def main(argv: list[str] | None = None) -> None:
         model.eval()
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = save_clip_checkpoint(model, tokenizer, Path(tmp), args.image_size)
-            val = evaluate_zero_shot(checkpoint, args.world_root, VAL_SPLIT, VAL_NUM_IMAGES)
+            val = evaluate_zero_shot(
+                checkpoint, args.world_root, VAL_SPLIT, VAL_NUM_IMAGES, args.world_version
+            )
         model.train()
         history.append({"epoch": epoch, **val})
         validation_seconds += time.perf_counter() - start
@@ -444,7 +497,9 @@ def main(argv: list[str] | None = None) -> None:
 
     model.eval()
     out = save_clip_checkpoint(model, tokenizer, args.out, args.image_size)
-    zs = evaluate_zero_shot(out, args.world_root)
+    zs = evaluate_zero_shot(
+        out, args.world_root, TEST_SPLIT, TEST_NUM_IMAGES, args.world_version
+    )
     info.update(n_params=n_params, vocab_size=len(tokenizer), size_mb=dir_size_mb(out))
     if not args.no_readme:
         write_readme(args, out, info, zs, vision_s, wall)

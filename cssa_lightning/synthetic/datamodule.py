@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cssa_lightning.datamodule import MultiLabelDataModule
-from cssa_lightning.synthetic.world import ensure_world
+from cssa_lightning.synthetic.world import WORLD_VERSION, VersionName, ensure_world
 
 
 class WorldDataModule(MultiLabelDataModule):
@@ -22,6 +22,9 @@ class WorldDataModule(MultiLabelDataModule):
         num_test: Test images.
         world_image_size: Side of the generated images.
         world_seed: Seed of the world (train, val and test use independent streams).
+        world_version: ``"v2"`` or ``"v3"`` (visible objects, weaker text prior; see
+            :class:`cssa_lightning.synthetic.world.WorldVersion`). Pair v3 with the
+            ``tiny-clip-v3`` checkpoint, which was pre-trained on it.
         **kwargs: Options of :class:`MultiLabelDataModule` other than the sources.
     """
 
@@ -33,18 +36,16 @@ class WorldDataModule(MultiLabelDataModule):
         num_test: int = 2000,
         world_image_size: int = 64,
         world_seed: int = 0,
+        world_version: VersionName = WORLD_VERSION,
         **kwargs,
     ):
         if num_val < 0:
             raise ValueError(f"num_val must be non-negative, got {num_val}")
         root_path = Path(root).expanduser()
-        train = ensure_world(root_path, "train", num_train, world_image_size, world_seed)
-        val = (
-            ensure_world(root_path, "val", num_val, world_image_size, world_seed)
-            if num_val > 0
-            else None
-        )
-        test = ensure_world(root_path, "test", num_test, world_image_size, world_seed)
+        world = (world_image_size, world_seed, world_version)
+        train = ensure_world(root_path, "train", num_train, *world)
+        val = ensure_world(root_path, "val", num_val, *world) if num_val > 0 else None
+        test = ensure_world(root_path, "test", num_test, *world)
         super().__init__(
             train_source=str(train),
             val_source=None if val is None else str(val),

@@ -1,11 +1,14 @@
-"""World v2: a procedural multi-label image benchmark where context and unlabeled data help.
+"""Worlds v2 and v3: procedural multi-label image benchmarks where context and unlabeled data help.
 
 No real images or weights can be downloaded, so the project draws its own. Each image picks a
 context (kitchen, beach, ..., see :mod:`.contexts`) and 1-8 objects (:mod:`.shapes`), most of
 them from the context's long-tailed class list; backgrounds are mostly neutral, so what tells
 the context is which objects co-occur. About a third of the objects are small (ambiguous on
 their own at 64 px), objects overlap partially and some are partly hidden by a bar or the
-image border; a few class pairs are deliberately confusable.
+image border; a few class pairs are deliberately confusable. World v3 (:data:`V3`) keeps all of
+that but draws objects the model can see (at most 6, none under ~1.5 patches across) and
+captions with a weaker text prior (fewer objects named, twelve rare classes almost never named),
+so that labels teach what pre-training did not.
 
 Generation is split in two so tests can check statistics cheaply:
 
@@ -29,7 +32,7 @@ whatever the number of worker processes, and the splits are independent.
 Command line::
 
     python -m cssa_lightning.synthetic.world --root DIR --split train --num-images N \\
-        --seed S --image-size 64
+        --seed S --image-size 64 [--version v3]
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from typing import Literal
 import numpy as np
 
 from cssa_lightning.progress import ProgressBar
-from cssa_lightning.synthetic.captions import make_caption
+from cssa_lightning.synthetic.captions import V2_CAPTIONS, CaptionStyle, make_caption
 from cssa_lightning.synthetic.contexts import (
     CONTEXT_BACKGROUND_PROB,
     CONTEXT_PROBS,
@@ -67,26 +70,95 @@ from cssa_lightning.synthetic.shapes import CLASS_BY_NAME, CLASS_NAMES
 
 Split = Literal["pretrain", "train", "val", "test"]
 SPLITS: tuple[str, ...] = ("pretrain", "train", "val", "test")
-#: Part of every world folder name, so caches of other world versions are never reused.
-WORLD_VERSION = "v2"
 
-# Probability of 1, 2, ..., 8 objects being attempted per image.
-NUM_OBJECTS_PROBS = (0.10, 0.16, 0.18, 0.17, 0.14, 0.11, 0.08, 0.06)
-# Probability that an object is small (radius SMALL_RADIUS of the image side: 6-10 px at 64).
-SMALL_PROB = 0.35
-SMALL_RADIUS = (0.05, 0.08)
-# Radius range (fraction of the image side) of normal objects by number of objects: crowded
-# images need smaller objects so they fit without hiding each other.
-_RADIUS_RANGE = {
-    1: (0.22, 0.34),
-    2: (0.18, 0.27),
-    3: (0.16, 0.23),
-    4: (0.14, 0.2),
-    5: (0.13, 0.19),
-    6: (0.12, 0.17),
-    7: (0.11, 0.16),
-    8: (0.1, 0.15),
-}
+
+@dataclass(frozen=True)
+class WorldVersion:
+    """What a world version draws: object counts and sizes, and how captions name objects.
+
+    Attributes:
+        name: Part of every world folder name, so caches of other versions are never reused.
+        num_objects_probs: Probability of 1, 2, ... objects being attempted per image.
+        small_prob: Probability that an object is small.
+        small_radius: Radius range of small objects (fraction of the image side).
+        radius_range: Radius range of normal objects by number of objects: crowded images need
+            smaller objects so they fit without hiding each other.
+        captions: How pre-training captions name the objects.
+    """
+
+    name: str
+    num_objects_probs: tuple[float, ...]
+    small_prob: float
+    small_radius: tuple[float, float]
+    radius_range: tuple[tuple[float, float], ...]
+    captions: CaptionStyle
+
+    def __post_init__(self) -> None:
+        if not math.isclose(sum(self.num_objects_probs), 1.0):
+            raise ValueError(f"{self.name}: num_objects_probs must sum to 1")
+        if len(self.radius_range) < len(self.num_objects_probs):
+            raise ValueError(f"{self.name}: a radius range is needed for every object count")
+
+
+_V2_RADIUS_RANGE = (
+    (0.22, 0.34),
+    (0.18, 0.27),
+    (0.16, 0.23),
+    (0.14, 0.2),
+    (0.13, 0.19),
+    (0.12, 0.17),
+    (0.11, 0.16),
+    (0.1, 0.15),
+)
+#: World v2: 1-8 objects, a third of them small (6-10 px across at 64 px: about one 8-px
+#: patch), captions name about two thirds of the objects and every class.
+V2 = WorldVersion(
+    name="v2",
+    num_objects_probs=(0.10, 0.16, 0.18, 0.17, 0.14, 0.11, 0.08, 0.06),
+    small_prob=0.35,
+    small_radius=(0.05, 0.08),
+    radius_range=_V2_RADIUS_RANGE,
+    captions=V2_CAPTIONS,
+)
+#: Classes world v3's captions almost never name: one of each confusable pair (told apart from
+#: its twin by colour or a detail the text never describes) and three more, one per context
+#: family. Zero-shot CLIP knows little of them; labels must teach them.
+V3_RARE_CLASSES: tuple[str, ...] = (
+    "orange",
+    "starfish",
+    "banana",
+    "bus",
+    "umbrella",
+    "ball",
+    "flag",
+    "fork",
+    "book",
+    "candle",
+    "kite",
+    "leaf",
+)
+#: World v3: objects the model can see and a text prior weaker than the pixels. At most 6
+#: objects; small objects 12-16 px across at 64 px (1.5-2 patches of 8 px); captions name fewer
+#: objects (half, a third of the small ones) and the rare classes 3 % of the time.
+V3 = WorldVersion(
+    name="v3",
+    num_objects_probs=(0.12, 0.2, 0.22, 0.2, 0.15, 0.11),
+    small_prob=0.3,
+    small_radius=(0.095, 0.125),
+    radius_range=_V2_RADIUS_RANGE[:6],
+    captions=CaptionStyle(
+        mention_prob=0.5,
+        small_mention_prob=0.3,
+        setting_prob=0.4,
+        rare_classes=V3_RARE_CLASSES,
+        rare_mention_prob=0.03,
+    ),
+)
+WORLD_VERSIONS: dict[str, WorldVersion] = {v.name: v for v in (V2, V3)}
+#: The version a world is drawn from unless another is asked for.
+WORLD_VERSION = V2.name
+VersionName = Literal["v2", "v3"]
+
 # Two objects' centres must be at least this fraction of the sum of their radii apart, so
 # overlap is partial and every labelled object stays visible.
 _MIN_CENTRE_GAP = 0.72
@@ -174,15 +246,16 @@ class ImageSpec:
         return [name for name in CLASS_NAMES if name in present]
 
 
-def sample_image_spec(rng: np.random.Generator) -> ImageSpec:
+def sample_image_spec(rng: np.random.Generator, version: WorldVersion = V2) -> ImageSpec:
     """Draw what one image shows, without rendering it.
 
     Args:
         rng: Random generator; the spec is a pure function of its state.
+        version: Object counts and sizes to draw from.
 
     Returns:
-        The image spec. It has 1-8 objects; an object whose placement keeps failing is
-        dropped rather than allowed to hide another one.
+        The image spec. It has 1 to ``len(version.num_objects_probs)`` objects; an object
+        whose placement keeps failing is dropped rather than allowed to hide another one.
     """
     context = CONTEXTS[int(rng.choice(len(CONTEXTS), p=CONTEXT_PROBS))]
     if rng.random() < CONTEXT_BACKGROUND_PROB:
@@ -191,8 +264,9 @@ def sample_image_spec(rng: np.random.Generator) -> ImageSpec:
         background, style = "neutral", NEUTRAL_STYLES[int(rng.integers(len(NEUTRAL_STYLES)))]
     weights = CONTEXT_WEIGHTS[context.name]
     outside = OUTSIDE_CLASSES[context.name]
-    n = int(rng.choice(len(NUM_OBJECTS_PROBS), p=NUM_OBJECTS_PROBS)) + 1
-    lo, hi = _RADIUS_RANGE[n]
+    probs = version.num_objects_probs
+    n = int(rng.choice(len(probs), p=probs)) + 1
+    lo, hi = version.radius_range[n - 1]
 
     objects: list[ObjectSpec] = []
     for _ in range(n):
@@ -201,8 +275,8 @@ def sample_image_spec(rng: np.random.Generator) -> ImageSpec:
             name = context.classes[int(rng.choice(len(context.classes), p=weights))]
         else:
             name = outside[int(rng.integers(len(outside)))]
-        small = bool(rng.random() < SMALL_PROB)
-        radius = float(rng.uniform(*SMALL_RADIUS) if small else rng.uniform(lo, hi))
+        small = bool(rng.random() < version.small_prob)
+        radius = float(rng.uniform(*version.small_radius) if small else rng.uniform(lo, hi))
         # Centres may sit close to the border so some objects are cropped (up to ~35% of
         # their radius), another form of partial occlusion.
         margin = 0.65 * radius
@@ -271,7 +345,20 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, _split_code(split), index])
 
 
-def _check_args(split: str, num_images: int, image_size: int, seed: int) -> None:
+def world_version(name: str) -> WorldVersion:
+    """The :class:`WorldVersion` called ``name`` (``"v2"`` or ``"v3"``)."""
+    try:
+        return WORLD_VERSIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"world version must be one of {sorted(WORLD_VERSIONS)}, got {name!r}"
+        ) from None
+
+
+def _check_args(
+    split: str, num_images: int, image_size: int, seed: int, version: str = WORLD_VERSION
+) -> None:
+    world_version(version)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if num_images <= 0:
@@ -282,15 +369,24 @@ def _check_args(split: str, num_images: int, image_size: int, seed: int) -> None
         raise ValueError(f"seed must be non-negative, got {seed}")
 
 
-def world_dir_name(split: str, num_images: int, image_size: int = 64, seed: int = 0) -> str:
-    """Folder name of a world: ``v2-<split>-<num_images>-<image_size>-s<seed>``."""
-    return f"{WORLD_VERSION}-{split}-{num_images}-{image_size}-s{seed}"
+def world_dir_name(
+    split: str,
+    num_images: int,
+    image_size: int = 64,
+    seed: int = 0,
+    version: VersionName = WORLD_VERSION,
+) -> str:
+    """Folder name of a world: ``<version>-<split>-<num_images>-<image_size>-s<seed>``."""
+    return f"{version}-{split}-{num_images}-{image_size}-s{seed}"
 
 
-def image_record(split: str, index: int, seed: int) -> tuple[ImageSpec, dict[str, object]]:
+def image_record(
+    split: str, index: int, seed: int, version: VersionName = WORLD_VERSION
+) -> tuple[ImageSpec, dict[str, object]]:
     """The spec of image ``index`` and its metadata line (without rendering)."""
     rng = image_rng(seed, split, index)
-    spec = sample_image_spec(rng)
+    drawn = world_version(version)
+    spec = sample_image_spec(rng, drawn)
     record: dict[str, object] = {
         "file_name": f"images/{index:06d}.png",
         "labels": spec.labels,
@@ -301,24 +397,27 @@ def image_record(split: str, index: int, seed: int) -> tuple[ImageSpec, dict[str
         names = [o.name for o in spec.objects]
         small = [o.small for o in spec.objects]
         captions = [
-            make_caption(names, spec.context, rng, small) for _ in range(NUM_PRETRAIN_CAPTIONS)
+            make_caption(names, spec.context, rng, small, drawn.captions)
+            for _ in range(NUM_PRETRAIN_CAPTIONS)
         ]
         record["caption"] = captions[0]
         record["captions"] = captions
     return spec, record
 
 
-def _make_one(args: tuple[Path, str, int, int, int]) -> str:
+def _make_one(args: tuple[Path, str, int, int, int, str]) -> str:
     """Render and save image ``index``; return its metadata line."""
-    out_dir, split, index, image_size, seed = args
-    spec, record = image_record(split, index, seed)
+    out_dir, split, index, image_size, seed, version = args
+    spec, record = image_record(split, index, seed, version)
     render_image(spec, image_size).save(out_dir / str(record["file_name"]))
     return json.dumps(record)
 
 
-def _make_chunk(args: tuple[Path, str, int, int, int, int]) -> list[str]:
-    out_dir, split, start, stop, image_size, seed = args
-    return [_make_one((out_dir, split, i, image_size, seed)) for i in range(start, stop)]
+def _make_chunk(args: tuple[Path, str, int, int, int, int, str]) -> list[str]:
+    out_dir, split, start, stop, image_size, seed, version = args
+    return [
+        _make_one((out_dir, split, i, image_size, seed, version)) for i in range(start, stop)
+    ]
 
 
 def generate_world(
@@ -328,6 +427,7 @@ def generate_world(
     image_size: int = 64,
     seed: int = 0,
     workers: int | None = None,
+    version: VersionName = WORLD_VERSION,
 ) -> None:
     """Write a world into ``out_dir`` (which must not hold one already).
 
@@ -342,11 +442,12 @@ def generate_world(
         seed: Base seed.
         workers: Processes to use; default is up to 2, and 1 for small worlds where starting
             processes costs more than it saves.
+        version: World version (``"v2"`` or ``"v3"``, see :class:`WorldVersion`).
 
     Raises:
         ValueError: On a bad argument.
     """
-    _check_args(split, num_images, image_size, seed)
+    _check_args(split, num_images, image_size, seed, version)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     if workers is None:
@@ -354,7 +455,7 @@ def generate_world(
     if workers < 1:
         raise ValueError(f"workers must be positive, got {workers}")
     chunks = [
-        (out_dir, split, start, min(start + _CHUNK, num_images), image_size, seed)
+        (out_dir, split, start, min(start + _CHUNK, num_images), image_size, seed, version)
         for start in range(0, num_images, _CHUNK)
     ]
     parts: list[list[str]] = []
@@ -393,6 +494,7 @@ def ensure_world(
     num_images: int,
     image_size: int = 64,
     seed: int = 0,
+    version: VersionName = WORLD_VERSION,
 ) -> Path:
     """Return the folder of a world, generating it first if needed.
 
@@ -405,6 +507,7 @@ def ensure_world(
         num_images: How many images.
         image_size: Width and height in pixels.
         seed: Base seed; the same arguments always give byte-identical files.
+        version: World version (``"v2"`` or ``"v3"``, see :class:`WorldVersion`).
 
     Returns:
         ``root / world_dir_name(split, num_images, image_size, seed)``.
@@ -412,9 +515,9 @@ def ensure_world(
     Raises:
         ValueError: On a bad argument.
     """
-    _check_args(split, num_images, image_size, seed)
+    _check_args(split, num_images, image_size, seed, version)
     root = Path(root)
-    final = root / world_dir_name(split, num_images, image_size, seed)
+    final = root / world_dir_name(split, num_images, image_size, seed, version)
     if _is_complete(final):
         return final
     root.mkdir(parents=True, exist_ok=True)
@@ -422,7 +525,7 @@ def ensure_world(
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:
-        generate_world(tmp, split, num_images, image_size, seed)
+        generate_world(tmp, split, num_images, image_size, seed, version=version)
         if final.exists() and not _is_complete(final):
             # Not produced by this code (rename is atomic); start over.
             shutil.rmtree(final)
@@ -446,10 +549,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-images", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--version", choices=sorted(WORLD_VERSIONS), default=WORLD_VERSION)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        folder = ensure_world(args.root, args.split, args.num_images, args.image_size, args.seed)
+        folder = ensure_world(
+            args.root, args.split, args.num_images, args.image_size, args.seed, args.version
+        )
     except ValueError as err:
         parser.error(str(err))
     print(folder)
