@@ -1,4 +1,5 @@
-"""Tests of the synthetic world v2 (cssa_lightning.synthetic): definitions, statistics, files."""
+"""Tests of the synthetic worlds v2 and v3 (cssa_lightning.synthetic): definitions, statistics,
+files."""
 
 from __future__ import annotations
 
@@ -301,6 +302,7 @@ def test_bad_caption_arguments() -> None:
         ({"num_images": 0}, "num_images"),
         ({"image_size": 4}, "image_size"),
         ({"seed": -1}, "seed"),
+        ({"version": "v9"}, "version"),
     ],
 )
 def test_bad_arguments(tmp_path: Path, kwargs: dict, argument: str) -> None:
@@ -328,3 +330,69 @@ def test_world_datamodule_writes_val_split(tmp_path: Path) -> None:
     assert (
         WorldDataModule(root=str(tmp_path), num_train=12, num_val=0, num_test=5).val_source is None
     )
+
+
+# -- world v3: visible objects, a weaker text prior -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def v3_specs() -> list[ImageSpec]:
+    return [sample_image_spec(image_rng(0, "train", i), world.V3) for i in range(3000)]
+
+
+def test_v3_objects_are_visible(v3_specs: list[ImageSpec]) -> None:
+    counts = Counter(len(s.objects) for s in v3_specs)
+    assert set(counts) == set(range(1, 7))
+    # Every object at least 1.5 patches of 8 px across at the benchmark's 64 px.
+    diameters = [2 * o.radius * 64 for s in v3_specs for o in s.objects]
+    assert min(diameters) >= 12.0
+    assert 0.26 <= np.mean([o.small for s in v3_specs for o in s.objects]) <= 0.34
+    # Same contexts, co-occurrence and long tail as v2.
+    labels = Counter(label for s in v3_specs for label in s.labels)
+    assert set(labels) == set(CLASS_NAMES)
+
+
+def test_v3_captions_rarely_name_the_rare_classes(tmp_path: Path) -> None:
+    style = world.V3.captions
+    assert set(style.rare_classes) <= set(CLASS_NAMES) and len(style.rare_classes) == 12
+    # One class of every confusable pair is rare: text cannot tell the twins apart.
+    assert all((a in style.rare_classes) != (b in style.rare_classes) for a, b in CONFUSABLE_PAIRS)
+    records = [world.image_record("pretrain", i, 0, "v3")[1] for i in range(1500)]
+    rare_present = rare_named = common_present = common_named = settings_only = 0
+    for record in records:
+        for caption in record["captions"]:
+            words = set(split_words(caption))
+            named = words & set(CLASS_NAMES)
+            assert named <= set(record["labels"]), caption
+            assert set(split_words(caption)) <= set(vocabulary()), caption
+            settings_only += not named
+            for label in record["labels"]:
+                if label in style.rare_classes:
+                    rare_present, rare_named = rare_present + 1, rare_named + (label in words)
+                else:
+                    common_present, common_named = common_present + 1, common_named + (label in words)
+    assert rare_named / rare_present < 0.06
+    assert common_named / common_present > 0.4
+    # Images holding only rare classes get captions that name the setting and no object.
+    assert 0 < settings_only / (5 * len(records)) < 0.1
+
+
+def test_v3_world_on_disk_is_its_own_cache(tmp_path: Path) -> None:
+    v2 = ensure_world(tmp_path, "test", 4, image_size=32)
+    v3 = ensure_world(tmp_path, "test", 4, image_size=32, version="v3")
+    assert v2.name == "v2-test-4-32-s0" and v3.name == "v3-test-4-32-s0"
+    assert _folder_bytes(v2) != _folder_bytes(v3)
+    assert _folder_bytes(ensure_world(tmp_path / "again", "test", 4, 32, 0, "v3")) == (
+        _folder_bytes(v3)
+    )
+    world.main(["--root", str(tmp_path), "--split", "val", "--num-images", "2", "--version", "v3"])
+
+
+def test_world_datamodule_world_version(tmp_path: Path) -> None:
+    from cssa_lightning.synthetic import WorldDataModule
+
+    data = WorldDataModule(
+        root=str(tmp_path), num_train=12, num_val=6, num_test=5, world_version="v3"
+    )
+    assert Path(data.val_source) == tmp_path / "v3-val-6-64-s0"
+    assert Path(data.train_source) == tmp_path / "v3-train-12-64-s0"

@@ -134,7 +134,7 @@ V3_RARE_CLASSES: tuple[str, ...] = (
     "fork",
     "book",
     "candle",
-    "kite",
+    "hat",
     "leaf",
 )
 #: World v3: objects the model can see and a text prior weaker than the pixels. At most 6
