@@ -27,6 +27,7 @@ quality = _load_benchmark()
 
 
 def row(method, ratio, seed, mAP, student=None, **extra):
+    trained = method != "zero-shot"
     return {
         "method": method,
         "labeled_ratio": ratio,
@@ -37,6 +38,8 @@ def row(method, ratio, seed, mAP, student=None, **extra):
         "test_OF1": 40.0,
         "val_mAP": mAP + 0.5,
         "val_mAP_student": mAP,
+        "selected_epoch": 3 if trained else None,  # after the default 2 warm-up epochs
+        "in_warmup": False if trained else None,
         "pseudo_precision": None,
         "pseudo_recall": None,
         "train_seconds": 10.0,
@@ -72,6 +75,9 @@ def rows():
     # Pseudo-label histories of CAP at 10 % for two seeds.
     rows[1]["history"] = history([60.0, 70.0], [30.0, 40.0])
     rows[4]["history"] = history([62.0, 74.0], [32.0, 44.0])
+    # The student alone (no EMA): CAP - supervised is 1, 2, 3 at 5 % and 5, 6, 2 at 10 %.
+    rows += [row("supervised", 0.05, seed, 44.0) for seed in (1, 2, 3)]
+    rows += [row("supervised", 0.1, seed, m) for seed, m in [(1, 45.0), (2, 46.0), (3, 47.0)]]
     return rows
 
 
@@ -106,16 +112,56 @@ def test_paired_differences_and_positive_counts(rows):
 
 def test_calibration_verdicts(rows):
     checks = quality.calibration_checks(rows)
-    assert [c.met for c in checks] == [True, False, True, True]
-    assert checks[0].value == "+3.67 ± 0.58 (3/3 seeds > 0)"  # 4, 4, 3 at 5 %
-    assert checks[2].value.startswith("+12.33")  # 14, 11, 12
-    assert checks[3].value == "zero-shot 40.00, fully supervised − 15 = 45.00"
-    # Without the fully supervised rows those two checks have nothing to say.
-    partial = [r for r in rows if r["method"] != "fully supervised"]
-    assert [c.met for c in quality.calibration_checks(partial)] == [True, False, None, None]
-    # All CAP seeds positive but the mean below 3: missed.
-    low = [dict(r, test_mAP=r["test_mAP"] - 1.5) if r["method"] == "CAP" else r for r in rows]
-    assert quality.calibration_checks(low)[0].met is False
+    # fully supervised - supervised+EMA at 10 %; zero-shot <= fully supervised - 12;
+    # CAP - supervised at 5 % and 10 %; CAP - supervised+EMA (+ CAP's epochs) at 5 % and 10 %.
+    assert [c.met for c in checks] == [True, True, False, True, True, False]
+    assert checks[0].value.startswith("+12.33")  # 14, 11, 12
+    assert checks[1].target.startswith("zero-shot ≤ fully supervised − 12")
+    assert checks[1].value.startswith("+20.00")  # 60, 58, 62 against 40
+    assert checks[2].target == "CAP − supervised (student) at 5% ≥ +3.0"
+    assert checks[2].value == "+2.00 ± 1.00 (3/3 seeds > 0)"  # 1, 2, 3: below 3
+    assert checks[3].value.startswith("+4.33")  # 5, 6, 2
+    assert checks[4].value == (
+        "+3.67 ± 0.58 (3/3 seeds > 0); CAP selected epochs 3, 3, 3"  # 4, 4, 3
+    )
+    assert "> 0 on every seed" in checks[4].target and "after the warm-up" in checks[4].target
+    assert checks[5].value.startswith("+2.67 ± 3.21 (2/3")  # mean 2.67 >= 1 but seed 3 < 0
+    # Without the fully supervised rows the first two have nothing to say; without the
+    # student alone neither has CAP - supervised.
+    partial = [r for r in rows if r["method"] not in ("fully supervised", "supervised")]
+    assert [c.met for c in quality.calibration_checks(partial)] == [
+        None,
+        None,
+        None,
+        None,
+        True,
+        False,
+    ]
+    assert quality.calibration_checks([])[4].value == "–; –"
+    # All CAP seeds positive at 5 % but the mean below 1.5 (1.5, 1.5, 0.5): missed.
+    low = [dict(r, test_mAP=r["test_mAP"] - 2.5) if r["method"] == "CAP" else r for r in rows]
+    assert quality.calibration_checks(low)[4].met is False
+
+
+def test_calibration_wants_cap_selected_after_the_warmup(rows):
+    def with_cap_seed_1(**changes):
+        return [
+            dict(r, **changes)
+            if (r["method"], r["labeled_ratio"], r["seed"]) == ("CAP", 0.05, 1)
+            else r
+            for r in rows
+        ]
+
+    check = quality.calibration_checks(with_cap_seed_1(selected_epoch=1, in_warmup=True))[4]
+    assert check.met is False  # the difference alone would meet it
+    assert check.value.endswith("CAP selected epochs 1†, 3, 3")
+    assert "†1/3" in check.value  # the difference's entry is flagged too
+    # An unknown epoch (an old row) cannot show the target met.
+    unknown = quality.calibration_checks(with_cap_seed_1(selected_epoch=None, in_warmup=None))
+    assert unknown[4].met is None
+    assert unknown[4].value.endswith("CAP selected epochs ?, 3, 3")
+    table = quality.table_checks(with_cap_seed_1(selected_epoch=None, in_warmup=None))
+    assert "not enough rows" in table and "**missed**" in table
 
 
 def test_noise_floor_and_epoch_curves(rows):
@@ -184,6 +230,18 @@ def test_plan_runs_each_key_once():
     quick = quality.parse_args(["--quick", "--epochs", "2"])
     assert quick.protocol.num_train == 600 and quick.protocol.epochs == 2
     assert [run[0] for run in quality.plan(quick)] == quality.QUICK_METHODS
+    assert {"supervised", "supervised+EMA+label-specific"} <= set(quality.QUICK_METHODS)
+    # The main grid: every method at every ratio and seed, the controls included.
+    assert [run[0] for run in runs if run[1:3] == (0.05, 1)] == [
+        "zero-shot",
+        "supervised",
+        "supervised+EMA",
+        "supervised+EMA+label-specific",
+        "CAP",
+        "CSSA",
+        "fully supervised",
+    ]
+    assert quality.MAIN_METHODS == [run[0] for run in runs if run[1:3] == (0.05, 1)]
 
 
 def test_run_configs():
@@ -222,6 +280,217 @@ def test_run_configs():
     assert not any("ModelCheckpoint" in c["class_path"] for c in final["callbacks"])
     with pytest.raises(ValueError, match="test_weights"):
         quality.run_config(quality.Protocol(test_weights="last"), "CAP", 0.1, 1, Path("."), "w")
+
+
+def test_labeled_only_controls_configs():
+    protocol = quality.Protocol()
+
+    def parts(method):
+        config = quality.run_config(protocol, method, 0.05, 1, Path("/tmp/x"), "world")
+        return config["model"]["class_path"], config["model"]["init_args"], config["data"]
+
+    task, model, data = parts("supervised+EMA+label-specific")
+    # CSSA's architecture (label-specific features, EMA teacher), no unlabeled image or loss.
+    assert task == "cssa_lightning.CSSATask"
+    assert model["label_specific"] is True
+    assert not any(model[k] for k in ["use_alignment", "use_context", "use_consistency"])
+    assert data["init_args"]["load_unlabeled"] is False
+    assert data["init_args"]["labeled_ratio"] == 0.05
+    assert model["warmup_epochs"] == protocol.warmup_epochs
+    # The student alone: a MultiLabelTask (no teacher) on the labeled images.
+    task, model, data = parts("supervised")
+    assert task == "cssa_lightning.MultiLabelTask"
+    assert data["init_args"]["load_unlabeled"] is False
+    assert "warmup_epochs" not in model and "ema_decay" not in model
+    config = quality.run_config(protocol, "supervised", 0.05, 1, Path("/tmp/x"), "world")
+    (checkpoint,) = [
+        c for c in config["trainer"]["callbacks"] if "ModelCheckpoint" in c["class_path"]
+    ]
+    assert checkpoint["init_args"]["monitor"] == "val/mAP"
+    # supervised+EMA differs from the label-specific control by that switch only.
+    _, ema, _ = parts("supervised+EMA")
+    assert {k for k in model.keys() | ema.keys() if model.get(k) != ema.get(k)} >= {
+        "label_specific"
+    }
+    _, control, _ = parts("supervised+EMA+label-specific")
+    assert {k for k in control.keys() | ema.keys() if control.get(k) != ema.get(k)} == {
+        "label_specific"
+    }
+
+
+NEW_OPTIONS = {
+    "layer_lr_decay": 0.8,
+    "pct_start": 0.1,
+    "consistency_target": "hard",
+    "reliability_margin": 0.05,
+    "strong_ops": "color,geometry",
+    "strong_num_ops": 3,
+    "strong_magnitude": 9.0,
+    "strong_translate": 0.25,
+}
+
+
+def test_protocol_options_are_passed_only_when_set():
+    def init_args(protocol, method):
+        config = quality.run_config(protocol, method, 0.1, 1, Path("/tmp/x"), "world")
+        return config["model"]["init_args"], config["data"]["init_args"]
+
+    default = quality.Protocol()
+    for method in ["zero-shot", "supervised", "CAP", "CSSA"]:
+        model, data = init_args(default, method)
+        assert not set(NEW_OPTIONS) & (model.keys() | data.keys()), method
+        assert data["world_version"] == "v2"
+        assert model["clip_checkpoint"] == data["clip_processor"] == "tiny-clip"
+    changed = quality.Protocol(**NEW_OPTIONS, world_version="v3", clip="tiny-clip-v3")
+    data_options = {k: v for k, v in NEW_OPTIONS.items() if k.startswith("strong_")}
+    expected_model = {
+        "zero-shot": {},  # trains nothing
+        "supervised": {"layer_lr_decay": 0.8, "pct_start": 0.1},  # MultiLabelTask options
+        "CAP": {k: v for k, v in NEW_OPTIONS.items() if not k.startswith("strong_")},
+        "CSSA": {k: v for k, v in NEW_OPTIONS.items() if not k.startswith("strong_")},
+    }
+    for method, expected in expected_model.items():
+        model, data = init_args(changed, method)
+        assert {k: v for k, v in model.items() if k in NEW_OPTIONS} == expected, method
+        assert {k: v for k, v in data.items() if k in NEW_OPTIONS} == data_options, method
+        assert data["world_version"] == "v3"
+        assert model["clip_checkpoint"] == data["clip_processor"] == "tiny-clip-v3"
+    # Every Protocol field is a flag; "none" unsets an optional one.
+    args = quality.parse_args(
+        ["--layer-lr-decay", "0.8", "--strong-num-ops", "3", "--world-version", "v3"]
+        + ["--clip", "tiny-clip-v3", "--consistency-target", "hard", "--strong-ops", "none"]
+    )
+    assert args.protocol == quality.Protocol(
+        layer_lr_decay=0.8,
+        strong_num_ops=3,
+        world_version="v3",
+        clip="tiny-clip-v3",
+        consistency_target="hard",
+    )
+    record = quality.protocol_record(args.protocol, "cmd", "w")
+    assert record["clip"] == "tiny-clip-v3" and record["world_version"] == "v3"
+
+
+def val_history(values, key="val/mAP_teacher"):
+    """Per-epoch val mAP ``values`` under ``key`` (the student 2 points lower beside a teacher)."""
+    return [{"epoch": e, "val/mAP": v - 2, key: v} for e, v in enumerate(values)]
+
+
+def test_row_records_the_selected_epoch_and_whether_it_is_in_the_warmup():
+    protocol = quality.Protocol(epochs=4, warmup_epochs=2)
+    test = {
+        "test/mAP": 50.0,
+        "test/mAP_teacher": 52.0,
+        "test/CF1": 30.0,
+        "test/CF1_teacher": 31.0,
+        "test/OF1": 40.0,
+        "test/OF1_teacher": 41.0,
+    }
+
+    def make(history, method="CAP", protocol=protocol, test=test):
+        return quality.make_row(
+            protocol,
+            method,
+            0.1,
+            1,
+            test=test,
+            fit_metrics={"val/mAP": 1.0, "val/mAP_teacher": 2.0},
+            history=history,
+            train_seconds=12.34,
+            threads=1,
+        )
+
+    early = make(val_history([50.0, 56.0, 55.0, 54.0]))  # best teacher epoch: 1
+    assert (early["selected_epoch"], early["in_warmup"]) == (1, True)
+    assert (early["val_mAP"], early["val_mAP_student"]) == (56.0, 54.0)
+    assert early["test_mAP"] == 52.0 and early["train_seconds"] == 12.3
+    assert "tested_epoch" not in early
+    late = make(val_history([50.0, 53.0, 57.0, 54.0]))  # epoch 2: the first after the warm-up
+    assert (late["selected_epoch"], late["in_warmup"]) == (2, False)
+    # Without a teacher the model's own val mAP selects.
+    student = {k: v for k, v in test.items() if not k.endswith("_teacher")}
+    history = [{"epoch": e, "val/mAP": v} for e, v in enumerate([50.0, 51.0, 53.0, 52.0])]
+    supervised = make(history, "supervised", test=student)
+    assert (supervised["selected_epoch"], supervised["in_warmup"]) == (2, False)
+    assert supervised["test_mAP"] == supervised["test_mAP_student"] == 50.0
+    # The last epoch is tested with final weights; zero-shot trains nothing.
+    final = make(
+        val_history([50.0, 56.0, 55.0, 54.0]),
+        protocol=quality.Protocol(epochs=4, test_weights="final"),
+    )
+    assert (final["selected_epoch"], final["in_warmup"]) == (3, False)
+    zero = make(None, "zero-shot", test=student)
+    assert (zero["selected_epoch"], zero["in_warmup"]) == (None, None)
+    assert zero["seed"] == 0 and zero["labeled_ratio"] == 0.0
+
+
+def test_old_rows_read_tested_epoch_as_selected_epoch(tmp_path):
+    old = {
+        k: v
+        for k, v in row("CAP", 0.1, 1, 50.0).items()
+        if k not in ("selected_epoch", "in_warmup")
+    }
+    path = tmp_path / "quality.json"
+    path.write_text(
+        quality.json.dumps(
+            {
+                "protocol": {"warmup_epochs": 2},
+                "rows": [{**old, "tested_epoch": 1}, {**old, "seed": 2, "tested_epoch": 4}],
+            }
+        )
+    )
+    _, rows = quality.load_results(path)
+    assert [(r["selected_epoch"], r["in_warmup"]) for r in rows] == [(1, True), (4, False)]
+    assert not any("tested_epoch" in r for r in rows)
+    # A zero-shot row of an old file: no epoch, not in the warm-up either.
+    zero = quality.upgrade_row({"method": "zero-shot", "tested_epoch": None}, 2)
+    assert zero == {"method": "zero-shot", "selected_epoch": None, "in_warmup": None}
+
+
+def test_entries_selected_in_the_warmup_are_flagged(rows, tmp_path):
+    flagged = [
+        dict(r, selected_epoch=1, in_warmup=True)
+        if r["method"] == "supervised+EMA" and r["labeled_ratio"] == 0.05 and r["seed"] == 1
+        else r
+        for r in rows
+    ]
+    table = quality.table_map(flagged)
+    line = next(row for row in table.splitlines() if row.startswith("| supervised+EMA |"))
+    assert line.count("†1/3") == 1  # the 5 % entry only
+    assert "| supervised (student) |" in table  # no teacher: the student's values
+    differences = quality.table_differences(flagged)
+    assert "| CAP − supervised+EMA | +3.67 ± 0.58 (3/3 seeds > 0) †1/3 |" in differences
+    assert "| CAP − supervised (student) |" in differences
+    assert "†" not in quality.table_differences(rows)
+    epochs = quality.table_selected_epochs(flagged)
+    assert "| supervised+EMA | 1†, 3, 3 | 3, 3, 3 |" in epochs
+    assert "zero-shot" not in epochs  # trains nothing
+    assert "| fully supervised | 3, 3, 3 | 3, 3, 3 |" in epochs  # in every column
+    assert "†1/3" in quality.table_f1(flagged)
+    markdown = quality.render_markdown({"warmup_epochs": 2}, flagged)
+    assert "## Selected epochs" in markdown and "`warmup_epochs=2`" in markdown
+
+
+def test_validation_curves_figure(rows, tmp_path):
+    rows = [dict(r, history=None) for r in rows]
+    assert quality.validation_curves(rows, 0.1) == {}
+    assert not quality.plot_curves(rows, tmp_path / "none.png", 2)
+    assert not (tmp_path / "none.png").exists()
+    for r in rows:
+        if r["method"] in ("CAP", "supervised+EMA", "fully supervised"):
+            r["history"] = val_history([50.0 + r["seed"], 52.0, 51.0])
+        elif r["method"] == "supervised":
+            r["history"] = val_history([40.0, 41.0 + r["seed"], 42.0], key="val/mAP")
+    curves = quality.validation_curves(rows, 0.1)
+    assert list(curves) == ["supervised", "supervised+EMA", "CAP", "fully supervised"]
+    assert curves["CAP"][0] == pytest.approx((52.0, 1.0))  # 51, 52, 53
+    assert curves["supervised"][1] == pytest.approx((43.0, 1.0))  # its own val/mAP
+    assert curves["CAP"][1] == (52.0, 0.0)
+    assert quality.plot_curves(rows, tmp_path / "curves.png", 2)
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    markdown = quality.summarise({"warmup_epochs": 2}, rows, tmp_path / "docs")
+    assert (tmp_path / "docs" / "curves.png").stat().st_size > 0
+    assert "![validation mAP per epoch](curves.png)" in markdown
 
 
 # -- EpochHistory --------------------------------------------------------------------------------
