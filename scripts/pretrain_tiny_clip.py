@@ -497,9 +497,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model.eval()
     out = save_clip_checkpoint(model, tokenizer, args.out, args.image_size)
-    zs = evaluate_zero_shot(
-        out, args.world_root, TEST_SPLIT, TEST_NUM_IMAGES, args.world_version
-    )
+    zs = evaluate_zero_shot(out, args.world_root, TEST_SPLIT, TEST_NUM_IMAGES, args.world_version)
     info.update(n_params=n_params, vocab_size=len(tokenizer), size_mb=dir_size_mb(out))
     if not args.no_readme:
         write_readme(args, out, info, zs, vision_s, wall)

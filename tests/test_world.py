@@ -370,7 +370,10 @@ def test_v3_captions_rarely_name_the_rare_classes(tmp_path: Path) -> None:
                 if label in style.rare_classes:
                     rare_present, rare_named = rare_present + 1, rare_named + (label in words)
                 else:
-                    common_present, common_named = common_present + 1, common_named + (label in words)
+                    common_present, common_named = (
+                        common_present + 1,
+                        common_named + (label in words),
+                    )
     assert rare_named / rare_present < 0.06
     assert common_named / common_present > 0.4
     # Images holding only rare classes get captions that name the setting and no object.

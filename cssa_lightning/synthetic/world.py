@@ -415,9 +415,7 @@ def _make_one(args: tuple[Path, str, int, int, int, str]) -> str:
 
 def _make_chunk(args: tuple[Path, str, int, int, int, int, str]) -> list[str]:
     out_dir, split, start, stop, image_size, seed, version = args
-    return [
-        _make_one((out_dir, split, i, image_size, seed, version)) for i in range(start, stop)
-    ]
+    return [_make_one((out_dir, split, i, image_size, seed, version)) for i in range(start, stop)]
 
 
 def generate_world(
