@@ -77,6 +77,13 @@ class CSSATask(MultiLabelTask):
         context_seed: Seed of the spectral clustering.
         use_consistency: Add the teacher/student consistency loss on unlabeled images.
         consistency_weight: Final weight ``lambda_u`` of the consistency loss.
+        consistency_target: What the strong view's scores are trained towards: the teacher's
+            hard pseudo-labels (``hard``, thresholded), or its probabilities (``soft``, as
+            soft targets of the same ASL/BCE loss); either way multiplied by the reliability
+            mask (``reliability_margin``, ``negative_keep``). Soft targets keep the teacher's
+            confidence: an entry just over its threshold is not pushed towards 1 as hard as a
+            sure one, nor one just under it towards 0, so the student inherits less of the
+            thresholding's errors. Alignment and context targets stay hard.
         unlabeled_weighting: How unlabeled terms weigh against labeled ones: each loss is a
             per-batch mean (``batch_mean``), or each unlabeled term is scaled by the ratio of
             unlabeled to labeled images in the step so every image weighs the same
@@ -138,6 +145,7 @@ class CSSATask(MultiLabelTask):
         context_seed: int = 0,
         use_consistency: bool = True,
         consistency_weight: float = 1.0,
+        consistency_target: Literal["hard", "soft"] = "hard",
         unlabeled_weighting: Literal["batch_mean", "per_image"] = "batch_mean",
         warmup_epochs: int = 12,
         rampup_epochs: float = 1.0,
@@ -156,6 +164,10 @@ class CSSATask(MultiLabelTask):
     ):
         if use_context and num_contexts < 1:
             raise ValueError(f"num_contexts must be >= 1 with use_context, got {num_contexts}")
+        if consistency_target not in ("hard", "soft"):
+            raise ValueError(
+                f"consistency_target must be 'hard' or 'soft', got {consistency_target!r}"
+            )
         if pseudo_label_scores == "pass" and threshold_refresh != "pass":
             raise ValueError("pseudo_label_scores='pass' needs threshold_refresh='pass'")
         super().__init__(class_names, **kwargs)
@@ -324,8 +336,11 @@ class CSSATask(MultiLabelTask):
         return self.pseudo_labeller(probs)
 
     def consistency_targets(self, probs: Tensor, pseudo: PseudoLabels) -> tuple[Tensor, Tensor]:
-        """Targets and mask of the consistency loss: the hard pseudo-labels by default (a
-        subclass may return soft targets without changing the alignment or context inputs)."""
+        """Targets and mask of the consistency loss: the hard pseudo-labels, or the teacher's
+        probabilities with ``consistency_target="soft"``; the mask is the pseudo-labels' in
+        both cases (the alignment and context inputs do not change)."""
+        if self.hparams.get("consistency_target", "hard") == "soft":
+            return probs, pseudo.mask
         return pseudo.labels, pseudo.mask
 
     def alignment_positives(self, probs: Tensor, pseudo: PseudoLabels) -> Tensor:

@@ -35,6 +35,8 @@ from cssa_lightning.resume import StreamSampler
 from cssa_lightning.transforms import (
     CLIP_MEAN,
     CLIP_STD,
+    StrongOps,
+    check_strong_options,
     eval_transform,
     strong_transform,
     weak_transform,
@@ -176,7 +178,23 @@ class MultiLabelDataModule(LightningDataModule):
         labeled_batch_size: Labeled images per step.
         unlabeled_batch_size: Unlabeled images per step.
         eval_batch_size: Images per validation/test/predict step.
-        strong_num_ops: Random ops of the strong view on top of the weak ops and cutout.
+        strong_num_ops: Random ops of the strong view on top of the weak ops and cutout:
+            distinct ops drawn per image out of the ``strong_ops`` pool (at most its size).
+        strong_ops: The strong view's pool of ops. ``"full"``: RandAugment-like (colour
+            jitter with hue, Posterize, Solarize, Equalize, AutoContrast, Sharpen, rotate,
+            shear, translate, blur). ``"colour_preserving"``: without the ops that change hue
+            or colour identity, and with brightness/contrast jitter only; for data whose
+            classes differ by colour alone (an apple and an orange of the same shape), where
+            the full pool can turn an image into one of another class than the weak view's
+            pseudo-label names.
+        strong_magnitude: Scales every strong op's range (rotation 30 degrees, shear
+            15 degrees, translation, colour-jitter strengths, blur sigma, sharpen, Posterize,
+            Solarize), in [0, 2]; 1 is the historical strength, 0 makes every op with a
+            magnitude the identity. Lower it when strong ops distort or move small objects
+            out of the image.
+        strong_translate: Largest shift of the strong view's translate op as a fraction of
+            the image side (times ``strong_magnitude``), in [0, 1]; settable apart from the
+            other ops because a shift is what pushes an object near the border out of view.
         cutout_max: Largest side of a strong-view cutout hole as a fraction of the image side
             (holes are 1/3 of this to this); lower it when objects are small, so that a hole
             rarely erases an object that the weak view's pseudo-label still names.
@@ -203,6 +221,9 @@ class MultiLabelDataModule(LightningDataModule):
         unlabeled_batch_size: int = 56,
         eval_batch_size: int = 64,
         strong_num_ops: int = 2,
+        strong_ops: StrongOps = "full",
+        strong_magnitude: float = 1.0,
+        strong_translate: float = 0.15,
         cutout_max: float = 0.3,
         labeled_view: Literal["weak", "strong"] = "weak",
         num_workers: int = 0,
@@ -231,6 +252,7 @@ class MultiLabelDataModule(LightningDataModule):
             raise ValueError("give either val_source or val_fraction, not both")
         if not 0.0 < cutout_max <= 1.0:
             raise ValueError(f"cutout_max must be in (0, 1], got {cutout_max}")
+        check_strong_options(strong_ops, strong_num_ops, strong_magnitude, strong_translate)
         check_seed(split_seed, "split_seed")
         # The resolved class names are logged with the model's hyperparameters (the CLI links
         # them there); logging the unresolved value here too would conflict with them.
@@ -360,7 +382,16 @@ class MultiLabelDataModule(LightningDataModule):
         return (
             eval_transform(hp.image_size, self.mean, self.std),
             weak_transform(hp.image_size, self.mean, self.std),
-            strong_transform(hp.image_size, self.mean, self.std, hp.strong_num_ops, hp.cutout_max),
+            strong_transform(
+                hp.image_size,
+                self.mean,
+                self.std,
+                hp.strong_num_ops,
+                hp.cutout_max,
+                ops=hp.strong_ops,
+                magnitude=hp.strong_magnitude,
+                translate=hp.strong_translate,
+            ),
         )
 
     def _loader(self, dataset: Dataset, batch_size: int, **kwargs) -> DataLoader:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any, Literal
 
 import torch
@@ -23,6 +24,10 @@ from cssa_lightning.progress import track
 from cssa_lightning.resume import GlobalRandomState
 
 log = logging.getLogger(__name__)
+
+# Parameter names of the CLIP vision tower (Hugging Face's ``CLIPVisionTransformer``).
+_VISION_BLOCK = re.compile(r"vision_model\.encoder\.layers\.(\d+)\.")
+_VISION_STEM = ("vision_model.embeddings.", "vision_model.pre_layrnorm.")
 
 
 def one_cycle_phases(total_steps: int, pct_start: float) -> tuple[int, float]:
@@ -73,6 +78,13 @@ class MultiLabelTask(LightningModule):
         calibration_max_images: Labeled images used for the bias calibration.
         lr: Peak learning rate of the CLIP towers (AdamW + OneCycle, stepped per batch).
         head_lr: Peak learning rate of the heads, which start from scratch or from zero-shot.
+        layer_lr_decay: Layer-wise learning-rate decay of the CLIP vision tower, in (0, 1]:
+            vision block ``i`` of ``L`` peaks at ``lr * layer_lr_decay ** (L - 1 - i)``, the
+            patch/position embeddings and the pre-layernorm at ``lr * layer_lr_decay ** L``,
+            the post-layernorm and projection (and the text tower) at ``lr``; the heads keep
+            ``head_lr``. Fine-tuning a pre-trained ViT moves its early, generic layers less
+            than its last ones, so that a small labeled set does not wash out what
+            pre-training learned. ``None`` gives every CLIP parameter ``lr``.
         weight_decay: AdamW weight decay (not applied to biases, norms and scales).
         pct_start: Fraction of the schedule spent warming the learning rate up.
         prediction_threshold: Probability threshold of the CF1/OF1 metrics and predictions.
@@ -107,6 +119,7 @@ class MultiLabelTask(LightningModule):
         calibration_max_images: int = 4096,
         lr: float = 1.0e-4,
         head_lr: float = 1.0e-3,
+        layer_lr_decay: float | None = None,
         weight_decay: float = 1.0e-4,
         pct_start: float = 0.2,
         prediction_threshold: float = 0.5,
@@ -116,6 +129,8 @@ class MultiLabelTask(LightningModule):
         super().__init__()
         if not class_names:
             raise ValueError("class_names is empty: the model needs at least one class")
+        if layer_lr_decay is not None and not 0.0 < layer_lr_decay <= 1.0:
+            raise ValueError(f"layer_lr_decay must be in (0, 1] or None, got {layer_lr_decay}")
         self.save_hyperparameters()
         # Checkpoints must load from any folder: a relative local path is stored absolute.
         self.hparams.clip_checkpoint = portable_checkpoint(clip_checkpoint)
@@ -295,7 +310,21 @@ class MultiLabelTask(LightningModule):
 
     def parameter_lr(self, name: str) -> float:
         """Peak learning rate of the parameter called ``name`` (override for per-module rates)."""
-        return self.hparams.lr if name.startswith("net.clip.") else self.hparams.head_lr
+        hp = self.hparams
+        if not name.startswith("net.clip."):
+            return hp.head_lr
+        decay = hp.get("layer_lr_decay")
+        return hp.lr if decay is None else hp.lr * decay ** self.vision_depth(name)
+
+    def vision_depth(self, name: str) -> int:
+        """How many vision blocks lie above the CLIP parameter ``name``: ``L - 1 - i`` for
+        block ``i`` of ``L``, ``L`` for the embeddings and pre-layernorm, ``0`` for the rest
+        (post-layernorm, projection, text tower)."""
+        num_blocks = len(self.net.clip.model.vision_model.encoder.layers)
+        block = _VISION_BLOCK.search(name)
+        if block is not None:
+            return num_blocks - 1 - int(block.group(1))
+        return num_blocks if any(stem in name for stem in _VISION_STEM) else 0
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

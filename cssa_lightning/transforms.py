@@ -2,12 +2,14 @@
 
 All three end in CLIP normalisation and a CHW float tensor. The strong view is the weak one
 followed by several randomly chosen photometric/geometric ops (RandAugment-style) and a cutout,
-so it always differs from the weak view of the same image.
+so it always differs from the weak view of the same image. Its pool of ops can leave out those
+that change colours (:func:`strong_pool`), and its magnitude can be scaled down.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import albumentations as A
 import cv2
@@ -44,31 +46,109 @@ def weak_transform(image_size: int, mean: Sequence[float], std: Sequence[float])
     return A.Compose([*_weak_ops(image_size), *_normalise(mean, std)])
 
 
+StrongOps = Literal["full", "colour_preserving"]
+"""The pool of the strong view's random ops: see :func:`strong_pool`."""
+
+# Ops that change hue or colour identity (or, for Posterize, quantise colours away): left out
+# of the colour-preserving pool, whose colour jitter also keeps saturation and hue.
+COLOUR_CHANGING_OPS: tuple[type[A.BasicTransform], ...] = (
+    A.Posterize,
+    A.Solarize,
+    A.Equalize,
+    A.AutoContrast,
+)
+MAX_STRONG_MAGNITUDE = 2.0
+
+
+def check_strong_options(ops: str, num_ops: int, magnitude: float, translate: float) -> None:
+    """Raise a ``ValueError`` naming the data-module option (``strong_*``) that is invalid."""
+    if ops not in get_args(StrongOps):
+        raise ValueError(f"strong_ops must be one of {get_args(StrongOps)}, got {ops!r}")
+    if not (
+        isinstance(magnitude, int | float)
+        and not isinstance(magnitude, bool)
+        and 0.0 <= magnitude <= MAX_STRONG_MAGNITUDE
+    ):
+        raise ValueError(
+            f"strong_magnitude must be a number in [0, {MAX_STRONG_MAGNITUDE:g}], got {magnitude!r}"
+        )
+    if not (
+        isinstance(translate, int | float)
+        and not isinstance(translate, bool)
+        and 0.0 <= translate <= 1.0
+    ):
+        raise ValueError(f"strong_translate must be a number in [0, 1], got {translate!r}")
+    size = len(strong_pool(ops, magnitude, translate))
+    if not (isinstance(num_ops, int) and not isinstance(num_ops, bool) and 0 <= num_ops <= size):
+        raise ValueError(
+            f"strong_num_ops must be an integer in [0, {size}] (the size of the "
+            f"{ops!r} pool), got {num_ops!r}"
+        )
+
+
+def strong_pool(
+    ops: StrongOps = "full", magnitude: float = 1.0, translate: float = 0.15
+) -> list[A.BasicTransform]:
+    """The strong view's pool of random ops, each applied whenever drawn.
+
+    ``"full"`` is a RandAugment-like pool. ``"colour_preserving"`` leaves out the ops of
+    :data:`COLOUR_CHANGING_OPS` and jitters brightness and contrast only: it keeps the hue
+    (up to rounding and clipping), so that colour still tells classes apart. ``magnitude``
+    scales every range (rotation 30 degrees, shear 15 degrees, translation ``translate`` of the
+    side, colour-jitter strengths, blur sigma, sharpen alpha, the bits Posterize removes and the
+    part Solarize inverts); at 1 the ops are exactly the historical ones, at 0 every op with a
+    magnitude is the identity (Solarize then inverts only saturated values, 255 in uint8).
+    Equalize and AutoContrast have no magnitude.
+    """
+    m = magnitude
+    keep_colour = ops == "colour_preserving"
+    pool = [
+        A.ColorJitter(
+            brightness=0.4 * m,
+            contrast=0.4 * m,
+            saturation=0.0 if keep_colour else 0.4 * m,
+            hue=0.0 if keep_colour else 0.05 * m,
+            p=1.0,
+        ),
+        A.Posterize(num_bits=(max(8 - round(4 * m), 1), max(8 - round(2 * m), 1)), p=1.0),
+        A.Solarize(threshold_range=(max(1.0 - 0.5 * m, 0.0), 1.0), p=1.0),
+        A.Equalize(p=1.0),
+        A.Sharpen(alpha=(min(0.2 * m, 1.0), min(0.5 * m, 1.0)), p=1.0),
+        A.AutoContrast(p=1.0),
+        A.Affine(rotate=(-30 * m, 30 * m), p=1.0),
+        A.Affine(shear=(-15 * m, 15 * m), p=1.0),
+        A.Affine(translate_percent=(-translate * m, translate * m), p=1.0),
+        # A Gaussian kernel of sigma 0 is undefined: the identity stands in for it.
+        A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.5 * m, 3.0 * m), p=1.0)
+        if m > 0
+        else A.NoOp(p=1.0),
+    ]
+    if keep_colour:
+        pool = [op for op in pool if not isinstance(op, COLOUR_CHANGING_OPS)]
+    return pool
+
+
 def strong_transform(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
     num_ops: int = 2,
     cutout_max: float = 0.3,
+    ops: StrongOps = "full",
+    magnitude: float = 1.0,
+    translate: float = 0.15,
 ) -> A.Compose:
-    """Weak + ``num_ops`` random ops out of a RandAugment-like pool + cutout (one or two holes
-    of ``cutout_max / 3`` to ``cutout_max`` of the side)."""
-    pool = [
-        A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05, p=1.0),
-        A.Posterize(num_bits=(4, 6), p=1.0),
-        A.Solarize(threshold_range=(0.5, 1.0), p=1.0),
-        A.Equalize(p=1.0),
-        A.Sharpen(p=1.0),
-        A.AutoContrast(p=1.0),
-        A.Affine(rotate=(-30, 30), p=1.0),
-        A.Affine(shear=(-15, 15), p=1.0),
-        A.Affine(translate_percent=(-0.15, 0.15), p=1.0),
-        A.GaussianBlur(blur_limit=(3, 5), p=1.0),
-    ]
+    """Weak + ``num_ops`` distinct random ops out of :func:`strong_pool` ``(ops, magnitude,
+    translate)`` + cutout (one or two holes of ``cutout_max / 3`` to ``cutout_max`` of the side).
+
+    Raises:
+        ValueError: an option is out of range (see :func:`check_strong_options`).
+    """
+    check_strong_options(ops, num_ops, magnitude, translate)
     return A.Compose(
         [
             *_weak_ops(image_size),
-            A.SomeOf(pool, n=num_ops, replace=False, p=1.0),
+            A.SomeOf(strong_pool(ops, magnitude, translate), n=num_ops, replace=False, p=1.0),
             # Cutout: one to two holes, always applied.
             A.CoarseDropout(
                 num_holes_range=(1, 2),

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -116,3 +117,97 @@ def test_adamw_is_fused_only_when_every_parameter_is_on_a_gpu(tiny_clip_dir):
     if torch.cuda.is_available():
         task.cuda()
         assert task.configure_optimizers()["optimizer"].defaults["fused"]
+
+
+@pytest.fixture(scope="module")
+def three_block_clip_dir(tmp_path_factory):
+    """The tiny CLIP of ``tiny_clip_dir`` with three vision blocks (one would not tell the
+    blocks' rates apart)."""
+    from transformers import CLIPModel
+
+    from cssa_lightning.synthetic.tiny_clip import (
+        build_clip_tokenizer,
+        save_clip_checkpoint,
+        tiny_clip_config,
+    )
+
+    from .conftest import IMAGE_SIZE, TEMPLATE_WORDS
+
+    torch.manual_seed(0)
+    tokenizer = build_clip_tokenizer(CLASS_NAMES + TEMPLATE_WORDS)
+    config = tiny_clip_config(
+        len(tokenizer),
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        width=32,
+        layers=3,
+        heads=2,
+        embed_dim=32,
+    )
+    out = tmp_path_factory.mktemp("tiny-clip-3")
+    save_clip_checkpoint(CLIPModel(config), tokenizer, out, IMAGE_SIZE)
+    return out
+
+
+def _peak_lr_by_name(task) -> dict[str, float]:
+    from types import SimpleNamespace
+
+    task._trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=2)
+    optimizer = task.configure_optimizers()["optimizer"]
+    task._trainer = None
+    lr_of = {id(p): g["max_lr"] for g in optimizer.param_groups for p in g["params"]}
+    return {n: lr_of[id(p)] for n, p in task.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("task_class", ["MultiLabelTask", "CSSATask"])
+def test_layer_lr_decay_of_the_vision_tower(three_block_clip_dir, task_class):
+    import cssa_lightning
+
+    options = dict(clip_checkpoint=str(three_block_clip_dir), lr=1e-3, head_lr=5e-3)
+    if task_class == "CSSATask":
+        options.update(num_contexts=2, attention_heads=4)
+    build = getattr(cssa_lightning, task_class)
+    lrs = _peak_lr_by_name(build(CLASS_NAMES[:3], layer_lr_decay=0.5, **options))
+    seen = set()
+    for name, lr in lrs.items():
+        if not name.startswith("net.clip."):
+            want, kind = 5e-3, "head"
+        elif ".vision_model.encoder.layers." in name:
+            block = int(name.split(".vision_model.encoder.layers.")[1].split(".")[0])
+            want, kind = 1e-3 * 0.5 ** (2 - block), f"block{block}"
+        elif ".vision_model.embeddings." in name or ".vision_model.pre_layrnorm." in name:
+            want, kind = 1e-3 * 0.5**3, "stem"
+        else:  # post-layernorm and projection
+            want, kind = 1e-3, "top"
+        assert lr == pytest.approx(want, rel=1e-12), name
+        seen.add(kind)
+    assert seen == {"head", "block0", "block1", "block2", "stem", "top"}
+    assert lrs["net.clip.model.vision_model.encoder.layers.0.mlp.fc1.weight"] == 2.5e-4
+    assert lrs["net.clip.model.vision_model.embeddings.patch_embedding.weight"] == 1.25e-4
+    # Without it every CLIP parameter peaks at lr, as before.
+    plain = _peak_lr_by_name(build(CLASS_NAMES[:3], **options))
+    assert {lr for n, lr in plain.items() if n.startswith("net.clip.")} == {1e-3}
+    assert {lr for n, lr in plain.items() if not n.startswith("net.clip.")} == {5e-3}
+
+
+def test_layer_lr_decay_leaves_frozen_blocks_out(three_block_clip_dir):
+    from cssa_lightning.multilabel import MultiLabelTask
+
+    task = MultiLabelTask(
+        CLASS_NAMES[:3],
+        clip_checkpoint=str(three_block_clip_dir),
+        trainable_vision_layers=1,
+        layer_lr_decay=0.5,
+    )
+    lrs = _peak_lr_by_name(task)
+    vision = {n: lr for n, lr in lrs.items() if ".vision_model." in n}
+    assert vision and all(".layers.2." in n or "post_layernorm" in n for n in vision)
+    assert {lr for n, lr in vision.items() if ".layers.2." in n} == {task.hparams.lr}
+
+
+@pytest.mark.parametrize("decay", [0.0, -0.5, 1.5])
+def test_bad_layer_lr_decay(tiny_clip_dir, decay):
+    from cssa_lightning.multilabel import MultiLabelTask
+
+    with pytest.raises(ValueError, match="layer_lr_decay"):
+        MultiLabelTask(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), layer_lr_decay=decay)

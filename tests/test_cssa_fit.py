@@ -120,6 +120,21 @@ def test_cssa_options_run(tmp_path, image_folders, tiny_clip_dir, options):
         assert torch.isfinite(metrics[key]), key
 
 
+def test_soft_consistency_with_a_reliability_margin_fit(tmp_path, image_folders, tiny_clip_dir):
+    # From the CLI to the loss: a margin masks entries out (a mask ratio below 1, which is
+    # exactly 1 without a margin or negative_keep), soft targets train the consistency term.
+    # (The tiny model's teacher scores lie within about 0.1 of their thresholds: a wider
+    # margin masks every entry.)
+    cap = {**FAST, "label_specific": False, "use_alignment": False, "use_context": False}
+    options = {**cap, "reliability_margin": 0.05, "consistency_target": "soft"}
+    cli, metrics = run_fit(tmp_path, image_folders, tiny_clip_dir, options)
+    assert cli.model.hparams.consistency_target == "soft"
+    assert cli.model.pseudo_labeller.reliability_margin == 0.05
+    assert 0 < metrics["train/mask_ratio_epoch"] < 1
+    assert torch.isfinite(metrics["train/loss_cons_epoch"])
+    assert metrics["train/loss_cons_epoch"] > 0
+
+
 def permuted_unlabeled_copy(source, destination, labeled_ratio=0.25, seed=1):
     """The same images and labeled part, the unlabeled images' labels shuffled among them."""
     shutil.copytree(source, destination)

@@ -177,3 +177,60 @@ def test_labeled_view_and_cutout_size(image_folders, view):
     assert _cutout(unlabeled.strong).hole_height_range == pytest.approx((0.05, 0.15))
     with pytest.raises(ValueError, match="cutout_max"):
         make_datamodule(image_folders, cutout_max=0.0)
+
+
+def _strong_pool(transform):
+    import albumentations as A
+
+    return next(t for t in transform.transforms if isinstance(t, A.SomeOf))
+
+
+def test_strong_view_options_reach_the_loaders(image_folders):
+    from .test_transforms import COLOUR_CHANGING
+
+    options = dict(
+        strong_ops="colour_preserving",
+        strong_num_ops=3,
+        strong_magnitude=0.5,
+        strong_translate=0.1,
+        labeled_view="strong",
+    )
+    datamodule = make_datamodule(image_folders, **options)
+    assert {k: datamodule.hparams[k] for k in options} == options
+    loaders = datamodule.train_dataloader().iterables
+    for view in (loaders["unlabeled"].dataset.strong, loaders["labeled"].dataset.transform):
+        pool = _strong_pool(view)
+        assert pool.n == 3
+        names = [type(t).__name__ for t in pool.transforms]
+        assert not COLOUR_CHANGING & set(names)
+        rotate, _, translate = (t for t in pool.transforms if type(t).__name__ == "Affine")
+        assert rotate.rotate == (-15, 15)
+        assert translate.translate_percent == {"x": (-0.05, 0.05), "y": (-0.05, 0.05)}
+    # The defaults: the full pool, two ops at full strength, the historical strong view.
+    default = make_datamodule(image_folders)
+    assert len(_strong_pool(default._transforms()[2]).transforms) == 10
+
+
+def test_default_strong_view_of_the_data_module_is_the_historical_one(image_folders):
+    from .test_transforms import _outputs, historical_strong_transform
+
+    datamodule = make_datamodule(image_folders)
+    image = np.random.default_rng(2).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    old = historical_strong_transform(32, datamodule.mean, datamodule.std)
+    new = datamodule._transforms()[2]
+    assert np.array_equal(_outputs(new, image, range(10)), _outputs(old, image, range(10)))
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"strong_ops": "colour"}, "strong_ops"),
+        ({"strong_num_ops": -1}, "strong_num_ops"),
+        ({"strong_num_ops": 7, "strong_ops": "colour_preserving"}, "strong_num_ops"),
+        ({"strong_magnitude": 3.0}, "strong_magnitude"),
+        ({"strong_translate": -0.1}, "strong_translate"),
+    ],
+)
+def test_bad_strong_view_options(image_folders, options, name):
+    with pytest.raises(ValueError, match=name):
+        MultiLabelDataModule(**datamodule_options(image_folders, **options))

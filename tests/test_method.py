@@ -242,3 +242,83 @@ def test_alignment_target_prototype_follows_the_classifier(cssa_task):
     torch.testing.assert_close(losses["prototype"], proto)
     torch.testing.assert_close(losses["both"], (text + proto) / 2)
     assert not torch.allclose(text, proto)
+
+
+def _consistency(task, probs):
+    """The ``cons`` term of ``task.unlabeled_losses`` on ``probs`` and the gradient it gives
+    the strong-view logits (a leaf standing in for the student's)."""
+    torch.manual_seed(0)
+    logits = torch.randn_like(probs, requires_grad=True)
+    strong = task.encode(torch.randn(len(probs), 3, 32, 32))._replace(logits=logits)
+    losses = task.unlabeled_losses(strong, probs, task.pseudo_labels(probs))
+    assert set(losses) == {"cons"}
+    losses["cons"].backward()
+    return losses["cons"].detach(), logits.grad
+
+
+@pytest.fixture(scope="module")
+def consistency_tasks(tiny_clip_dir):
+    """CAP-like tasks (consistency only) with fixed thresholds of 0.5, by
+    ``(reliability_margin, consistency_target)``."""
+    tasks = {}
+    for margin in (0.0, 0.1):
+        for target in ("hard", "soft"):
+            task = CSSATask(
+                CLASS_NAMES[:3],
+                clip_checkpoint=str(tiny_clip_dir),
+                label_specific=False,
+                use_alignment=False,
+                use_context=False,
+                pseudo_threshold="fixed",
+                fixed_threshold=0.5,
+                reliability_margin=margin,
+                consistency_target=target,
+            )
+            task.pseudo_labeller.refresh(torch.full((3,), 0.3))  # the fixed thresholds
+            tasks[margin, target] = task
+    return tasks
+
+
+PROBS = torch.tensor([[0.9, 0.55, 0.1], [0.45, 0.8, 0.52], [0.2, 0.05, 0.7]])
+NEAR = (PROBS - 0.5).abs() < 0.1  # within the margin of the threshold
+
+
+def test_reliability_margin_masks_entries_near_the_threshold_out_of_the_consistency_loss(
+    consistency_tasks,
+):
+    assert consistency_tasks[0.1, "hard"].pseudo_labeller.reliability_margin == 0.1
+    assert NEAR.any() and not NEAR.all()
+    for target in ("hard", "soft"):
+        loss, grad = _consistency(consistency_tasks[0.1, target], PROBS)
+        assert torch.all(grad[NEAR] == 0), target
+        assert torch.all(grad[~NEAR] != 0), target
+        unmasked_loss, unmasked = _consistency(consistency_tasks[0.0, target], PROBS)
+        assert torch.all(unmasked != 0), target
+        assert unmasked_loss > loss  # the masked entries' terms are gone
+        # Away from the thresholds the two runs' gradients agree.
+        torch.testing.assert_close(grad[~NEAR], unmasked[~NEAR])
+
+
+def test_soft_consistency_targets_are_the_teacher_probabilities(consistency_tasks):
+    from cssa_lightning.losses import asymmetric_loss
+
+    hard, _ = _consistency(consistency_tasks[0.1, "hard"], PROBS)
+    soft, _ = _consistency(consistency_tasks[0.1, "soft"], PROBS)
+    assert not torch.isclose(hard, soft)
+    torch.manual_seed(0)
+    logits = torch.randn_like(PROBS)
+    mask = (~NEAR).float()
+    torch.testing.assert_close(soft, asymmetric_loss(logits, PROBS, mask=mask))
+    torch.testing.assert_close(hard, asymmetric_loss(logits, (PROBS >= 0.5).float(), mask=mask))
+    # The targets that reach the loss; the pseudo-labels themselves stay hard.
+    task = consistency_tasks[0.1, "soft"]
+    pseudo = task.pseudo_labels(PROBS)
+    targets, target_mask = task.consistency_targets(PROBS, pseudo)
+    torch.testing.assert_close(targets, PROBS)
+    torch.testing.assert_close(target_mask, mask)
+    assert set(pseudo.labels.unique().tolist()) == {0.0, 1.0}
+
+
+def test_bad_consistency_target(tiny_clip_dir):
+    with pytest.raises(ValueError, match="consistency_target"):
+        CSSATask(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), consistency_target="x")
