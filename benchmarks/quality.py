@@ -865,6 +865,29 @@ def table_selected_epochs(rows: Sequence[dict[str, Any]]) -> str | None:
     return _table(["method", *(f"{r:.0%} labels, per seed" for r in ratios)], body)
 
 
+def table_curves(rows: Sequence[dict[str, Any]]) -> str | None:
+    """Headline val mAP per epoch, one line per (method, ratio, seed): the numbers behind
+    ``curves.png``, as the pilot log quotes them. ``None`` without histories."""
+    body = []
+    for ratio in ratios_in(rows):
+        for method in methods_in(rows):
+            if method in UNTRAINED:
+                continue
+            for row in rows_by_seed(rows, method, ratio).values():
+                epochs, values = seed_curve(row, validation_key(method))
+                if values:
+                    body.append((epochs, [_name(method), f"{ratio:.0%}", str(row["seed"])], values))
+    if not body:
+        return None
+    last = max(e for epochs, _, _ in body for e in epochs)
+    header = ["method", "ratio", "seed", *(str(e) for e in range(last + 1))]
+    lines = []
+    for epochs, key, values in body:
+        cells = dict(zip(epochs, values, strict=True))
+        lines.append([*key, *(f"{cells[e]:.2f}" if e in cells else "" for e in range(last + 1))])
+    return _table(header, lines)
+
+
 def table_noise(rows: Sequence[dict[str, Any]]) -> str | None:
     floor = noise_floor(rows)
     if not floor:
@@ -1044,7 +1067,8 @@ def render_markdown(protocol: dict[str, Any], rows: Sequence[dict[str, Any]]) ->
             "## Validation mAP per epoch\n\n"
             "Teacher val mAP (the student's for supervised) per epoch, mean ± std over seeds and "
             "each seed as a thin line; the dotted line is the end of the warm-up.\n\n"
-            "![validation mAP per epoch](curves.png)"
+            "![validation mAP per epoch](curves.png)\n\n"
+            f"Per seed (0-based epochs):\n\n{table_curves(rows)}"
         )
     noise = table_noise(rows)
     if noise:

@@ -491,6 +491,13 @@ def test_validation_curves_figure(rows, tmp_path):
     markdown = quality.summarise({"warmup_epochs": 2}, rows, tmp_path / "docs")
     assert (tmp_path / "docs" / "curves.png").stat().st_size > 0
     assert "![validation mAP per epoch](curves.png)" in markdown
+    # The numbers behind the figure, one line per seed: CAP seed 1 at 10 % is 51, 52, 51.
+    table = quality.table_curves(rows)
+    assert "| method | ratio | seed | 0 | 1 | 2 |" in table
+    assert "| CAP | 10% | 1 | 51.00 | 52.00 | 51.00 |" in table
+    assert "| supervised (student) | 10% | 2 | 40.00 | 43.00 | 42.00 |" in table
+    assert table in markdown
+    assert quality.table_curves([dict(r, history=None) for r in rows]) is None
 
 
 # -- EpochHistory --------------------------------------------------------------------------------
