@@ -24,6 +24,8 @@ Writes ``benchmarks/results/speed.json`` (one entry per device, merged) and ``do
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
 import os
 import platform
@@ -228,11 +230,28 @@ def build_clip(out: Path, sizes: dict[str, Any]) -> Path:
 PROMPT_WORDS = ["a", "photo", "picture", "of", "the"]
 
 
-def model_options(config: Sequence[str], clip_dir: Path, classes: int) -> dict[str, Any]:
-    """The model's ``init_args`` of a shipped config, on the offline CLIP, full step at once."""
+def model_task(config: Sequence[str], clip_dir: Path, classes: int) -> tuple[type, dict[str, Any]]:
+    """The model class and ``init_args`` of shipped configs combined in order, on the offline
+    CLIP, full step at once. As in the CLI, a later file's ``class_path`` replaces the class
+    and keeps only the options the new class accepts (``cap.yaml``: ``MeanTeacherTask``)."""
+    from cssa_lightning import CSSATask
+
+    def accepted(cls: type) -> set[str]:
+        return {
+            name
+            for klass in cls.__mro__
+            if "__init__" in vars(klass)
+            for name in inspect.signature(klass.__init__).parameters
+        }
+
+    task: type = CSSATask  # the class of ssmll.yaml
     options: dict[str, Any] = {}
-    for name in config:  # shipped config files combined in order, later ones win
+    for name in config:  # later ones win
         model = yaml.safe_load((ROOT / "configs" / name).read_text()).get("model") or {}
+        if model.get("class_path"):
+            module, _, attribute = model["class_path"].rpartition(".")
+            task = getattr(importlib.import_module(module), attribute)
+            options = {k: v for k, v in options.items() if k in accepted(task)}
         options.update(model.get("init_args") or {})
     options.update(
         class_names=[f"class{k}" for k in range(classes)],
@@ -240,7 +259,7 @@ def model_options(config: Sequence[str], clip_dir: Path, classes: int) -> dict[s
         warmup_epochs=0,  # time the full step (with the unlabeled losses) from the first one
         calibrate_bias=False,  # needs real images; not part of the step
     )
-    return options
+    return task, options
 
 
 class StepTimer:
@@ -351,8 +370,6 @@ def bench_step(
 ) -> dict[str, Any]:
     from lightning.pytorch import Trainer
 
-    from cssa_lightning.cssa import CSSATask
-
     results: dict[str, Any] = {
         "image_size": sizes["image_size"],
         "labeled_batch": sizes["labeled_batch"],
@@ -374,8 +391,8 @@ def bench_step(
             # during the run does not favour one method.
             for name in list(configs) if repeat % 2 == 0 else list(configs)[::-1]:
                 torch.manual_seed(0)
-                options = model_options(configs[name], clip_dir, sizes["classes"])
-                task = CSSATask(**options, compile_network=compile_network)
+                task_class, options = model_task(configs[name], clip_dir, sizes["classes"])
+                task = task_class(**options, compile_network=compile_network)
                 timer = StepTimer(sizes["warmup_steps"], steps - 1, device)
                 trainer = Trainer(
                     accelerator=device,

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from cssa_lightning._lazy import lazy_attributes
 
-__all__ = ["CLIPBackbone", "CSSATask", "MultiLabelDataModule", "MultiLabelTask"]
+__all__ = [
+    "CLIPBackbone",
+    "CSSATask",
+    "MeanTeacherTask",
+    "MultiLabelDataModule",
+    "MultiLabelTask",
+]
 __version__ = "0.1.0"
 
 __getattr__, __dir__ = lazy_attributes(
@@ -16,6 +22,7 @@ __getattr__, __dir__ = lazy_attributes(
     {
         "CLIPBackbone": "cssa_lightning.clip",
         "CSSATask": "cssa_lightning.cssa",
+        "MeanTeacherTask": "cssa_lightning.mean_teacher",
         "MultiLabelDataModule": "cssa_lightning.datamodule",
         "MultiLabelTask": "cssa_lightning.multilabel",
     },

@@ -46,7 +46,7 @@ class EpochHistory(Callback):
     ``prefixes`` (epoch values; a ``_epoch`` suffix is dropped), with ``"epoch"`` added.
 
     Lightning 2.x calls a callback's ``on_train_epoch_end`` *before* the LightningModule's, so
-    what the module logs there (``CSSATask``'s ``pseudo/*`` values) is not yet in
+    what the module logs there (a mean-teacher task's ``pseudo/*`` values) is not yet in
     ``callback_metrics`` at that point (the previous epoch's value is). An epoch is therefore
     marked complete at ``on_train_epoch_end`` and recorded when the next epoch starts, or at
     ``on_train_end`` for the last one, when the logger connector has collected the module's
@@ -112,8 +112,8 @@ class RunReport(Callback):
 
     Per-class pseudo-label quality is measured on every ``pseudo_every_n_batches``-th training
     batch with the pseudo-labels its step returned (``outputs["pseudo_labels"]``, as
-    :class:`~cssa_lightning.cssa.CSSATask` does; only a task with a teacher whose step does not
-    return them costs an extra teacher pass on the weak view). The hidden labels are for
+    :class:`~cssa_lightning.mean_teacher.MeanTeacherTask` does; only a task with a teacher
+    whose step does not return them costs an extra teacher pass on the weak view). The hidden labels are for
     monitoring only. Learning rates are kept for the file report every ``trainer.log_every_n_steps``
     steps; in W&B, add Lightning's ``LearningRateMonitor``.
 
@@ -282,7 +282,7 @@ class RunReport(Callback):
         if not (sample or examples):
             return
         if isinstance(outputs, dict) and "pseudo_labels" in outputs:
-            # The pseudo-labels the step itself used (CSSATask returns them).
+            # The pseudo-labels the step itself used (MeanTeacherTask returns them).
             labels = outputs["pseudo_labels"]
         else:
             images = (

@@ -1,7 +1,8 @@
 """``MultiLabelTask``: the supervised baseline (labeled stream only), evaluation and prediction.
 
-``CSSATask`` (:mod:`cssa_lightning.cssa`) subclasses it; the pieces a notebook may want to
-change are small public methods (``encode``, ``supervised_loss``, ``evaluation_scores``).
+``MeanTeacherTask`` (:mod:`cssa_lightning.mean_teacher`; ``CSSATask`` stands on it) subclasses
+it; the pieces a notebook may want to change are small public methods (``encode``,
+``supervised_loss``, ``evaluation_scores``).
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ class MultiLabelTask(LightningModule):
         return self.net(images).logits
 
     def evaluation_scores(self, images: Tensor) -> dict[str, Tensor]:
-        """Probabilities to evaluate, by name (the teacher adds its own in ``CSSATask``)."""
+        """Probabilities to evaluate, by name (the teacher adds its own in ``MeanTeacherTask``)."""
         return {"": torch.sigmoid(self(images))}
 
     def supervised_loss(

@@ -1,7 +1,8 @@
 """The torch network behind every task: CLIP + heads, usable without a Trainer.
 
 ``MultiLabelCLIPNet`` maps images to label scores and the features the CSSA losses need. The
-Lightning tasks hold one as the student and, for CSSA, an EMA copy as the teacher.
+Lightning tasks hold one as the student and, for the mean-teacher tasks, an EMA copy as the
+teacher.
 """
 
 from __future__ import annotations

@@ -211,7 +211,7 @@ def choose_thresholds(
         if not hasattr(task, "thresholds") or not bool(ready):
             raise ValueError(
                 "--thresholds trained: the checkpoint has no trained thresholds "
-                "(only a CSSATask that trained past its first epoch has them)"
+                "(only a mean-teacher task that trained past its first epoch has them)"
             )
         thresholds = task.thresholds.detach().float().cpu().clone()
     elif how == "val-f1":

@@ -203,6 +203,12 @@ class PseudoLabeller(nn.Module):
         self._labeled: list[tuple[Tensor, Tensor]] = []  # (scores, targets) for F-beta
         self.provisional = True  # until the first refresh at an epoch boundary
 
+    @property
+    def uses_labeled_scores(self) -> bool:
+        """Whether the thresholds come from the teacher's scores of labeled images (F-beta),
+        which the training step then records with :meth:`record_labeled`."""
+        return self.rule == "fbeta"
+
     # -- memory ------------------------------------------------------------------------------
     def allocate(self, num_unlabeled: int) -> None:
         """Size the score memory; a memory of that size (e.g. restored) is kept as it is."""
@@ -229,7 +235,7 @@ class PseudoLabeller(nn.Module):
     def record_labeled(self, probs: Tensor, targets: Tensor, gather: Gather | None = None) -> None:
         """Remember labeled teacher scores (only ``rule="fbeta"`` uses them); ``gather`` as in
         :meth:`record`."""
-        if self.rule == "fbeta":
+        if self.uses_labeled_scores:
             probs, targets = probs.detach().float(), targets.detach().float()
             if gather is not None:
                 probs = gather(probs).reshape(-1, self.num_classes)

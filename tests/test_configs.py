@@ -17,7 +17,8 @@ COMBINATIONS = [
     ("fit", ["demo"], "cssa_lightning.CSSATask"),
     ("fit", ["ssmll", "coco"], "cssa_lightning.CSSATask"),
     ("fit", ["ssmll", "voc2012"], "cssa_lightning.CSSATask"),
-    ("fit", ["ssmll", "coco", "cap"], "cssa_lightning.CSSATask"),
+    ("fit", ["ssmll", "coco", "cap"], "cssa_lightning.MeanTeacherTask"),
+    ("fit", ["ssmll", "coco", "supervised_ema"], "cssa_lightning.MeanTeacherTask"),
     ("test", ["ssmll", "coco", "zeroshot"], "cssa_lightning.MultiLabelTask"),
 ]
 
@@ -34,13 +35,18 @@ def test_config_combination_parses(subcommand, names, model, capsys):
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"] == model
-    if "cap" in names:
-        options = printed["model"]["init_args"]
-        assert not (options["label_specific"] or options["use_alignment"] or options["use_context"])
+    options = printed["model"]["init_args"]
+    if "cap" in names or "supervised_ema" in names:
+        # CAP and supervised+EMA are the mean-teacher task: none of CSSA's parts (coco's
+        # num_contexts is dropped with them).
+        assert not {"label_specific", "use_alignment", "use_context", "num_contexts"} & set(options)
+    if "supervised_ema" in names:
+        assert options["use_consistency"] is False
+        assert printed["data"]["init_args"]["load_unlabeled"] is False
     if "coco" in names:
         assert printed["data"]["init_args"]["val_fraction"] == 0.05
-        if subcommand == "fit":
-            assert printed["model"]["init_args"]["num_contexts"] == 8
+        if subcommand == "fit" and model == "cssa_lightning.CSSATask":
+            assert options["num_contexts"] == 8
 
 
 def test_every_config_is_used_in_a_combination():

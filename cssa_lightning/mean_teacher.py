@@ -1,0 +1,476 @@
+"""``MeanTeacherTask``: semi-supervised multi-label training with an EMA teacher.
+
+On top of :class:`~cssa_lightning.multilabel.MultiLabelTask`: an EMA copy of the network (the
+teacher) scores the weak view of each unlabeled image, a
+:class:`~cssa_lightning.pseudo_labels.PseudoLabeller` turns the scores into pseudo-labels, and
+the student's strong view is trained towards them (the consistency term) after a supervised
+warm-up. The loss is a table of named terms (:class:`~cssa_lightning.loss_terms.LossTerm`), so
+a method built on it (CSSA: :mod:`cssa_lightning.cssa`) adds rows. Its configurations:
+
+- CAP (NeurIPS 2023): this task as it is, e.g. with the ``cap`` overlay's options;
+- supervised+EMA (a labeled-only control): ``use_consistency: false`` and the data module's
+  ``load_unlabeled: false`` (the ``supervised_ema`` overlay).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MultilabelF1Score, MultilabelPrecision, MultilabelRecall
+
+from cssa_lightning.loss_terms import LossTerm, Stream, check_table, option
+from cssa_lightning.multilabel import MultiLabelTask, one_cycle_factor
+from cssa_lightning.network import Encoded
+from cssa_lightning.pseudo_labels import PseudoLabeller, PseudoLabels
+
+log = logging.getLogger(__name__)
+
+
+class MeanTeacherTask(MultiLabelTask):
+    """Labeled + unlabeled training with a CLIP student and an EMA teacher (CAP).
+
+    The training step is the weighted sum of the rows of :attr:`loss_terms` that the
+    configuration enables: the supervised term ``sup`` on labeled images and the consistency
+    term ``cons`` between the student's strong views and the teacher's pseudo-labels of the
+    weak views of unlabeled images, ``L_sup + lambda_u L_cons``, where ``lambda_u`` is 0
+    during ``warmup_epochs`` of supervised-only training, then ramps linearly to
+    ``consistency_weight`` over ``rampup_epochs``. A subclass adds a term with a row and the
+    method that computes it, or changes one by overriding that method; the teacher's
+    pseudo-labels come from :attr:`pseudo_labeller` (thresholds, score memory, refresh).
+
+    Args:
+        class_names: Ordered class names (linked from the data module by the CLI).
+        use_consistency: Add the teacher/student consistency loss on unlabeled images
+            (``False`` with ``load_unlabeled: false`` is the supervised+EMA control: the EMA
+            teacher without any unlabeled image).
+        consistency_weight: Final weight ``lambda_u`` of the consistency loss.
+        consistency_target: What the strong view's scores are trained towards: the teacher's
+            hard pseudo-labels (``hard``, thresholded), or its probabilities (``soft``, as
+            soft targets of the same ASL/BCE loss); either way multiplied by the reliability
+            mask (``reliability_margin``, ``negative_keep``). Soft targets keep the teacher's
+            confidence: an entry just over its threshold is not pushed towards 1 as hard as a
+            sure one, nor one just under it towards 0, so the student inherits less of the
+            thresholding's errors. The other terms' pseudo-labels stay hard.
+        unlabeled_weighting: How unlabeled terms weigh against labeled ones: each loss is a
+            per-batch mean (``batch_mean``), or each unlabeled term is scaled by the ratio of
+            unlabeled to labeled images in the step so every image weighs the same
+            (``per_image``, as CAP's sums over images).
+        warmup_epochs: Epochs of supervised-only training before the other losses start: the
+            teacher's pseudo-labels are worth learning from only once it has seen the labels.
+        rampup_epochs: Epochs over which ``lambda_u`` grows linearly after the warm-up, so
+            the first, noisiest pseudo-labels weigh little.
+        ramp_auxiliary: Ramp the weights of the auxiliary terms (rows with
+            ``ramp="auxiliary"``, e.g. CSSA's alignment, context and push) with the same
+            linear ramp as ``lambda_u`` (else they start at full weight when the warm-up ends).
+        teacher_restart: Restart the EMA teacher from the student when the warm-up ends, so
+            the semi-supervised phase starts from the warmed-up model (as CAP does) rather than
+            from an average that still remembers the first steps.
+        schedule_restart: Run one OneCycle learning-rate schedule over the warm-up and a new
+            one over the semi-supervised epochs (CAP), instead of one over the whole run.
+        pseudo_threshold: How thresholds are chosen: class-distribution-aware (CAT), one fixed
+            value, or F-beta on labeled teacher scores (MAT).
+        fixed_threshold: The threshold of ``pseudo_threshold="fixed"``.
+        fbeta: ``beta`` of ``pseudo_threshold="fbeta"``.
+        threshold_refresh: Recompute thresholds at each epoch end from the epoch's teacher
+            scores, at every step from the latest teacher score of each image seen so far
+            (every process records every process's scores), or from one pass of the fixed
+            teacher over every unlabeled image (eval view) at the start of each
+            semi-supervised epoch (``pass``, CAP).
+        pseudo_label_scores: Pseudo-labels from the teacher's scores of the step's weak views
+            (``step``), or from the scores of the epoch-start pass (``pass``, CAP; needs
+            ``threshold_refresh="pass"``).
+        reliability_margin: Mask pseudo-labels whose teacher probability is within this
+            distance of the threshold (0 keeps all): the entries most likely to be wrong.
+        negative_keep: Fraction of each class's pseudo-negatives used, lowest scores first
+            (CAP: 0.998 drops the negatives just under the threshold); 1 uses all.
+        ema_decay: Decay of the teacher's exponential moving average: closer to 1, a slower
+            and smoother teacher.
+        **kwargs: Options of :class:`~cssa_lightning.multilabel.MultiLabelTask`.
+    """
+
+    evaluated_scores = ("", "_teacher")
+    # Recall levels at which the pseudo-labels' precision is logged (``pseudo/precision@R``):
+    # methods with different thresholds are compared at the same recall.
+    monitored_recalls = (0.4, 0.5, 0.6, 0.7, 0.8)
+    # The loss terms, in the order they are computed and summed; a subclass adds rows.
+    loss_terms: tuple[LossTerm, ...] = (
+        LossTerm("sup", "labeled", "supervised_term", warmup=True),
+        LossTerm(
+            "cons",
+            "unlabeled",
+            "consistency_term",
+            weight="consistency_weight",
+            ramp="always",
+            enabled=option("use_consistency"),
+        ),
+    )
+
+    def __init__(
+        self,
+        class_names: list[str],
+        use_consistency: bool = True,
+        consistency_weight: float = 1.0,
+        consistency_target: Literal["hard", "soft"] = "hard",
+        unlabeled_weighting: Literal["batch_mean", "per_image"] = "batch_mean",
+        warmup_epochs: int = 12,
+        rampup_epochs: float = 1.0,
+        ramp_auxiliary: bool = True,
+        teacher_restart: bool = False,
+        schedule_restart: bool = False,
+        pseudo_threshold: Literal["cat", "fixed", "fbeta"] = "cat",
+        fixed_threshold: float = 0.7,
+        fbeta: float = 1.0,
+        threshold_refresh: Literal["epoch", "step", "pass"] = "epoch",
+        pseudo_label_scores: Literal["step", "pass"] = "step",
+        reliability_margin: float = 0.0,
+        negative_keep: float = 1.0,
+        ema_decay: float = 0.999,
+        **kwargs: Any,
+    ):
+        if consistency_target not in ("hard", "soft"):
+            raise ValueError(
+                f"consistency_target must be 'hard' or 'soft', got {consistency_target!r}"
+            )
+        if pseudo_label_scores == "pass" and threshold_refresh != "pass":
+            raise ValueError("pseudo_label_scores='pass' needs threshold_refresh='pass'")
+        super().__init__(class_names, **kwargs)
+        self.check_loss_terms()
+        num_classes = len(class_names)
+        self.teacher = AveragedModel(
+            self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
+        )
+        self.teacher.requires_grad_(False)
+        self.pseudo_labeller = PseudoLabeller(
+            num_classes,
+            rule=pseudo_threshold,
+            refresh=threshold_refresh,
+            fixed_threshold=fixed_threshold,
+            fbeta=fbeta,
+            reliability_margin=reliability_margin,
+            negative_keep=negative_keep,
+        )
+        # Data-dependent state, filled in on_fit_start and saved in checkpoints.
+        self.register_buffer("class_priors", torch.zeros(num_classes))
+        self.pseudo_metrics = MetricCollection(
+            {
+                # validate_args=False: the checks of the inputs wait for the device each step.
+                "precision": MultilabelPrecision(num_classes, average="micro", validate_args=False),
+                "recall": MultilabelRecall(num_classes, average="micro", validate_args=False),
+                "F1": MultilabelF1Score(num_classes, average="micro", validate_args=False),
+            }
+        )
+        # Hidden labels of the unlabeled images, for monitoring the pseudo-labels only.
+        self._hidden_targets: Tensor | None = None
+
+    @property
+    def thresholds(self) -> Tensor:
+        """``(C,)`` the current pseudo-label thresholds."""
+        return self.pseudo_labeller.thresholds
+
+    # -- the loss table ----------------------------------------------------------------------
+    def check_loss_terms(self) -> None:
+        """Refuse a table with a repeated name, a missing method or an unknown weight option.
+
+        Raises:
+            ValueError: Naming the faulty row.
+        """
+        check_table(self.loss_terms)
+        for term in self.loss_terms:
+            if not callable(getattr(self, term.method, None)):
+                raise ValueError(f"loss term {term.name!r}: no method {term.method!r}")
+            if isinstance(term.weight, str) and term.weight not in self.hparams:
+                raise ValueError(f"loss term {term.name!r}: no option {term.weight!r}")
+
+    def enabled_terms(self, stream: Stream | None = None) -> list[LossTerm]:
+        """The rows of :attr:`loss_terms` this configuration uses (of one ``stream``)."""
+        return [
+            term
+            for term in self.loss_terms
+            if term.enabled(self.hparams) and stream in (None, term.stream)
+        ]
+
+    def loss_names(self) -> list[str]:
+        """The loss terms this configuration uses (each logged from the first step, as 0 while
+        it is not active, so every curve spans the run)."""
+        return [term.name for term in self.enabled_terms()]
+
+    @property
+    def uses_unlabeled(self) -> bool:
+        """Whether a loss term reads the unlabeled images (their strong views are encoded
+        only then; the teacher scores them for monitoring either way)."""
+        return bool(self.enabled_terms("unlabeled"))
+
+    def loss_weights(
+        self, batch_idx: int, num_labeled: int, num_unlabeled: int
+    ) -> dict[str, float]:
+        """The weight of every row of :attr:`loss_terms` at this step: its option, times the
+        ramp if it ramps, times ``num_unlabeled / num_labeled`` for an unlabeled term with
+        ``unlabeled_weighting="per_image"``."""
+        hp = self.hparams
+        ramp = self.ramp(batch_idx)
+        ramps = {"none": 1.0, "always": ramp, "auxiliary": ramp if hp.ramp_auxiliary else 1.0}
+        unlabeled = 1.0
+        if hp.unlabeled_weighting == "per_image" and num_labeled > 0:
+            unlabeled = num_unlabeled / num_labeled
+        weights = {}
+        for term in self.loss_terms:
+            weight = term.base_weight(hp) * ramps[term.ramp]
+            weights[term.name] = weight * unlabeled if term.stream == "unlabeled" else weight
+        return weights
+
+    def labeled_losses(self, student: Encoded, targets: Tensor) -> dict[str, Tensor]:
+        """The labeled rows' losses (during the warm-up only those with ``warmup``)."""
+        warm = self.in_warmup()
+        return {
+            term.name: getattr(self, term.method)(student, targets)
+            for term in self.enabled_terms("labeled")
+            if term.warmup or not warm
+        }
+
+    def unlabeled_losses(
+        self, strong: Encoded, probs: Tensor, pseudo: PseudoLabels
+    ) -> dict[str, Tensor]:
+        """The unlabeled rows' losses: the strong views' encoding against the teacher (the
+        training step computes them after the warm-up only)."""
+        return {
+            term.name: getattr(self, term.method)(strong, probs, pseudo)
+            for term in self.enabled_terms("unlabeled")
+        }
+
+    # -- the terms ---------------------------------------------------------------------------
+    def supervised_term(self, student: Encoded, targets: Tensor) -> Tensor:
+        """``sup``: the supervised loss of the labeled images."""
+        return self.supervised_loss(student.logits, targets)
+
+    def consistency_term(self, strong: Encoded, probs: Tensor, pseudo: PseudoLabels) -> Tensor:
+        """``cons``: the strong views' scores against :meth:`consistency_targets`."""
+        targets, mask = self.consistency_targets(probs, pseudo)
+        return self.consistency_loss(strong.logits, targets, mask)
+
+    def consistency_loss(self, strong_logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+        """The supervised loss between strong-view student scores and teacher pseudo-labels."""
+        return self.supervised_loss(strong_logits, labels, mask)
+
+    # -- teacher and pseudo-labels (override one to change what the losses receive) -----------
+    def teacher_probs(self, images: Tensor) -> Tensor:
+        """Teacher probabilities on (weak-view) images."""
+        self.teacher.eval()
+        with torch.inference_mode():  # no autograd bookkeeping at all for the teacher
+            probs = torch.sigmoid(self.teacher(images).logits.float())
+        # Cloned outside inference mode into a normal tensor: the losses use the probabilities
+        # as weights, and inference tensors cannot be saved for a backward pass.
+        return probs.clone()
+
+    def pseudo_labels(self, probs: Tensor) -> PseudoLabels:
+        """Hard pseudo-labels and the mask of usable entries. The consistency targets (by
+        default) and the other unlabeled terms' labels come from these."""
+        return self.pseudo_labeller(probs)
+
+    def consistency_targets(self, probs: Tensor, pseudo: PseudoLabels) -> tuple[Tensor, Tensor]:
+        """Targets and mask of the consistency loss: the hard pseudo-labels, or the teacher's
+        probabilities with ``consistency_target="soft"``; the mask is the pseudo-labels' in
+        both cases (the other terms' inputs do not change)."""
+        if self.hparams.get("consistency_target", "hard") == "soft":
+            return probs, pseudo.mask
+        return pseudo.labels, pseudo.mask
+
+    def step_gather(self) -> Any:
+        """``all_gather`` when several processes train (their step's records are shared), else
+        ``None``."""
+        trainer = self._trainer
+        return self.all_gather if trainer is not None and trainer.world_size > 1 else None
+
+    # -- data-dependent state ----------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        datamodule = self.trainer.datamodule
+        self.learn_label_statistics(torch.as_tensor(datamodule.labeled_targets()))
+        if int(self.teacher.n_averaged) == 0:
+            # Start the teacher from the (bias-calibrated) student, not from __init__'s copy.
+            self.teacher.module.load_state_dict(self.net.state_dict())
+        num_unlabeled = len(datamodule.unlabeled_indices)
+        self.pseudo_labeller.allocate(num_unlabeled)  # a restored memory is kept
+        self._hidden_targets = torch.zeros(num_unlabeled, self.num_classes, device=self.device)
+
+    def learn_label_statistics(self, labeled: Tensor) -> None:
+        """What the task takes from the labeled split's ``(N, C)`` labels when a fit starts:
+        the class priors of the CAT thresholds (a subclass adds its own)."""
+        self.class_priors.copy_(labeled.mean(0))
+
+    def compiled_modules(self) -> list[torch.nn.Module]:
+        return [*super().compiled_modules(), self.teacher.module]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)  # the class-name check
+        # Checkpoints written before the pseudo-labeller module kept its thresholds on the task.
+        state = checkpoint.get("state_dict", {})
+        for old, new in (("thresholds", "thresholds"), ("thresholds_ready", "ready")):
+            if old in state and f"pseudo_labeller.{new}" not in state:
+                state[f"pseudo_labeller.{new}"] = state.pop(old)
+
+    # -- schedule ----------------------------------------------------------------------------
+    def ramp(self, batch_idx: int) -> float:
+        """0 during warm-up, then linear from 0 to 1 over ``rampup_epochs``."""
+        hp = self.hparams
+        batches = max(int(self.trainer.num_training_batches), 1)
+        progress = self.current_epoch + batch_idx / batches - hp.warmup_epochs
+        if progress < 0:
+            return 0.0
+        return 1.0 if hp.rampup_epochs <= 0 else min(1.0, progress / hp.rampup_epochs)
+
+    def in_warmup(self) -> bool:
+        return self.current_epoch < self.hparams.warmup_epochs
+
+    def learning_rate_scheduler(
+        self, optimizer: torch.optim.Optimizer, total_steps: int
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        hp = self.hparams
+        epochs = self.trainer.max_epochs
+        if not hp.schedule_restart or hp.warmup_epochs <= 0 or not epochs or epochs < 1:
+            return super().learning_rate_scheduler(optimizer, total_steps)
+        warm = min(round(total_steps * hp.warmup_epochs / epochs), total_steps - 1)
+        if warm < 1:
+            return super().learning_rate_scheduler(optimizer, total_steps)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return one_cycle_factor(step, warm, hp.pct_start)
+            return one_cycle_factor(step - warm, total_steps - warm, hp.pct_start)
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    # -- training ----------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """The weighted sum of the named loss terms. Returns ``{"loss"}`` plus, when the batch
+        has unlabeled images, the teacher's ``teacher_probs`` and ``pseudo_labels`` of this step
+        (callbacks read them in ``on_train_batch_end``, after the teacher has moved on)."""
+        labeled, unlabeled = batch["labeled"], batch.get("unlabeled")
+        student = self.encode(labeled["image"])
+        losses = self.labeled_losses(student, labeled["target"])
+        if self.pseudo_labeller.uses_labeled_scores:
+            self.pseudo_labeller.record_labeled(
+                self.teacher_probs(labeled["image"]), labeled["target"], self.step_gather()
+            )
+
+        num_unlabeled, mask_ratio, outputs = 0, None, {}
+        if unlabeled is not None:
+            probs = self.unlabeled_teacher_probs(unlabeled)
+            pseudo = self.pseudo_labels(probs)
+            # Monitoring only: the hidden labels never reach a loss.
+            # (integer predictions: float ones are range-checked, which waits for the device)
+            self.pseudo_metrics.update(pseudo.labels.long(), unlabeled["target"].long())
+            self.remember_hidden_targets(unlabeled["index"], unlabeled["target"])
+            mask_ratio = pseudo.mask.mean()
+            outputs = {"teacher_probs": probs.detach(), "pseudo_labels": pseudo.labels.detach()}
+            if not self.in_warmup() and self.uses_unlabeled:
+                strong = self.encode(unlabeled["image_strong"])
+                losses.update(self.unlabeled_losses(strong, probs, pseudo))
+                num_unlabeled = unlabeled["image_strong"].shape[0]
+
+        size = labeled["image"].shape[0]
+        weights = self.loss_weights(batch_idx, size, num_unlabeled)
+        total = sum(weights[name] * value for name, value in losses.items())
+        zero = torch.zeros((), device=self.device)
+        logged = {name: zero for name in self.loss_names()} | losses
+        log_values = {f"train/loss_{name}": value for name, value in logged.items()}
+        log_values["train/loss"] = total
+        if mask_ratio is not None:
+            log_values["train/mask_ratio"] = mask_ratio
+        self.log_dict(log_values, on_step=True, on_epoch=True, batch_size=size)
+        self.log("train/lambda_u", weights["cons"], on_step=True, on_epoch=False, batch_size=size)
+        return {"loss": total, **outputs}
+
+    def unlabeled_teacher_probs(self, unlabeled: dict[str, Tensor]) -> Tensor:
+        """Teacher probabilities of the step's unlabeled images: scored now on the weak view,
+        or read from the epoch-start pass (``pseudo_label_scores="pass"``). Records them and
+        refreshes the thresholds as ``threshold_refresh`` asks."""
+        labeller = self.pseudo_labeller
+        passed = labeller.refresh_mode == "pass" and not self.in_warmup()
+        if passed and self.hparams.pseudo_label_scores == "pass":
+            return labeller.recorded(unlabeled["index"])
+        probs = self.teacher_probs(unlabeled["image_weak"])
+        if not passed:  # the pass's scores stay as they are for the epoch
+            labeller.record(unlabeled["index"], probs, self.step_gather())
+            labeller.step_refresh(self.class_priors)
+        return probs
+
+    def remember_hidden_targets(self, index: Tensor, targets: Tensor) -> None:
+        """Keep the unlabeled images' hidden labels (every process's) for monitoring."""
+        gather = self.step_gather()
+        if gather is not None:
+            index = gather(index).reshape(-1)
+            targets = gather(targets).reshape(-1, self.num_classes)
+        self._hidden_targets[index] = targets.float()
+
+    def on_train_epoch_start(self) -> None:
+        hp = self.hparams
+        if hp.teacher_restart and hp.warmup_epochs > 0 and self.current_epoch == hp.warmup_epochs:
+            self.teacher.module.load_state_dict(self.net.state_dict())
+            log.info("teacher restarted from the student at epoch %d", self.current_epoch)
+        if hp.threshold_refresh == "pass" and self.current_epoch >= hp.warmup_epochs:
+            self.teacher_pass()
+
+    @torch.no_grad()
+    def teacher_pass(self) -> None:
+        """Score every unlabeled image (eval view) with the current, now fixed, teacher and
+        recompute the thresholds from those scores (CAP). Each process scores every image, so
+        no gathering is needed."""
+        loader = self.trainer.datamodule.unlabeled_eval_dataloader()
+        for batch in loader:
+            probs = self.teacher_probs(batch["image"].to(self.device))
+            self.pseudo_labeller.record(batch["index"].to(self.device), probs)
+        self.pseudo_labeller.refresh_from_pass(self.class_priors)
+        log.info("teacher pass over %d unlabeled images", len(loader.dataset))
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # The teacher follows every optimizer step, before any callback (e.g. a checkpoint)
+        # sees the step's end.
+        super().optimizer_step(*args, **kwargs)
+        self.teacher.update_parameters(self.net)
+
+    # -- monitoring --------------------------------------------------------------------------
+    def on_train_epoch_end(self) -> None:
+        self.pseudo_labeller.end_epoch(self.class_priors)
+        finite = self.thresholds[torch.isfinite(self.thresholds)]
+        if len(finite):
+            self.log_dict(
+                {
+                    "pseudo/threshold_mean": finite.mean(),
+                    "pseudo/threshold_min": finite.min(),
+                    "pseudo/threshold_max": finite.max(),
+                }
+            )
+        seen = self.pseudo_labeller.seen
+        if len(seen) and seen.any():
+            values = self.pseudo_metrics.compute()
+            self.log_dict({f"pseudo/{name}": 100 * value for name, value in values.items()})
+            self.log_dict(self.pseudo_label_quality())
+        self.pseudo_metrics.reset()
+
+    @torch.no_grad()
+    def pseudo_label_quality(self) -> dict[str, Tensor]:
+        """Threshold-free quality of the remembered teacher scores against the hidden labels
+        (monitoring only): precision at fixed recalls, in %."""
+        seen = self.pseudo_labeller.seen
+        scores = self.pseudo_labeller.scores[seen].flatten()
+        hidden = self._hidden_targets[seen].flatten()
+        order = scores.argsort(descending=True)
+        hits = hidden[order].cumsum(0)
+        positives = hidden.sum().clamp(min=1)
+        recall = hits / positives
+        precision = hits / torch.arange(1, len(hits) + 1, device=hits.device)
+        values = {}
+        for level in self.monitored_recalls:
+            reached = (recall >= level).nonzero()
+            value = precision[reached[0, 0]] if len(reached) else precision.new_tensor(0.0)
+            values[f"pseudo/precision@{round(100 * level)}"] = 100 * value
+        return values
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluation_scores(self, images: Tensor) -> dict[str, Tensor]:
+        return {"": torch.sigmoid(self(images)), "_teacher": self.teacher_probs(images)}

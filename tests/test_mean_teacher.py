@@ -1,0 +1,241 @@
+"""``MeanTeacherTask`` and its loss table: CAP and supervised+EMA as its configurations, CSSA
+on it, a term added by one row, and checkpoints of the layout before it."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cssa_lightning import CSSATask, MeanTeacherTask
+from cssa_lightning.cli import build_cli
+from cssa_lightning.loss_terms import LossTerm, option
+from cssa_lightning.trained import load_trained
+
+from .conftest import CLASS_NAMES, fit_config
+from .test_cli import RecordMetrics
+
+MT = "cssa_lightning.MeanTeacherTask"
+# The mean-teacher options of the tiny fits; CSSA adds its own.
+FAST = {"warmup_epochs": 1, "rampup_epochs": 0.5}
+CSSA_FAST = {**FAST, "num_contexts": 2, "attention_heads": 4}
+CAP_SWITCHES = {"label_specific": False, "use_alignment": False, "use_context": False}
+OLD_LAYOUT = Path(__file__).parent / "data" / "old_layout"
+
+
+class EntropyCAP(MeanTeacherTask):
+    """CAP plus entropy minimisation on the strong views: one row, its option and method."""
+
+    loss_terms = MeanTeacherTask.loss_terms + (
+        LossTerm("ent_u", "unlabeled", "entropy_term", weight="entropy_weight", ramp="always"),
+    )
+
+    def __init__(self, class_names: list[str], entropy_weight: float = 0.5, **kwargs):
+        super().__init__(class_names, **kwargs)
+
+    def entropy_term(self, strong, probs, pseudo):
+        p = torch.sigmoid(strong.logits.float()).clamp(1e-6, 1 - 1e-6)
+        return -(p * p.log() + (1 - p) * (1 - p).log()).mean()
+
+
+def with_trainer(task, epoch=1, batches=10):
+    """``task`` as a trainer would show it at ``epoch`` (for the ramp)."""
+    task._trainer = SimpleNamespace(num_training_batches=batches, current_epoch=epoch, world_size=1)
+    return task
+
+
+def fit(tmp_path, folders, clip_dir, task, options, name="run", data=None, extra=()):
+    out = tmp_path / name
+    out.mkdir()
+    config = fit_config(out, folders, clip_dir, task, options, data=data)
+    cli = build_cli(["fit", "--config", str(config), "--test_after_fit=false", *extra])
+    return cli, dict(RecordMetrics.fit_metrics)
+
+
+# -- the table ---------------------------------------------------------------------------------
+def test_a_row_adds_a_term_to_names_weights_and_losses(tiny_clip_dir):
+    task = EntropyCAP(
+        CLASS_NAMES[:3],
+        clip_checkpoint=str(tiny_clip_dir),
+        unlabeled_weighting="per_image",
+        **FAST,
+    )
+    assert task.loss_names() == ["sup", "cons", "ent_u"]
+    assert task.hparams.entropy_weight == 0.5
+    with_trainer(task)  # half-way through the 0.5-epoch ramp at batch 2 of 10
+    weights = task.loss_weights(batch_idx=2, num_labeled=8, num_unlabeled=56)
+    assert set(weights) == {"sup", "cons", "ent_u"}
+    assert weights["ent_u"] == pytest.approx(0.5 * 0.4 * 7)
+    assert weights["cons"] == pytest.approx(0.4 * 7)
+    strong = task.encode(torch.randn(2, 3, 32, 32))
+    probs = torch.tensor([[0.9, 0.2, 0.6], [0.3, 0.7, 0.4]])
+    losses = task.unlabeled_losses(strong, probs, task.pseudo_labels(probs))
+    assert set(losses) == {"cons", "ent_u"}
+    torch.testing.assert_close(losses["ent_u"], task.entropy_term(strong, probs, None))
+
+
+@pytest.mark.parametrize("base", [MeanTeacherTask, CSSATask])
+def test_a_subclass_of_either_task_adds_a_constant_weight_row(tiny_clip_dir, base):
+    # Before the table, a CSSATask subclass with a new term had to override loss_weights too
+    # (else a KeyError).
+    extra = LossTerm("norm", "labeled", "feature_norm", weight=0.25)
+    subclass = type(
+        "WithNorm",
+        (base,),
+        {
+            "loss_terms": base.loss_terms + (extra,),
+            "feature_norm": lambda self, student, targets: student.global_feature.norm(
+                dim=-1
+            ).mean(),
+        },
+    )
+    options = CSSA_FAST if base is CSSATask else FAST
+    task = with_trainer(subclass(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), **options))
+    assert task.loss_names()[-1] == "norm"
+    assert task.loss_weights(0, 8, 56)["norm"] == 0.25
+    losses = task.labeled_losses(task.encode(torch.randn(2, 3, 32, 32)), torch.ones(2, 3))
+    assert list(losses)[-1] == "norm"  # after the warm-up every labeled term runs
+
+
+def test_uses_unlabeled_derives_from_the_table(tiny_clip_dir):
+    def task(cls, **options):
+        return cls(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), **options)
+
+    no_other = {"use_context": False, "use_consistency": False, "attention_heads": 4}
+    cases = [
+        (task(MeanTeacherTask), ["sup", "cons"], True),
+        (task(MeanTeacherTask, use_consistency=False), ["sup"], False),
+        (task(EntropyCAP, use_consistency=False), ["sup", "ent_u"], True),
+        # Alignment on labeled images only: nothing reads the unlabeled images (the switches
+        # alone said otherwise before the table).
+        (task(CSSATask, alignment_unlabeled="none", **no_other), ["sup", "align"], False),
+        (task(CSSATask, alignment_unlabeled="all", **no_other), ["sup", "align", "align_u"], True),
+        (task(CSSATask, **CAP_SWITCHES), ["sup", "cons"], True),
+        (
+            task(CSSATask, absent_push_weight=0.5, attention_heads=4),
+            ["sup", "cons", "align", "push", "ctx", "align_u", "push_u", "ctx_u"],
+            True,
+        ),
+    ]
+    for model, names, uses in cases:
+        assert model.loss_names() == names
+        assert model.uses_unlabeled is uses
+
+
+def test_bad_tables_are_refused(tiny_clip_dir):
+    def build(*rows, **options):
+        cls = type("Bad", (MeanTeacherTask,), {"loss_terms": MeanTeacherTask.loss_terms + rows})
+        return cls(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), **options)
+
+    with pytest.raises(ValueError, match="declared twice"):
+        build(LossTerm("cons", "unlabeled", "consistency_term"))
+    with pytest.raises(ValueError, match="no method 'missing'"):
+        build(LossTerm("x", "labeled", "missing"))
+    with pytest.raises(ValueError, match="no option 'x_weight'"):
+        build(LossTerm("x", "labeled", "supervised_term", weight="x_weight"))
+    with pytest.raises(ValueError, match="after the warm-up"):
+        LossTerm("x", "unlabeled", "consistency_term", warmup=True)
+    with pytest.raises(ValueError, match="ramp"):
+        LossTerm("x", "labeled", "supervised_term", ramp="sometimes")
+    assert option("use_x")({}) and not option("use_x")({"use_x": False})
+
+
+def test_fbeta_thresholds_ask_for_labeled_teacher_scores(tiny_clip_dir):
+    for rule, wanted in (("fbeta", True), ("cat", False), ("fixed", False)):
+        task = MeanTeacherTask(
+            CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), pseudo_threshold=rule
+        )
+        assert task.pseudo_labeller.uses_labeled_scores is wanted
+
+
+# -- fits --------------------------------------------------------------------------------------
+def test_entropy_term_is_logged_in_a_fit(tmp_path, image_folders, tiny_clip_dir):
+    task = "tests.test_mean_teacher.EntropyCAP"
+    cli, metrics = fit(
+        tmp_path, image_folders, tiny_clip_dir, task, {**FAST, "entropy_weight": 0.1}
+    )
+    assert cli.model.hparams.entropy_weight == 0.1
+    for key in ("train/loss_sup", "train/loss_cons", "train/loss_ent_u"):
+        assert torch.isfinite(metrics[key]) and metrics[key + "_epoch"] > 0, key
+
+
+def test_cap_overlay_is_a_mean_teacher_task_that_trains_as_cssa_with_its_switches_off(
+    tmp_path, image_folders, tiny_clip_dir
+):
+    # A CSSA config (with CSSA-only options) plus the cap overlay: a MeanTeacherTask.
+    cssa = "cssa_lightning.CSSATask"
+    cap, cap_metrics = fit(
+        tmp_path, image_folders, tiny_clip_dir, cssa, CSSA_FAST, "cap", extra=["--config", "cap"]
+    )
+    model = cap.model
+    assert type(model) is MeanTeacherTask
+    assert model.net.cross_attention is None and model.net.context_head is None
+    assert "num_contexts" not in model.hparams and not hasattr(model, "class_to_context")
+    assert cap_metrics["train/loss_cons_epoch"] > 0
+    assert not any(key.startswith(("train/loss_align", "train/loss_ctx")) for key in cap_metrics)
+    # The former way to write CAP trains the same weights, bit for bit.
+    options = {**CSSA_FAST, **CAP_SWITCHES}
+    switches, switch_metrics = fit(
+        tmp_path, image_folders, tiny_clip_dir, cssa, options, "switches"
+    )
+    assert type(switches.model) is CSSATask
+    old, new = switches.model.state_dict(), model.state_dict()
+    assert set(old) - set(new) == {"class_to_context"} and set(new) <= set(old)
+    for name, value in new.items():
+        assert torch.equal(value, old[name]), name
+    assert switch_metrics.keys() == cap_metrics.keys()
+    for key, value in cap_metrics.items():
+        assert torch.equal(value, switch_metrics[key]), key
+    # Saved and restored as a MeanTeacherTask, teacher and thresholds included.
+    restored = MeanTeacherTask.load_from_checkpoint(next((tmp_path / "cap").rglob("*.ckpt")))
+    for name, value in restored.state_dict().items():
+        torch.testing.assert_close(value, new[name], msg=name)
+
+
+def test_supervised_ema_overlay_trains_on_labeled_images_only(
+    tmp_path, image_folders, tiny_clip_dir
+):
+    cli, metrics = fit(
+        tmp_path, image_folders, tiny_clip_dir, MT, FAST, extra=["--config", "supervised_ema"]
+    )
+    assert type(cli.model) is MeanTeacherTask
+    assert cli.model.hparams.use_consistency is False
+    assert cli.datamodule.hparams.load_unlabeled is False
+    assert cli.model.loss_names() == ["sup"] and not cli.model.uses_unlabeled
+    assert not any(key.startswith(("train/loss_cons", "train/mask_ratio")) for key in metrics)
+    assert torch.isfinite(metrics["val/mAP_teacher"])
+
+
+# -- checkpoints of the layout before MeanTeacherTask --------------------------------------------
+@pytest.mark.parametrize("name", ["cssa", "cap"])
+def test_checkpoints_of_the_old_layout_load_as_cssa_tasks(tmp_path, tiny_clip_dir, name):
+    # Written by CSSATask before the split (commit 828b8ff: CSSA, and CAP as CSSATask with its
+    # switches off) after a warm-up epoch and a semi-supervised one, with the scores it gave
+    # on three images; clip_checkpoint renamed (the tests' tiny CLIP is rebuilt per session).
+    path = OLD_LAYOUT / f"{name}.ckpt"
+    stored = torch.load(path, map_location="cpu", weights_only=False)
+    assert stored["hyper_parameters"]["_class_path"] == "cssa_lightning.CSSATask"
+    task = CSSATask.load_from_checkpoint(path, clip_checkpoint=str(tiny_clip_dir)).eval()
+    assert type(task) is CSSATask
+    state = task.state_dict()
+    assert state.keys() == stored["state_dict"].keys()
+    for key, value in stored["state_dict"].items():
+        assert torch.equal(state[key], value), key
+    for key, value in stored["hyper_parameters"].items():
+        if not key.startswith("_") and key != "clip_checkpoint":
+            assert task.hparams[key] == value, key
+    expected = stored["old_layout_expected"]
+    with torch.no_grad():
+        scores = task.evaluation_scores(expected["images"])
+    assert scores.keys() == expected["scores"].keys()
+    for key, value in expected["scores"].items():
+        torch.testing.assert_close(scores[key], value, msg=key)
+    assert set(task.loss_names()) == set(expected["loss_names"])
+    assert task.uses_unlabeled == expected["uses_unlabeled"]
+    assert bool(task.pseudo_labeller.ready)
+    # And through load_trained (cssa predict, cssa export): the stored task class resolves.
+    stored["hyper_parameters"]["clip_checkpoint"] = str(tiny_clip_dir)
+    copy = tmp_path / path.name
+    torch.save(stored, copy)
+    trained, preprocessing = load_trained(copy)
+    assert type(trained) is CSSATask and preprocessing.image_size == 32
