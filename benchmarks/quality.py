@@ -118,22 +118,26 @@ class Protocol:
     test_weights: str = "best"
 
 
-# Protocol fields passed to every CSSATask run when set (None: the task's own default).
-OPTIONAL_CSSA_OPTIONS = (
+# Protocol fields passed to every mean-teacher run (MeanTeacherTask and CSSATask) when set
+# (None: the task's own default).
+OPTIONAL_MEAN_TEACHER_OPTIONS = (
     "teacher_restart",
-    "alignment_unlabeled",
-    "alignment_target",
     "ramp_auxiliary",
     "negative_keep",
     "threshold_refresh",
     "pseudo_label_scores",
     "schedule_restart",
     "unlabeled_weighting",
+    "consistency_target",
+    "reliability_margin",
+)
+# Protocol fields passed to every CSSATask run when set.
+OPTIONAL_CSSA_OPTIONS = (
+    "alignment_unlabeled",
+    "alignment_target",
     "absent_push_weight",
     "absent_push_margin",
     "cross_attention_lr",
-    "consistency_target",
-    "reliability_margin",
 )
 # Protocol fields passed to every trained method's task when set (None: the task's default).
 OPTIONAL_MODEL_OPTIONS = ("layer_lr_decay", "pct_start")
@@ -165,10 +169,11 @@ NOISE_SEEDS = [1, 2, 3]
 # -- methods -----------------------------------------------------------------------------------
 DATA_MODULE = "cssa_lightning.synthetic.WorldDataModule"
 CSSA = "cssa_lightning.CSSATask"
+MEAN_TEACHER = "cssa_lightning.MeanTeacherTask"
 MULTILABEL = "cssa_lightning.MultiLabelTask"
+MEAN_TEACHER_TASKS = (MEAN_TEACHER, CSSA)
 NO_UNLABELED_LOSSES = {"use_alignment": False, "use_context": False, "use_consistency": False}
-OFF = {"label_specific": False, "use_alignment": False, "use_context": False}
-ALL_OFF = {"label_specific": False, **NO_UNLABELED_LOSSES}
+NO_CONSISTENCY = {"use_consistency": False}
 LABELED_ONLY = {"load_unlabeled": False}
 
 # method -> (task class, model options, data options); "zero-shot" is tested untrained.
@@ -177,20 +182,20 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # The labeled-only controls: the student alone (no teacher), then with an EMA teacher, then
     # with CSSA's label-specific features too (CSSA's architecture, no unlabeled image).
     "supervised": (MULTILABEL, {}, LABELED_ONLY),
-    "supervised+EMA": (CSSA, ALL_OFF, LABELED_ONLY),
+    "supervised+EMA": (MEAN_TEACHER, NO_CONSISTENCY, LABELED_ONLY),
     "supervised+EMA+label-specific": (
         CSSA,
         {"label_specific": True, **NO_UNLABELED_LOSSES},
         LABELED_ONLY,
     ),
-    "CAP": (CSSA, OFF, {}),
+    "CAP": (MEAN_TEACHER, {}, {}),
     "CSSA": (CSSA, {}, {}),
-    "fully supervised": (CSSA, ALL_OFF, {}),
+    "fully supervised": (MEAN_TEACHER, NO_CONSISTENCY, {}),
     "CSSA w/o label-specific": (CSSA, {"label_specific": False}, {}),
     "CSSA w/o alignment": (CSSA, {"use_alignment": False}, {}),
     "CSSA w/o context": (CSSA, {"use_context": False}, {}),
     "CSSA w/o consistency": (CSSA, {"use_consistency": False}, {}),
-    NOISE_METHOD: (CSSA, OFF, {}),
+    NOISE_METHOD: (MEAN_TEACHER, {}, {}),
 }
 UNTRAINED = {"zero-shot"}
 # No EMA teacher: the headline ("teacher") value of these is the model's own (the student's).
@@ -255,13 +260,17 @@ def run_config(
     }
     if method not in UNTRAINED:
         model.update(_set_options(p, OPTIONAL_MODEL_OPTIONS))
-    if task == CSSA:
+    if task in MEAN_TEACHER_TASKS:
         model.update(
             warmup_epochs=p.warmup_epochs,
             rampup_epochs=p.rampup_epochs,
-            num_contexts=p.num_contexts,
             ema_decay=p.ema_decay,
             consistency_weight=p.consistency_weight,
+        )
+        model.update(_set_options(p, OPTIONAL_MEAN_TEACHER_OPTIONS))
+    if task == CSSA:
+        model.update(
+            num_contexts=p.num_contexts,
             alignment_weight=p.alignment_weight,
             context_weight=p.context_weight,
         )
@@ -307,7 +316,7 @@ def _best_checkpoint(task: str, workdir: Path) -> dict[str, Any]:
         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
         "init_args": {
             "dirpath": str(workdir / "checkpoints"),
-            "monitor": "val/mAP_teacher" if task == CSSA else "val/mAP",
+            "monitor": "val/mAP_teacher" if task in MEAN_TEACHER_TASKS else "val/mAP",
             "mode": "max",
             "save_top_k": 1,
             "save_weights_only": True,

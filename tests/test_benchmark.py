@@ -251,7 +251,9 @@ def test_run_configs():
     assert config["data"]["class_path"] == "cssa_lightning.synthetic.WorldDataModule"
     assert data["labeled_ratio"] == 1.0 and data["labeled_batch_size"] == 8 + 56
     assert data["split_seed"] == config["seed_everything"] == 3
-    assert not any(model[k] for k in ["label_specific", "use_alignment", "use_context"])
+    # A MeanTeacherTask (EMA teacher) without the consistency term: no CSSA option at all.
+    assert config["model"]["class_path"] == "cssa_lightning.MeanTeacherTask"
+    assert not any(k in model for k in ["label_specific", "use_alignment", "num_contexts"])
     assert model["use_consistency"] is False and "teacher_restart" not in model
     # Default protocol: the best validation epoch is tested, so every epoch is validated.
     assert config["trainer"]["check_val_every_n_epoch"] == 1
@@ -260,7 +262,10 @@ def test_run_configs():
     assert config_final["trainer"]["check_val_every_n_epoch"] == protocol.epochs
     config = quality.run_config(protocol, "supervised+EMA", 0.05, 1, Path("/tmp/x"), "world")
     assert config["data"]["init_args"]["load_unlabeled"] is False
-    assert config["model"]["class_path"] == "cssa_lightning.CSSATask"
+    assert config["model"]["class_path"] == "cssa_lightning.MeanTeacherTask"
+    cap = quality.run_config(protocol, "CAP", 0.05, 1, Path("/tmp/x"), "world")["model"]
+    assert cap["class_path"] == "cssa_lightning.MeanTeacherTask"
+    assert "alignment_weight" not in cap["init_args"] and "ema_decay" in cap["init_args"]
     restart = quality.Protocol(teacher_restart=False)
     config = quality.run_config(restart, "CAP", 0.05, 1, Path("/tmp/x"), "world")
     assert config["model"]["init_args"]["teacher_restart"] is False
@@ -307,15 +312,15 @@ def test_labeled_only_controls_configs():
         c for c in config["trainer"]["callbacks"] if "ModelCheckpoint" in c["class_path"]
     ]
     assert checkpoint["init_args"]["monitor"] == "val/mAP"
-    # supervised+EMA differs from the label-specific control by that switch only.
+    # supervised+EMA (a MeanTeacherTask) differs from the label-specific control (a CSSATask)
+    # by that switch only, besides CSSA's options that are inert with its terms off.
     _, ema, _ = parts("supervised+EMA")
-    assert {k for k in model.keys() | ema.keys() if model.get(k) != ema.get(k)} >= {
-        "label_specific"
-    }
     _, control, _ = parts("supervised+EMA+label-specific")
-    assert {k for k in control.keys() | ema.keys() if control.get(k) != ema.get(k)} == {
-        "label_specific"
-    }
+    inert = {"num_contexts", "alignment_weight", "context_weight", "use_alignment", "use_context"}
+    inert |= {"alignment_unlabeled", "alignment_target"}
+    differing = {k for k in control.keys() | ema.keys() if control.get(k) != ema.get(k)}
+    assert differing - inert == {"label_specific"}
+    assert control["label_specific"] is True and "label_specific" not in ema
 
 
 NEW_OPTIONS = {
