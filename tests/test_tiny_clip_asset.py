@@ -15,8 +15,8 @@ from cssa_lightning.clip import (
     resolve_checkpoint,
     zero_shot_scores,
 )
-from cssa_lightning.synthetic import TINY_CLIP, TINY_CLIP_V3
-from cssa_lightning.synthetic import world
+from cssa_lightning.metrics import average_precision
+from cssa_lightning.synthetic import TINY_CLIP, TINY_CLIP_V3, world
 from cssa_lightning.synthetic.captions import split_words, vocabulary
 from cssa_lightning.synthetic.render import render_image
 from cssa_lightning.synthetic.shapes import CLASS_NAMES
@@ -24,6 +24,9 @@ from cssa_lightning.synthetic.world import image_rng, sample_image_spec
 from cssa_lightning.transforms import CLIP_MEAN, CLIP_STD, eval_transform
 
 MAX_MB = 15
+# tiny-clip-v3's zero-shot AP of its rare classes is far below the others' (README: 40.2 vs 63.7
+# on the test split); the test asks for a clear gap on 300 val images.
+RARE_GAP = 10.0
 # short name -> (directory, the world version it was pre-trained on)
 ASSETS = {"tiny-clip": (TINY_CLIP, world.V2), "tiny-clip-v3": (TINY_CLIP_V3, world.V3)}
 
@@ -107,9 +110,7 @@ def test_v3_knows_its_rare_classes_less_than_the_others():
         backbone, pixels, backbone.class_text_features(CLASS_NAMES, DEFAULT_TEMPLATES)
     )
     targets = torch.tensor([[n in s.labels for n in CLASS_NAMES] for s in specs]).float()
-    from cssa_lightning.metrics import average_precision
-
-    ap = average_precision(scores, targets)
+    ap = 100 * average_precision(scores, targets)
     rare = torch.tensor([world.V3.captions.is_rare(n) for n in CLASS_NAMES])
     assert ap[rare].nanmean() < ap[~rare].nanmean() - RARE_GAP
 
