@@ -1041,8 +1041,11 @@ def render_markdown(protocol: dict[str, Any], rows: Sequence[dict[str, Any]]) ->
         "warm-up models, not the semi-supervised phase. A single value or epoch marked "
         f"{WARMUP_MARK} was selected inside the warm-up."
     )
+    # Records written before the world_version / clip fields existed ran world v2 and tiny-clip.
+    world = protocol.get("world_version", "v2")
+    clip = protocol.get("clip", "tiny-clip")
     parts = [
-        "# Quality on the synthetic world",
+        f"# Quality on the synthetic world {world} ({clip})",
         "## Command and protocol\n\n"
         + "\n".join(f"    {c}" for c in commands)
         + f"\n\nProtocol: {settings}.\n\n{extra}. Seeds {seeds} (split seed = run seed); "

@@ -187,6 +187,9 @@ def test_tables_and_summary_files(rows, tmp_path):
     protocol = {"commands": ["python benchmarks/quality.py --quick"], "epochs": 3, "threads": 2}
     markdown = quality.summarise(protocol, rows, tmp_path / "docs")
     assert (tmp_path / "docs" / "results.md").read_text() == markdown
+    assert markdown.startswith("# Quality on the synthetic world v2 (tiny-clip)")
+    v3 = quality.render_markdown({**protocol, "world_version": "v3", "clip": "tiny-clip-v3"}, rows)
+    assert v3.startswith("# Quality on the synthetic world v3 (tiny-clip-v3)")
     assert (tmp_path / "docs" / "quality.png").stat().st_size > 0
     assert (tmp_path / "docs" / "pseudo_labels.png").stat().st_size > 0
     for text in ["python benchmarks/quality.py --quick", "`epochs=3`", "**missed**", "Noise floor"]:
