@@ -39,9 +39,9 @@ TEMPLATE_WORDS = ["a", "photo", "picture", "of", "the"]
 IMAGE_SIZE = 32
 
 
-@pytest.fixture(scope="session")
-def tiny_clip_dir(tmp_path_factory) -> Path:
-    """A randomly initialised CLIP (32x32 images, width 32) with a real BPE tokenizer."""
+def make_tiny_clip(out: Path, layers: int = 1) -> Path:
+    """Save a randomly initialised CLIP (32x32 images, width 32, ``layers`` vision blocks, seed
+    0) with a real BPE tokenizer into ``out``."""
     torch.manual_seed(0)
     tokenizer = build_clip_tokenizer(CLASS_NAMES + TEMPLATE_WORDS)
     config = tiny_clip_config(
@@ -49,13 +49,18 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
         image_size=IMAGE_SIZE,
         patch_size=8,
         width=32,
-        layers=1,
+        layers=layers,
         heads=2,
         embed_dim=32,
     )
-    out = tmp_path_factory.mktemp("tiny-clip")
     save_clip_checkpoint(CLIPModel(config), tokenizer, out, IMAGE_SIZE)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A randomly initialised CLIP (32x32 images, width 32) with a real BPE tokenizer."""
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 def draw_image(labels: list[int], rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:

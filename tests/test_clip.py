@@ -123,30 +123,9 @@ def test_adamw_is_fused_only_when_every_parameter_is_on_a_gpu(tiny_clip_dir):
 def three_block_clip_dir(tmp_path_factory):
     """The tiny CLIP of ``tiny_clip_dir`` with three vision blocks (one would not tell the
     blocks' rates apart)."""
-    from transformers import CLIPModel
+    from .conftest import make_tiny_clip
 
-    from cssa_lightning.synthetic.tiny_clip import (
-        build_clip_tokenizer,
-        save_clip_checkpoint,
-        tiny_clip_config,
-    )
-
-    from .conftest import IMAGE_SIZE, TEMPLATE_WORDS
-
-    torch.manual_seed(0)
-    tokenizer = build_clip_tokenizer(CLASS_NAMES + TEMPLATE_WORDS)
-    config = tiny_clip_config(
-        len(tokenizer),
-        image_size=IMAGE_SIZE,
-        patch_size=8,
-        width=32,
-        layers=3,
-        heads=2,
-        embed_dim=32,
-    )
-    out = tmp_path_factory.mktemp("tiny-clip-3")
-    save_clip_checkpoint(CLIPModel(config), tokenizer, out, IMAGE_SIZE)
-    return out
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip-3"), layers=3)
 
 
 def _peak_lr_by_name(task) -> dict[str, float]:
