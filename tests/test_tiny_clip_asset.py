@@ -144,3 +144,30 @@ def test_building_a_tokenizer_gives_the_same_ids_in_every_process():
         for _ in range(3)
     }
     assert len(outputs) == 1
+
+
+def test_pretraining_prompts_name_rare_classes_as_rarely_as_captions():
+    # scripts/pretrain_tiny_clip.py replaces a caption by "a photo of a {label}." for 20 % of
+    # images; for world v3's rare classes that prompt must be as rare as in captions, or the
+    # text prior would learn them through the prompts.
+    import importlib.util
+
+    script = Path(__file__).parent.parent / "scripts" / "pretrain_tiny_clip.py"
+    spec = importlib.util.spec_from_file_location("pretrain_tiny_clip", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    style = world.V3.captions
+    rare, common = style.rare_classes[0], "cup"
+    records = [
+        {"labels": [rare], "captions": ["a photo on the beach"]},
+        {"labels": [common], "captions": ["a cup"]},
+    ]
+    rng = np.random.default_rng(0)
+    index = torch.tensor([0, 1] * 2000)
+    texts = module.pick_texts(records, index, rng, p=1.0, style=style)
+    rare_prompts = sum(rare in split_words(t) for t in texts[0::2])
+    common_prompts = sum(t != "a cup" for t in texts[1::2])
+    assert common_prompts == 2000  # p=1: every common image gets its prompt
+    assert 0 < rare_prompts < 0.06 * 2000  # about rare_mention_prob (3 %)
+    v2 = module.pick_texts(records, index, np.random.default_rng(0), p=1.0)
+    assert sum(rare in split_words(t) for t in v2[0::2]) == 2000  # v2 knows no rare class
