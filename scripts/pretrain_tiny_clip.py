@@ -446,10 +446,10 @@ may change the last bits. The pretrain world is generated once into `--world-roo
 (default `~/.cache/cssa_lightning/world`).
 
 The schedule was chosen on the validation split: zero-shot mAP stops improving by the last
-epochs (table above), and the fine-tuned models of the benchmark stay far above it
-(`docs/results.md`). The largest text-text cosine does not fall with longer training: it is set by
-pairs that are drawn alike and share contexts (the most similar pairs above), which the captions rarely tell
-apart; most class pairs are far apart.
+epochs (table above). How far fine-tuning on labels gets above it is the benchmark's to say
+(`docs/results.md`, `docs/protocol.md`). The largest text-text cosine does not fall with longer
+training: it is set by pairs that are drawn alike and share contexts (the most similar pairs
+above), which the captions rarely tell apart; most class pairs are far apart.
 """
     (out / "README.md").write_text(text)
 
