@@ -13,8 +13,9 @@ fully supervised bound. Every method uses the same backbone (the protocol's ``cl
 shipped tiny CLIP by default), the same epochs and the same number of optimisation steps (the
 unlabeled stream defines the epoch; labeled-only methods skip loading unlabeled images but keep
 that epoch length; the fully supervised bound sees labeled batches of the same total size).
-Every method but zero-shot and "supervised" is a ``CSSATask`` with an EMA teacher, which is
-what is evaluated (the student is kept beside it); "supervised" has no teacher, so its headline
+Every method but zero-shot and "supervised" is a mean-teacher task (``MeanTeacherTask`` for
+supervised+EMA, CAP and fully supervised, ``CSSATask`` for CSSA and its controls and
+ablations) with an EMA teacher, which is what is evaluated (the student is kept beside it); "supervised" has no teacher, so its headline
 value is its student's. Each run goes through the real ``cssa`` CLI in-process, in its own
 temporary directory; by default (``test_weights="best"``) it validates every epoch on the val
 split and tests after ``fit`` the weights of the selected epoch (the best teacher val mAP).
@@ -93,7 +94,7 @@ class Protocol:
     # MultiLabelTask options of every trained method; None: the task's own default.
     layer_lr_decay: float | None = None
     pct_start: float | None = None
-    # CSSA-only pseudo-label options (CAP's too); None: CSSATask's own default.
+    # Mean-teacher consistency options (CAP's and CSSA's); None: the task's own default.
     consistency_target: str | None = None
     reliability_margin: float | None = None
     # The CLIP checkpoint of the model and the image processor of the data module.
