@@ -10,8 +10,8 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from cssa_lightning.datamodule import MultiLabelDataModule
 from cssa_lightning.guards import (
-    UNREADABLE_CHECKPOINT,
     check_output_folders,
+    raised_by_torch_load,
     unreadable_checkpoint,
 )
 from cssa_lightning.multilabel import MultiLabelTask
@@ -47,9 +47,12 @@ class CSSALightningCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyperparameters first: name a broken file there.
+        # (Lightning loads it with weights_only=True.)
         try:
             super()._parse_ckpt_path()
-        except UNREADABLE_CHECKPOINT as error:
+        except Exception as error:
+            if not raised_by_torch_load(error):
+                raise
             path = self.config[self.config.subcommand].get("ckpt_path")
             raise unreadable_checkpoint(path, error) from error
 

@@ -102,14 +102,17 @@ def user_error(error: BaseException) -> str | None:
 
     A user error is a ``ValueError``, ``OSError`` or ``ImportError`` (an install hint) raised
     by this package's own code (the parser wraps such errors in its own ``ValueError``s; loader
-    workers re-raise them with the original traceback as text).
+    workers re-raise them with the original traceback as text). The outermost one is reported:
+    when the package catches an error and raises its own with the file and the fix (a
+    ``UnicodeDecodeError`` becoming "FILE:LINE: not valid UTF-8 ..."), the user reads the
+    package's message; the chain stays in the traceback ``CSSA_TRACEBACK=1`` keeps.
     """
     chain: list[BaseException] = []
     current: BaseException | None = error
     while current is not None and current not in chain:
         chain.append(current)
         current = current.__cause__ or current.__context__
-    for exception in reversed(chain):  # innermost first
+    for exception in chain:  # outermost first
         if isinstance(exception, ValueError | OSError | ImportError) and _raised_here(
             exception.__traceback__
         ):

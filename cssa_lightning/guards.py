@@ -23,7 +23,7 @@ import errno
 import logging
 import math
 import os
-import pickle
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -146,13 +146,39 @@ def first_non_finite_parameter(module: torch.nn.Module) -> str | None:
     return None
 
 
-# What torch.load raises on a truncated, corrupt or foreign file.
-UNREADABLE_CHECKPOINT = (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError)
+# torch.load's unpickler raises almost any type on random bytes (an IndexError, a KeyError ...),
+# so code that only loads treats every Exception as an unreadable file.
+_TORCH_LOAD_FILES = ("serialization.py", "_weights_only_unpickler.py")
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def raised_by_torch_load(error: BaseException) -> bool:
+    """Whether ``error`` was raised inside ``torch.load`` (its traceback passes through it)."""
+    traceback = error.__traceback__
+    while traceback is not None:
+        code = traceback.tb_frame.f_code
+        if code.co_filename.endswith(_TORCH_LOAD_FILES) and "torch" in code.co_filename:
+            return True
+        traceback = traceback.tb_next
+    return False
 
 
 def unreadable_checkpoint(path: str | Path, error: BaseException) -> ValueError:
-    """The one-line error for a checkpoint that ``torch.load`` cannot read."""
-    reason = (str(error).splitlines() or [type(error).__name__])[0] or type(error).__name__
+    """The one-line error for a checkpoint that ``torch.load`` cannot read, or refuses to.
+
+    Checkpoints are loaded with ``weights_only=True``: a pickle that would import anything
+    beyond tensors and plain values (and so could run code) is refused, with the name of the
+    first such global.
+    """
+    text = str(error)
+    refused = _REFUSED_GLOBAL.search(text) if "Weights only load failed" in text else None
+    if refused:  # (random bytes also fail the weights-only load, without naming a global)
+        return ValueError(
+            f"checkpoint {path} refused: it holds Python objects beyond tensors and plain "
+            f"values ({refused.group(1)}), which could run code when loaded; only load "
+            "checkpoints that this package wrote"
+        )
+    reason = (text.strip().splitlines() or [type(error).__name__])[0] or type(error).__name__
     return ValueError(
         f"checkpoint {path} cannot be read: {reason} (truncated, corrupt, or not a checkpoint)"
     )
@@ -209,9 +235,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only=None):
         if not get_filesystem(path).exists(path):
             raise FileNotFoundError(f"checkpoint {path} does not exist")
+        # Never code from a checkpoint: weights-only unless a caller asks otherwise in code.
+        weights_only = True if weights_only is None else weights_only
         try:
             checkpoint = super().load_checkpoint(path, map_location, weights_only)
-        except UNREADABLE_CHECKPOINT as error:
+        except Exception as error:  # noqa: BLE001 - the unpickler raises many types
             raise unreadable_checkpoint(path, error) from error
         if self.on_load is not None:
             self.on_load(checkpoint)

@@ -13,6 +13,7 @@ from pathlib import Path
 import albumentations as A
 import torch
 
+from cssa_lightning.guards import unreadable_checkpoint
 from cssa_lightning.multilabel import MultiLabelTask
 from cssa_lightning.transforms import eval_transform
 
@@ -43,14 +44,23 @@ def load_trained(checkpoint: str | Path) -> tuple[MultiLabelTask, Preprocessing]
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        # Our own checkpoints hold plain Python values beside tensors (hyperparameters).
-        stored = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable checkpoint ({error})") from error
+        # weights_only: a checkpoint from anywhere cannot run code on load. The package's
+        # checkpoints hold only tensors and plain Python values (hyperparameters as dicts,
+        # lists, strings and numbers), which the weights-only unpickler accepts.
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - the unpickler raises many types on bad bytes
+        raise unreadable_checkpoint(path, error) from error
     if not isinstance(stored, dict) or "state_dict" not in stored:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     task_class = _task_class(stored, path)
-    task = task_class.load_from_checkpoint(path, map_location="cpu")
+    try:
+        task = task_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - damaged weights or options: one line, chained
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            f"checkpoint {path} cannot be loaded into {task_class.__name__}: {reason} "
+            "(damaged, or written by another version of the model)"
+        ) from error
     task.eval()
     return task, _preprocessing(stored, task)
 

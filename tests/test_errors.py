@@ -102,3 +102,20 @@ def test_five_steps_without_logger_and_with_lr_monitor(tmp_path, image_folders, 
     )
     main(["fit", "--config", str(config), "--trainer.max_steps=5", "--test_after_fit=false"])
     assert RecordMetrics.trainer.global_step == 5
+
+
+def test_latin1_csv_is_reported_with_its_file_and_line(
+    tmp_path, image_folders, tiny_clip_dir, capsys
+):
+    config = fit_config(tmp_path, image_folders, tiny_clip_dir)
+    image = next(iter(sorted(image_folders["train"].rglob("*.png"))))
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes(f"path,labels\n{image},caf\xe9\n".encode("latin-1"))
+    code, err = run_main(
+        ["fit", "--config", str(config), f"--data.init_args.train_source={bad}"], capsys
+    )
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        f"error: {bad}:2: not valid UTF-8 (byte 0xe9; Latin-1 or another legacy encoding?); "
+        "save the file as UTF-8"
+    )
