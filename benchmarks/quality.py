@@ -298,6 +298,7 @@ def run_config(
             "callbacks": [
                 {"class_path": "cssa_lightning.callbacks.FitSummary"},
                 {"class_path": "cssa_lightning.callbacks.EpochHistory"},
+                {"class_path": "cssa_lightning.callbacks.TestClassAP"},
                 *([_best_checkpoint(task, workdir)] if best else []),
             ],
         },
@@ -332,7 +333,7 @@ def run_one(
     import torch
     import yaml
 
-    from cssa_lightning.callbacks import EpochHistory, FitSummary
+    from cssa_lightning.callbacks import EpochHistory, FitSummary, TestClassAP
     from cssa_lightning.cli import build_cli
 
     torch.set_num_threads(threads)
@@ -359,6 +360,7 @@ def run_one(
             history = _callback(cli.trainer, EpochHistory).history
             fit_metrics = summary.metrics
         test = _floats(cli.trainer.callback_metrics)
+        per_class_ap = _callback(cli.trainer, TestClassAP).per_class_ap
     return make_row(
         protocol,
         method,
@@ -369,6 +371,7 @@ def run_one(
         history=history,
         train_seconds=None if summary is None else summary.train_seconds,
         threads=torch.get_num_threads(),
+        per_class_ap=per_class_ap,
     )
 
 
@@ -383,6 +386,7 @@ def make_row(
     history: list[dict[str, Any]] | None,
     train_seconds: float | None,
     threads: int,
+    per_class_ap: dict[str, dict[str, float | None]] | None = None,
 ) -> dict[str, Any]:
     """The row of one run from its test metrics, fit metrics and per-epoch history (``None``
     for zero-shot, which trains nothing)."""
@@ -413,6 +417,8 @@ def make_row(
         "train_seconds": None if train_seconds is None else round(train_seconds, 1),
         "threads": threads,
         "history": history,
+        # Test AP of each class for the headline scores (teacher for mean-teacher methods).
+        "test_AP_per_class": (per_class_ap or {}).get(suffix),
     }
 
 

@@ -93,6 +93,30 @@ class EpochHistory(Callback):
         return dict(sorted(values.items()))
 
 
+class TestClassAP(Callback):
+    """Keeps the test AP of every class, per evaluated score (``""`` student, ``"_teacher"``).
+
+    ``per_class_ap[suffix]`` maps class name to AP x100 (``nan``: no positive in the test
+    images); read it after ``trainer.test``. The task resets its metrics in its own
+    ``on_test_epoch_end``, which Lightning calls after a callback's, so this reads them first.
+    """
+
+    def __init__(self) -> None:
+        self.per_class_ap: dict[str, dict[str, float | None]] = {}
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.per_class_ap = {}
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        metrics = getattr(pl_module, "metrics", {})
+        names = list(getattr(pl_module, "class_names", []))
+        for suffix in getattr(pl_module, "evaluated_scores", ("",)):
+            metric = metrics[f"test{suffix}"] if f"test{suffix}" in metrics else None
+            values = metric.per_class_ap() if hasattr(metric, "per_class_ap") else None
+            if values is not None:
+                self.per_class_ap[suffix] = dict(zip(names, _floats(values.cpu()), strict=True))
+
+
 class RunReport(Callback):
     """Per-class tables and figures of a run: in W&B when a logger is a ``WandbLogger``, and as
     files (``report/data.json``, PNGs, ``report.md``) in the run folder for every logger.

@@ -56,7 +56,11 @@ from cssa_lightning.transforms import CLIP_MEAN, CLIP_STD, eval_transform
 
 ASSETS = Path(__file__).resolve().parents[1] / "cssa_lightning" / "synthetic" / "assets"
 # The shipped checkpoint of each world version (its short name is the folder name).
-DEFAULT_OUT = {"v2": ASSETS / "tiny-clip", "v3": ASSETS / "tiny-clip-v3"}
+DEFAULT_OUT = {
+    "v2": ASSETS / "tiny-clip",
+    "v3": ASSETS / "tiny-clip-v3",
+    "v4": ASSETS / "tiny-clip-v4",
+}
 DEFAULT_WORLD_ROOT = Path("~/.cache/cssa_lightning/world")
 # The benchmark's test set: do not change.
 TEST_SPLIT, TEST_NUM_IMAGES, TEST_IMAGE_SIZE, TEST_SEED = "test", 2000, 64, 0

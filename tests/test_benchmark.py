@@ -7,11 +7,12 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from cssa_lightning.callbacks import EpochHistory
+from cssa_lightning.callbacks import EpochHistory, TestClassAP
 
 
 def _load_benchmark():
@@ -395,6 +396,8 @@ def test_row_records_the_selected_epoch_and_whether_it_is_in_the_warmup():
         "test/OF1_teacher": 41.0,
     }
 
+    per_class = {"": {"a": 40.0, "b": None}, "_teacher": {"a": 45.0, "b": None}}
+
     def make(history, method="CAP", protocol=protocol, test=test):
         return quality.make_row(
             protocol,
@@ -406,6 +409,7 @@ def test_row_records_the_selected_epoch_and_whether_it_is_in_the_warmup():
             history=history,
             train_seconds=12.34,
             threads=1,
+            per_class_ap=per_class,
         )
 
     early = make(val_history([50.0, 56.0, 55.0, 54.0]))  # best teacher epoch: 1
@@ -413,6 +417,7 @@ def test_row_records_the_selected_epoch_and_whether_it_is_in_the_warmup():
     assert (early["val_mAP"], early["val_mAP_student"]) == (56.0, 54.0)
     assert early["test_mAP"] == 52.0 and early["train_seconds"] == 12.3
     assert "tested_epoch" not in early
+    assert early["test_AP_per_class"] == {"a": 45.0, "b": None}  # the headline (teacher) scores
     late = make(val_history([50.0, 53.0, 57.0, 54.0]))  # epoch 2: the first after the warm-up
     assert (late["selected_epoch"], late["in_warmup"]) == (2, False)
     # Without a teacher the model's own val mAP selects.
@@ -421,6 +426,7 @@ def test_row_records_the_selected_epoch_and_whether_it_is_in_the_warmup():
     supervised = make(history, "supervised", test=student)
     assert (supervised["selected_epoch"], supervised["in_warmup"]) == (2, False)
     assert supervised["test_mAP"] == supervised["test_mAP_student"] == 50.0
+    assert supervised["test_AP_per_class"] == {"a": 40.0, "b": None}
     # The last epoch is tested with final weights; zero-shot trains nothing.
     final = make(
         val_history([50.0, 56.0, 55.0, 54.0]),
@@ -565,12 +571,12 @@ def test_epoch_history_in_a_cssa_fit(tmp_path, image_folders, tiny_clip_dir):
         num_contexts=2,
         attention_heads=4,
     )
-    history = EpochHistory()
+    history, class_ap = EpochHistory(), TestClassAP()
     trainer = quiet_trainer(
         max_epochs=2,
         limit_train_batches=3,
         limit_val_batches=0,
-        callbacks=[history],
+        callbacks=[history, class_ap],
         default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=data)
@@ -586,6 +592,14 @@ def test_epoch_history_in_a_cssa_fit(tmp_path, image_folders, tiny_clip_dir):
     assert history.history[-1]["train/loss"] == pytest.approx(float(final["train/loss_epoch"]))
     assert history.history[0]["train/loss_cons"] == 0.0  # warm-up
     assert history.history[1]["train/loss_cons"] > 0.0
+    # The per-class test AP the benchmark rows keep: one entry per class and score, whose
+    # mean over the classes with a positive is the logged mAP.
+    test = trainer.test(model, datamodule=data, verbose=False)[0]
+    assert set(class_ap.per_class_ap) == {"", "_teacher"}
+    for suffix, values in class_ap.per_class_ap.items():
+        assert list(values) == data.class_names
+        present = [v for v in values.values() if v is not None]
+        assert np.mean(present) == pytest.approx(test[f"test/mAP{suffix}"], abs=1e-3)
 
 
 def test_merge_results_combines_files_and_refuses_duplicates(tmp_path):

@@ -380,6 +380,31 @@ def test_v3_captions_rarely_name_the_rare_classes(tmp_path: Path) -> None:
     assert 0 < settings_only / (5 * len(records)) < 0.1
 
 
+def test_v4_draws_v3_images_with_half_the_classes_rare() -> None:
+    style = world.V4.captions
+    assert set(world.V3.captions.rare_classes) < set(style.rare_classes) <= set(CLASS_NAMES)
+    assert len(style.rare_classes) == len(CLASS_NAMES) // 2 == 24
+    # The twelve added classes have no twin among the rare ones.
+    added = set(style.rare_classes) - set(world.V3.captions.rare_classes)
+    assert not any({a, b} <= set(style.rare_classes) for a, b in CONFUSABLE_PAIRS)
+    assert len(added) == 12
+    for index in range(50):  # same objects and layout: only the captions differ
+        v3_spec, v3_record = world.image_record("train", index, 0, "v3")
+        v4_spec, v4_record = world.image_record("train", index, 0, "v4")
+        assert v3_spec == v4_spec and v3_record == v4_record
+    named = Counter()
+    present = Counter()
+    for index in range(800):
+        record = world.image_record("pretrain", index, 0, "v4")[1]
+        for caption in record["captions"]:
+            words = set(split_words(caption))
+            for label in record["labels"]:
+                group = "rare" if label in style.rare_classes else "common"
+                present[group] += 1
+                named[group] += label in words
+    assert named["rare"] / present["rare"] < 0.06 < 0.4 < named["common"] / present["common"]
+
+
 def test_v3_world_on_disk_is_its_own_cache(tmp_path: Path) -> None:
     v2 = ensure_world(tmp_path, "test", 4, image_size=32)
     v3 = ensure_world(tmp_path, "test", 4, image_size=32, version="v3")

@@ -22,9 +22,10 @@ class WorldDataModule(MultiLabelDataModule):
         num_test: Test images.
         world_image_size: Side of the generated images.
         world_seed: Seed of the world (train, val and test use independent streams).
-        world_version: ``"v2"`` or ``"v3"`` (visible objects, weaker text prior; see
-            :class:`cssa_lightning.synthetic.world.WorldVersion`). Pair v3 with the
-            ``tiny-clip-v3`` checkpoint, which was pre-trained on it.
+        world_version: ``"v2"``, ``"v3"`` (visible objects, weaker text prior) or ``"v4"``
+            (v3's images, half of the classes rare in the text); see
+            :class:`cssa_lightning.synthetic.world.WorldVersion`. Pair v3 with the
+            ``tiny-clip-v3`` checkpoint, which was pre-trained on it (v4: ``tiny-clip-v4``).
         **kwargs: Options of :class:`MultiLabelDataModule` other than the sources.
     """
 
