@@ -150,7 +150,7 @@ QUICK_PROTOCOL = {"num_train": 600, "num_val": 300, "num_test": 300, "epochs": 3
 SUPERVISED_CONTROLS = ["supervised", "supervised+EMA", "supervised+EMA+label-specific"]
 QUICK_METHODS = ["zero-shot", *SUPERVISED_CONTROLS, "CAP", "CSSA"]
 
-MAIN_METHODS = ["zero-shot", *SUPERVISED_CONTROLS, "CAP", "CSSA", "fully supervised"]
+MAIN_METHODS = ["zero-shot", *SUPERVISED_CONTROLS, "CAP", "CSSA", "D2L", "fully supervised"]
 MAIN_RATIOS = [0.05, 0.1]
 MAIN_SEEDS = [1, 2, 3, 4, 5]
 ABLATIONS = [
@@ -172,7 +172,16 @@ DATA_MODULE = "cssa_lightning.synthetic.WorldDataModule"
 CSSA = "cssa_lightning.CSSATask"
 MEAN_TEACHER = "cssa_lightning.MeanTeacherTask"
 MULTILABEL = "cssa_lightning.MultiLabelTask"
-MEAN_TEACHER_TASKS = (MEAN_TEACHER, CSSA)
+D2L = "cssa_lightning.D2LTask"
+MEAN_TEACHER_TASKS = (MEAN_TEACHER, CSSA, D2L)
+# D2L's own schedule choices (configs/d2l.yaml): teacher and learning-rate schedule restarted
+# after the warm-up, no ramp, unlabeled images weighed per image.
+D2L_OPTIONS = {
+    "teacher_restart": True,
+    "schedule_restart": True,
+    "rampup_epochs": 0.0,
+    "unlabeled_weighting": "per_image",
+}
 NO_UNLABELED_LOSSES = {"use_alignment": False, "use_context": False, "use_consistency": False}
 NO_CONSISTENCY = {"use_consistency": False}
 LABELED_ONLY = {"load_unlabeled": False}
@@ -191,6 +200,7 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     ),
     "CAP": (MEAN_TEACHER, {}, {}),
     "CSSA": (CSSA, {}, {}),
+    "D2L": (D2L, D2L_OPTIONS, {}),
     "fully supervised": (MEAN_TEACHER, NO_CONSISTENCY, {}),
     "CSSA w/o label-specific": (CSSA, {"label_specific": False}, {}),
     "CSSA w/o alignment": (CSSA, {"use_alignment": False}, {}),
@@ -591,6 +601,8 @@ def comparisons(ratios: Sequence[float]) -> list[tuple[str, str, list[float]]]:
         ("CSSA", "supervised+EMA"),
         ("CSSA", "CAP"),
         ("CSSA", "supervised+EMA+label-specific"),
+        ("D2L", "supervised+EMA"),
+        ("D2L", "CAP"),
         ("supervised+EMA+label-specific", "supervised+EMA"),
         ("fully supervised", "supervised+EMA"),
         ("supervised+EMA", "zero-shot"),

@@ -11,6 +11,7 @@ from cssa_lightning._lazy import lazy_attributes
 __all__ = [
     "CLIPBackbone",
     "CSSATask",
+    "D2LTask",
     "MeanTeacherTask",
     "MultiLabelDataModule",
     "MultiLabelTask",
@@ -22,6 +23,7 @@ __getattr__, __dir__ = lazy_attributes(
     {
         "CLIPBackbone": "cssa_lightning.clip",
         "CSSATask": "cssa_lightning.cssa",
+        "D2LTask": "cssa_lightning.d2l",
         "MeanTeacherTask": "cssa_lightning.mean_teacher",
         "MultiLabelDataModule": "cssa_lightning.datamodule",
         "MultiLabelTask": "cssa_lightning.multilabel",

@@ -115,6 +115,7 @@ def load_exported(directory: str | Path) -> ExportedClassifier:
         num_contexts=network["num_contexts"],
         context_hidden=network["context_hidden"],
         context_input=network["context_input"],
+        local_branch=network.get("local_branch", False),  # exports before D2L have none
     )
     heads = load_file(str(directory / HEADS_FILE))
     missing, unexpected = net.load_state_dict(heads, strict=False)
@@ -233,6 +234,7 @@ def export(
             "num_contexts": int(options.get("num_contexts", 0)),
             "context_hidden": int(options.get("context_hidden", 256)),
             "context_input": options.get("context_input", "global"),
+            "local_branch": bool(options.get("local_branch", False)),
         },
         "preprocessing": {
             **preprocessing.to_dict(),

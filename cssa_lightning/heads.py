@@ -46,15 +46,29 @@ class AlignmentHead(nn.Module):
         return self.log_scale.clamp(max=self.max_log_scale).exp()
 
     def cosine(self, features: Tensor) -> Tensor:
-        """``cos(v_k, w_k)``: ``features`` is ``(B, C, D)`` (one per label) or ``(B, D)``."""
+        """``cos(v_k, w_k)``: ``features`` is ``(B, C, D)`` (one per label) or ``(B, D)``
+        (one for all labels: ``(B, C)`` out); :meth:`token_scores` scores tokens."""
         prototypes = F.normalize(self.prototypes, dim=-1).to(features.dtype)
         features = F.normalize(features, dim=-1)
         if features.dim() == 2:
             return features @ prototypes.T
         return (features * prototypes.unsqueeze(0)).sum(-1)
 
+    def token_scores(self, tokens: Tensor) -> Tensor:
+        """Every label's score of every token: ``(B, N, D)`` -> ``(B, N, C)``."""
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        scores = self.scale * self.cosine(flat) + self.bias
+        return scores.reshape(*tokens.shape[:-1], -1)
+
     def forward(self, features: Tensor) -> Tensor:
         return self.scale * self.cosine(features) + self.bias
+
+
+def softmax_pool(token_scores: Tensor) -> Tensor:
+    """Pool ``(B, N, C)`` token scores into ``(B, C)``: per class, the scores weighted by their
+    softmax over the tokens, ``sum_n softmax_n(z)_nc z_nc`` (D2L's local branch), between the
+    mean and the max, so the regions that show a class decide its score."""
+    return (torch.softmax(token_scores, dim=1) * token_scores).sum(1)
 
 
 class LabelQueryCrossAttention(nn.Module):

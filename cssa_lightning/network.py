@@ -14,7 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from cssa_lightning.clip import CLIPBackbone
-from cssa_lightning.heads import AlignmentHead, ContextHead, LabelQueryCrossAttention
+from cssa_lightning.heads import (
+    AlignmentHead,
+    ContextHead,
+    LabelQueryCrossAttention,
+    softmax_pool,
+)
 
 
 class Encoded(NamedTuple):
@@ -22,6 +27,11 @@ class Encoded(NamedTuple):
     global_feature: Tensor  # (B, D) g
     label_features: Tensor  # (B, C, D) V (g repeated when label-specific features are off)
     context_logits: Tensor | None  # (B, K) when the network has a context head
+    # With a local branch (D2L): s = (global_logits + local_logits) / 2, and the patch tokens
+    # the local scores come from.
+    global_logits: Tensor | None = None  # (B, C)
+    local_logits: Tensor | None = None  # (B, C)
+    patch_tokens: Tensor | None = None  # (B, N, D)
 
 
 class MultiLabelCLIPNet(nn.Module):
@@ -39,6 +49,10 @@ class MultiLabelCLIPNet(nn.Module):
         num_contexts: Context logits of the context head; 0 for no context head.
         context_hidden: Hidden width of the context head.
         context_input: Feature the context head reads.
+        local_branch: Add a local branch (D2L): a second alignment head scores every patch
+            token, a per-class softmax over the patches pools the scores
+            (:func:`~cssa_lightning.heads.softmax_pool`), and the label score is the mean of
+            the global and the local score.
     """
 
     def __init__(
@@ -53,6 +67,7 @@ class MultiLabelCLIPNet(nn.Module):
         num_contexts: int = 0,
         context_hidden: int = 256,
         context_input: Literal["global", "label_mean"] = "global",
+        local_branch: bool = False,
     ):
         super().__init__()
         self.clip = clip
@@ -69,6 +84,11 @@ class MultiLabelCLIPNet(nn.Module):
         self.alignment = AlignmentHead(text_features, logit_scale, learnable_prototypes)
         self.context_head = (
             ContextHead(dim, num_contexts, context_hidden, context_input) if num_contexts else None
+        )
+        self.local_alignment = (
+            AlignmentHead(text_features, logit_scale, learnable_prototypes)
+            if local_branch
+            else None
         )
 
     def class_text_features(self) -> Tensor:
@@ -90,4 +110,15 @@ class MultiLabelCLIPNet(nn.Module):
         context_logits = (
             self.context_head(global_feature, label_features) if self.context_head else None
         )
-        return Encoded(logits, global_feature, label_features, context_logits)
+        if self.local_alignment is None:
+            return Encoded(logits, global_feature, label_features, context_logits)
+        local_logits = softmax_pool(self.local_alignment.token_scores(features.patch_tokens))
+        return Encoded(
+            (logits + local_logits) / 2,
+            global_feature,
+            label_features,
+            context_logits,
+            global_logits=logits,
+            local_logits=local_logits,
+            patch_tokens=features.patch_tokens,
+        )

@@ -243,6 +243,7 @@ def test_plan_runs_each_key_once():
         "supervised+EMA+label-specific",
         "CAP",
         "CSSA",
+        "D2L",
         "fully supervised",
     ]
     assert quality.MAIN_METHODS == [run[0] for run in runs if run[1:3] == (0.05, 1)]
@@ -289,6 +290,22 @@ def test_run_configs():
     assert not any("ModelCheckpoint" in c["class_path"] for c in final["callbacks"])
     with pytest.raises(ValueError, match="test_weights"):
         quality.run_config(quality.Protocol(test_weights="last"), "CAP", 0.1, 1, Path("."), "w")
+
+
+def test_d2l_runs_with_its_shipped_overlay_options():
+    import yaml
+
+    overlay = yaml.safe_load((Path(__file__).parents[1] / "configs" / "d2l.yaml").read_text())
+    protocol = quality.Protocol()
+    model = quality.run_config(protocol, "D2L", 0.05, 1, Path("/tmp/x"), "world")["model"]
+    assert model["class_path"] == overlay["model"]["class_path"] == "cssa_lightning.D2LTask"
+    options = model["init_args"]
+    assert overlay["model"]["init_args"].items() <= options.items()
+    # The shared protocol otherwise: same epochs, warm-up and EMA as CAP; no CSSA option.
+    cap = quality.run_config(protocol, "CAP", 0.05, 1, Path("/tmp/x"), "world")["model"]
+    assert options["warmup_epochs"] == cap["init_args"]["warmup_epochs"]
+    assert options["ema_decay"] == cap["init_args"]["ema_decay"]
+    assert "num_contexts" not in options and "D2L" in quality.MAIN_METHODS
 
 
 def test_labeled_only_controls_configs():

@@ -19,6 +19,7 @@ COMBINATIONS = [
     ("fit", ["ssmll", "voc2012"], "cssa_lightning.CSSATask"),
     ("fit", ["ssmll", "coco", "cap"], "cssa_lightning.MeanTeacherTask"),
     ("fit", ["ssmll", "coco", "supervised_ema"], "cssa_lightning.MeanTeacherTask"),
+    ("fit", ["ssmll", "voc2012", "d2l"], "cssa_lightning.D2LTask"),
     ("test", ["ssmll", "coco", "zeroshot"], "cssa_lightning.MultiLabelTask"),
 ]
 
@@ -40,6 +41,9 @@ def test_config_combination_parses(subcommand, names, model, capsys):
         # CAP and supervised+EMA are the mean-teacher task: none of CSSA's parts (coco's
         # num_contexts is dropped with them).
         assert not {"label_specific", "use_alignment", "use_context", "num_contexts"} & set(options)
+    if "d2l" in names:
+        assert not {"label_specific", "use_alignment", "num_contexts"} & set(options)
+        assert options["teacher_restart"] and options["schedule_restart"]
     if "supervised_ema" in names:
         assert options["use_consistency"] is False
         assert printed["data"]["init_args"]["load_unlabeled"] is False
