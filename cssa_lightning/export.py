@@ -176,7 +176,7 @@ def export(
     ckpt_path: str,
     output: str,
     weights: str = "auto",
-    thresholds: str = "0.5",
+    thresholds: str = "auto",
     val_source: str | None = None,
     onnx: bool = True,
     overwrite: bool = False,
@@ -184,7 +184,7 @@ def export(
     """Run ``cssa export``; returns the export directory."""
     from safetensors.torch import save_file
 
-    from cssa_lightning.predict import choose_thresholds
+    from cssa_lightning.predict import choose_thresholds, resolve_thresholds
     from cssa_lightning.trained import load_trained
 
     out = Path(output).expanduser()
@@ -201,6 +201,7 @@ def export(
     use_teacher = has_teacher and weights != "student"
     net: MultiLabelCLIPNet = task.teacher.module if use_teacher else task.net
     decide_by = "probs_teacher" if use_teacher else "probs"
+    thresholds = resolve_thresholds(task, thresholds)
     chosen = choose_thresholds(task, thresholds, decide_by, val_source, preprocessing, 64)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -274,9 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--thresholds",
-        default="0.5",
-        help="Thresholds stored with the model: a number, 'trained' or 'val-f1' (as in cssa "
-        "predict).",
+        default="auto",
+        help="Thresholds stored with the model: 'auto' (default: the trained ones when the "
+        "checkpoint has them, else 0.5), 'trained', 'val-f1' or a number (as in cssa predict).",
     )
     parser.add_argument("--val_source", help="Labeled images for --thresholds val-f1.")
     parser.add_argument("--no_onnx", action="store_true", help="Skip model.onnx.")

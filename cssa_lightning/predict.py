@@ -199,16 +199,16 @@ def choose_thresholds(
     """Per-class thresholds: a number, the trained ones, or F1-optimal on labeled images.
 
     Args:
-        how: ``"trained"`` (the pseudo-label thresholds a CSSA/CAP task learned on its teacher's
-            scores), ``"val-f1"`` (per class, the threshold with the best F1 on ``val_source``),
-            or a number in ``(0, 1)`` for every class.
+        how: ``"auto"`` (the trained thresholds when the checkpoint has them, else 0.5),
+            ``"trained"`` (the pseudo-label thresholds a mean-teacher task learned on its
+            teacher's scores), ``"val-f1"`` (per class, the threshold with the best F1 on
+            ``val_source``), or a number in ``(0, 1)`` for every class.
     Classes left without a finite threshold (no positive seen) get 0.5, with a warning.
     """
     num_classes = task.num_classes
+    how = resolve_thresholds(task, how)
     if how == "trained":
-        labeller = getattr(task, "pseudo_labeller", None)
-        ready = labeller.ready if labeller is not None else getattr(task, "thresholds_ready", False)
-        if not hasattr(task, "thresholds") or not bool(ready):
+        if not has_trained_thresholds(task):
             raise ValueError(
                 "--thresholds trained: the checkpoint has no trained thresholds "
                 "(only a mean-teacher task that trained past its first epoch has them)"
@@ -234,6 +234,22 @@ def choose_thresholds(
         log.warning("%d classes have no %s threshold, they use 0.5: %s", len(names), how, names)
         thresholds[unset] = DEFAULT_THRESHOLD
     return thresholds
+
+
+def resolve_thresholds(task: MultiLabelTask, how: str) -> str:
+    """``how`` with ``"auto"`` resolved: ``"trained"`` when the task has trained thresholds,
+    else ``"0.5"``."""
+    if how != "auto":
+        return how
+    return "trained" if has_trained_thresholds(task) else str(DEFAULT_THRESHOLD)
+
+
+def has_trained_thresholds(task: MultiLabelTask) -> bool:
+    """Whether the task learned per-class thresholds (a mean-teacher task past its first
+    epoch)."""
+    labeller = getattr(task, "pseudo_labeller", None)
+    ready = labeller.ready if labeller is not None else getattr(task, "thresholds_ready", False)
+    return hasattr(task, "thresholds") and bool(ready)
 
 
 @torch.no_grad()
@@ -278,10 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default="predictions", help="Output folder.")
     parser.add_argument(
         "--thresholds",
-        default=str(DEFAULT_THRESHOLD),
-        help="Per-class decision thresholds: a number for every class (default 0.5), "
-        "'trained' (the CAT thresholds a CSSA/CAP model learned), or 'val-f1' (F1-optimal "
-        "per class on --val_source).",
+        default="auto",
+        help="Per-class decision thresholds: 'auto' (default: 'trained' when the checkpoint "
+        "has them, else 0.5), 'trained' (the thresholds a mean-teacher model learned for its "
+        "pseudo-labels), 'val-f1' (F1-optimal per class on --val_source), or one number for "
+        "every class.",
     )
     parser.add_argument(
         "--val_source",
@@ -311,7 +328,7 @@ def predict(
     ckpt_path: str,
     images: str,
     output: str = "predictions",
-    thresholds: str = str(DEFAULT_THRESHOLD),
+    thresholds: str = "auto",
     val_source: str | None = None,
     scores: str = "auto",
     batch_size: int = 64,
@@ -333,6 +350,7 @@ def predict(
     if scores == "teacher" and not has_teacher:
         raise ValueError(f"--scores teacher: {type(task).__name__} has no teacher")
     decide_by = "probs_teacher" if has_teacher and scores != "student" else "probs"
+    thresholds = resolve_thresholds(task, thresholds)
     chosen = choose_thresholds(task, thresholds, decide_by, val_source, preprocessing, batch_size)
     for path in existing:
         path.unlink()
@@ -349,6 +367,11 @@ def predict(
         enable_checkpointing=False,
     )
     trainer.predict(task, dataloaders=loader, return_predictions=False)
+    if not writer.written:
+        raise ValueError(
+            f"no image of --images {images} could be read ({len(writer.skipped)} skipped, "
+            f"listed in {out / 'skipped.csv'})"
+        )
     print(
         f"{writer.written} images labeled -> {out / 'predictions.csv'}, "
         f"{out / 'predictions.jsonl'} (labels from the "

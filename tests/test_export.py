@@ -96,7 +96,12 @@ def test_student_export_without_onnx(tmp_path, trained_cssa, image_folders):
     with torch.no_grad():
         probs = load_exported(out)(pixels)
     torch.testing.assert_close(probs, scores[""], atol=1e-5, rtol=0)
-    assert load_exported(out).thresholds.tolist() == [0.5] * 6
+    # Default thresholds: the checkpoint's trained ones (0.5 where a class has none).
+    task, _ = load_trained(trained_cssa)
+    trained = torch.where(torch.isfinite(task.thresholds), task.thresholds.float(), 0.5)
+    torch.testing.assert_close(load_exported(out).thresholds, trained)
+    config = json.loads((out / "config.json").read_text())
+    assert config["threshold_source"] == "trained"
 
 
 def test_export_refuses_a_non_empty_folder(tmp_path, trained_cssa, capsys):

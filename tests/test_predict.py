@@ -62,7 +62,8 @@ def test_predict_folder_writes_csv_and_jsonl(tmp_path, bare_images, trained_cssa
     skipped = list(csv.DictReader((out / "skipped.csv").open()))
     assert [s["path"] for s in skipped] == [str(bare_images / "broken.png")]
     assert "cannot read image" in skipped[0]["error"]
-    assert "1 unreadable images skipped" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "1 unreadable images skipped" in printed and "thresholds: trained" in printed
     # Probabilities of the student and the teacher, equal to the model's on the same images.
     paths = [bare_images / "sub" / p.name for p in sorted((bare_images / "sub").iterdir())]
     assert [line["path"] for line in lines] == [str(p) for p in paths]
@@ -71,9 +72,16 @@ def test_predict_folder_writes_csv_and_jsonl(tmp_path, bare_images, trained_cssa
     teacher = torch.tensor([[line["teacher_probs"][c] for c in task.class_names] for line in lines])
     torch.testing.assert_close(student, expected[""], atol=1e-5, rtol=0)
     torch.testing.assert_close(teacher, expected["_teacher"], atol=1e-5, rtol=0)
-    # Labels: the teacher's probabilities at 0.5 (auto), in CSV and JSONL alike.
+    # Labels: the teacher's probabilities at the trained thresholds (auto: the checkpoint has
+    # them; 0.5 for a class without one), in CSV and JSONL alike.
+    trained = torch.where(torch.isfinite(task.thresholds), task.thresholds.float(), 0.5)
+    assert not torch.equal(trained, torch.full_like(trained, 0.5))
     for row, line, probs in zip(rows, lines, expected["_teacher"], strict=True):
-        wanted = [c for c, p in zip(task.class_names, probs.tolist(), strict=True) if p >= 0.5]
+        wanted = [
+            c
+            for c, p, t in zip(task.class_names, probs.tolist(), trained.tolist(), strict=True)
+            if p >= t
+        ]
         assert line["labels"] == wanted
         assert row["labels"] == "|".join(wanted)
         assert float(row["teacher:red"]) == pytest.approx(line["teacher_probs"]["red"], abs=1e-6)
@@ -136,6 +144,43 @@ def test_thresholds_trained_and_val_f1(tmp_path, bare_images, trained_cssa, imag
     )
     with pytest.raises(ValueError, match="needs --val_source"):
         predict(str(trained_cssa), str(bare_images), str(tmp_path / "c"), "val-f1")
+
+
+def test_auto_thresholds_are_the_trained_ones_else_one_half(trained_cssa, tiny_clip_dir):
+    from cssa_lightning import MultiLabelTask
+    from cssa_lightning.predict import resolve_thresholds
+
+    task, _ = load_trained(trained_cssa)
+    assert resolve_thresholds(task, "auto") == "trained"
+    supervised = MultiLabelTask(["a", "b"], clip_checkpoint=str(tiny_clip_dir))
+    assert resolve_thresholds(supervised, "auto") == "0.5"
+    assert resolve_thresholds(task, "0.3") == "0.3"
+
+
+def test_a_folder_without_a_readable_image_fails(tmp_path, trained_cssa, capsys):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (folder / name).write_bytes(b"not an image")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "predict",
+                "--ckpt_path",
+                str(trained_cssa),
+                "--images",
+                str(folder),
+                "--output",
+                str(out),
+                "--no_progress_bar",
+            ]
+        )
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: no image of --images {folder} could be read (2 skipped, listed in "
+        f"{out / 'skipped.csv'})"
+    )
 
 
 def test_predict_errors_are_one_line(tmp_path, bare_images, capsys):
