@@ -37,6 +37,9 @@ OWN_SUBCOMMANDS = {
 }
 # Own subcommand -> the module whose ``main(argv)`` runs it (imported only when it runs).
 OWN_MODULES = {name: f"cssa_lightning.{name}" for name in OWN_SUBCOMMANDS}
+# Own subcommands whose module imports torch: their arguments are parsed first with the light
+# parser of :mod:`cssa_lightning.command_parsers`, so --help and mistakes answer at once.
+LIGHT_PARSERS = {"predict": "predict_parser", "export": "export_parser"}
 
 
 def usage() -> str:
@@ -66,8 +69,18 @@ def main(args: Sequence[str] | dict[str, Any] | None = None) -> None:
     if argv in ([], ["-h"], ["--help"]):
         print(usage())
         raise SystemExit(0 if argv else 2)
+    if argv in (["-V"], ["--version"]):
+        from cssa_lightning import __version__
+
+        print(f"cssa-lightning {__version__}")
+        raise SystemExit(0)
+    check_subcommand(argv[0])
     argv = resolve_config_args(argv)
     if argv[0] in OWN_MODULES:
+        if argv[0] in LIGHT_PARSERS:
+            from cssa_lightning import command_parsers
+
+            getattr(command_parsers, LIGHT_PARSERS[argv[0]])().parse_args(argv[1:])
         module = importlib.import_module(OWN_MODULES[argv[0]])
         return _run(lambda: module.main(argv[1:]))
     if args is None:
@@ -75,6 +88,24 @@ def main(args: Sequence[str] | dict[str, Any] | None = None) -> None:
         sys.argv[1:] = argv
         return _run(lambda: _lightning(None))
     return _run(lambda: _lightning(argv))
+
+
+def check_subcommand(name: str) -> None:
+    """Exit with status 2 and the closest subcommands when ``name`` is none (before anything
+    heavy is imported); options (``--...``) go on to the Lightning CLI."""
+    subcommands = [*LIGHTNING_SUBCOMMANDS, *OWN_SUBCOMMANDS]
+    if name.startswith("-") or name in subcommands:
+        return
+    import difflib
+
+    close = difflib.get_close_matches(name, subcommands, n=2)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    print(
+        f"cssa: error: unknown subcommand {name!r}{hint} (one of {', '.join(subcommands)}; "
+        "cssa --help)",
+        file=sys.stderr,
+    )
+    raise SystemExit(2)
 
 
 def _lightning(args: Any) -> None:

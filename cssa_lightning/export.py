@@ -16,7 +16,6 @@ its output ``probabilities`` is ``(batch, C)`` in the order of ``class_names``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from cssa_lightning.clip import CLIPBackbone
+from cssa_lightning.command_parsers import export_parser
 from cssa_lightning.network import MultiLabelCLIPNet
 
 log = logging.getLogger(__name__)
@@ -258,36 +258,9 @@ def export(
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cssa export",
-        description="Write a trained checkpoint as a self-contained directory (CLIP via "
-        "save_pretrained, heads, class names, thresholds, preprocessing) and ONNX. Load it with "
-        "cssa_lightning.export.load_exported(DIR), or run model.onnx with onnxruntime.",
-    )
-    parser.add_argument("--ckpt_path", required=True, help="A checkpoint written by cssa fit.")
-    parser.add_argument("--output", required=True, help="The export directory.")
-    parser.add_argument(
-        "--weights",
-        choices=["auto", "student", "teacher"],
-        default="auto",
-        help="Which network to export: the EMA teacher when the model has one (auto).",
-    )
-    parser.add_argument(
-        "--thresholds",
-        default="auto",
-        help="Thresholds stored with the model: 'auto' (default: the trained ones when the "
-        "checkpoint has them, else 0.5), 'trained', 'val-f1' or a number (as in cssa predict).",
-    )
-    parser.add_argument("--val_source", help="Labeled images for --thresholds val-f1.")
-    parser.add_argument("--no_onnx", action="store_true", help="Skip model.onnx.")
-    parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty folder.")
-    return parser
-
-
 def main(args: Sequence[str] | None = None) -> None:
     """``cssa export`` with command-line ``args``."""
-    options = build_parser().parse_args(args)
+    options = export_parser().parse_args(args)
     export(
         options.ckpt_path,
         options.output,

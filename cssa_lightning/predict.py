@@ -13,7 +13,6 @@ as the batches come, with a progress bar. An image that cannot be read is report
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -29,6 +28,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from cssa_lightning.command_parsers import predict_parser
 from cssa_lightning.multilabel import MultiLabelTask
 from cssa_lightning.records import build_record_table, load_image, read_source
 from cssa_lightning.trained import Preprocessing, load_trained
@@ -278,52 +278,6 @@ def f1_thresholds(
     return fbeta_thresholds(torch.cat(scores), targets, 1.0)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cssa predict",
-        description="Label images with a trained checkpoint: writes predictions.csv and "
-        "predictions.jsonl (path, predicted labels, per-class probabilities).",
-    )
-    parser.add_argument("--ckpt_path", required=True, help="A checkpoint written by cssa fit.")
-    parser.add_argument(
-        "--images",
-        required=True,
-        help="A folder (searched recursively), a text file with one image path per line, or a "
-        "CSV with a 'path' column; relative paths are relative to the list's folder.",
-    )
-    parser.add_argument("--output", default="predictions", help="Output folder.")
-    parser.add_argument(
-        "--thresholds",
-        default="auto",
-        help="Per-class decision thresholds: 'auto' (default: 'trained' when the checkpoint "
-        "has them, else 0.5), 'trained' (the thresholds a mean-teacher model learned for its "
-        "pseudo-labels), 'val-f1' (F1-optimal per class on --val_source), or one number for "
-        "every class.",
-    )
-    parser.add_argument(
-        "--val_source",
-        help="Labeled images for --thresholds val-f1 (an image folder with metadata.jsonl or "
-        "a CSV with path,labels). Use validation images, never the test set.",
-    )
-    parser.add_argument(
-        "--scores",
-        choices=["auto", "student", "teacher"],
-        default="auto",
-        help="Which probabilities decide the labels: the EMA teacher's when the model has one "
-        "(auto), or the student's. Both are written.",
-    )
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--num_workers", type=int, default=0)
-    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator.")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="Replace existing prediction files."
-    )
-    parser.add_argument(
-        "--no_progress_bar", action="store_true", help="Do not show the progress bar."
-    )
-    return parser
-
-
 def predict(
     ckpt_path: str,
     images: str,
@@ -384,7 +338,7 @@ def predict(
 
 def main(args: Sequence[str] | None = None) -> None:
     """``cssa predict`` with command-line ``args``."""
-    options = build_parser().parse_args(args)
+    options = predict_parser().parse_args(args)
     predict(
         options.ckpt_path,
         options.images,

@@ -116,3 +116,50 @@ def test_cssa_runs_the_data_commands(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: cssa {command}" in capsys.readouterr().out
+
+
+# What `cssa ARGS` imports before it answers: torch, Lightning and transformers take seconds.
+_IMPORTS = """
+import sys
+from cssa_lightning.commands import main
+try:
+    main(sys.argv[1:])
+except SystemExit as stop:
+    code = stop.code
+heavy = sorted(m for m in ("torch", "lightning", "transformers") if m in sys.modules)
+print(code, ",".join(heavy) or "-")
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--help"], 0),
+        (["--version"], 0),
+        (["predict", "--help"], 0),
+        (["export", "--help"], 0),
+        (["predict", "--ckpt_path"], 2),  # an argument mistake
+        (["export", "--weights", "both", "--ckpt_path", "a", "--output", "b"], 2),
+        (["fitt"], 2),  # a mistyped subcommand
+        (["convert", "--help"], 0),
+    ],
+)
+def test_help_and_argument_mistakes_import_nothing_heavy(args, code):
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORTS, *args], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split()[-2:] == [str(code), "-"], result.stdout + result.stderr
+
+
+def test_version_and_did_you_mean(capsys):
+    from cssa_lightning import __version__
+    from cssa_lightning.commands import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cssa-lightning {__version__}"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["exprot", "--ckpt_path", "x"])
+    assert exit_info.value.code == 2
+    assert "unknown subcommand 'exprot'; did you mean export?" in capsys.readouterr().err
