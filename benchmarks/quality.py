@@ -153,8 +153,13 @@ QUICK_METHODS = ["zero-shot", *SUPERVISED_CONTROLS, "CAP", "CSSA"]
 MAIN_METHODS = ["zero-shot", *SUPERVISED_CONTROLS, "CAP", "CSSA", "D2L", "fully supervised"]
 MAIN_RATIOS = [0.05, 0.1]
 MAIN_SEEDS = [1, 2, 3, 4, 5]
+# "w/o label-specific" is the global feature with the alignment off; the "many-to-one" row
+# keeps the alignment, which with one feature for every label pulls the global feature towards
+# every positive's target at once (rows written before the split are of that kind).
+MANY_TO_ONE = "CSSA w/o label-specific, many-to-one alignment"
 ABLATIONS = [
     "CSSA w/o label-specific",
+    MANY_TO_ONE,
     "CSSA w/o alignment",
     "CSSA w/o context",
     "CSSA w/o consistency",
@@ -202,7 +207,8 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "CSSA": (CSSA, {}, {}),
     "D2L": (D2L, D2L_OPTIONS, {}),
     "fully supervised": (MEAN_TEACHER, NO_CONSISTENCY, {}),
-    "CSSA w/o label-specific": (CSSA, {"label_specific": False}, {}),
+    "CSSA w/o label-specific": (CSSA, {"label_specific": False, "use_alignment": False}, {}),
+    MANY_TO_ONE: (CSSA, {"label_specific": False}, {}),
     "CSSA w/o alignment": (CSSA, {"use_alignment": False}, {}),
     "CSSA w/o context": (CSSA, {"use_context": False}, {}),
     "CSSA w/o consistency": (CSSA, {"use_consistency": False}, {}),
@@ -412,6 +418,8 @@ def make_row(
         val = {k: chosen.get(k) for k in val}
     return {
         "method": method_key,
+        # What the method changes on its task's defaults and the protocol (model options).
+        "method_options": METHODS[method][1] if method in METHODS else None,
         "labeled_ratio": stored_ratio,
         "seed": stored_seed,
         "test_mAP": test[f"test/mAP{suffix}"],
@@ -483,7 +491,11 @@ def load_results(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def upgrade_row(row: dict[str, Any], warmup_epochs: int | None) -> dict[str, Any]:
     """A row of an older file in today's form: its ``tested_epoch`` renamed ``selected_epoch``
-    and ``in_warmup`` added from it (rows with neither are returned unchanged)."""
+    and ``in_warmup`` added from it (rows with neither are returned unchanged); a "CSSA w/o
+    label-specific" row without ``method_options`` kept the alignment: it is the many-to-one
+    row."""
+    if row.get("method") == "CSSA w/o label-specific" and "method_options" not in row:
+        row = {**row, "method": MANY_TO_ONE}
     if "tested_epoch" in row and "selected_epoch" not in row:
         row = {("selected_epoch" if k == "tested_epoch" else k): v for k, v in row.items()}
     if "selected_epoch" in row and "in_warmup" not in row:

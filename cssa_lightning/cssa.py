@@ -73,6 +73,11 @@ class CSSATask(MeanTeacherTask):
         alignment_target: What each label feature is aligned with: the frozen class text
             ``t_k``, the classifier's (learnable) prototype ``w_k`` that the label is scored
             with, or both (mean of the two losses).
+        alignment_in_warmup: Align the labeled images' positive label features from the
+            first step, at full weight (no ramp), instead of from the warm-up's end with the
+            auxiliary ramp: with ``alignment_target="text"`` the frozen class texts anchor the
+            label features while the labels move them (the paper's alignment with the text
+            features), before any pseudo-label exists.
         absent_push_weight: Weight of the absent-label push term (0: off): the feature of each
             absent label (labeled negatives; trusted pseudo-negatives) is pushed below cosine
             ``absent_push_margin`` with the alignment target of its class.
@@ -96,8 +101,9 @@ class CSSATask(MeanTeacherTask):
             "labeled",
             "alignment_loss",
             weight="alignment_weight",
-            ramp="auxiliary",
+            ramp=lambda hp: "none" if hp.get("alignment_in_warmup") else "auxiliary",
             enabled=option("use_alignment"),
+            warmup=option("alignment_in_warmup", default=False),
         ),
         LossTerm(
             "push",
@@ -153,6 +159,7 @@ class CSSATask(MeanTeacherTask):
         alignment_unlabeled: Literal["all", "confident", "weighted", "none"] = "confident",
         alignment_margin: float = 0.2,
         alignment_target: Literal["text", "prototype", "both"] = "prototype",
+        alignment_in_warmup: bool = False,
         absent_push_weight: float = 0.0,
         absent_push_margin: float = 0.0,
         use_context: bool = True,

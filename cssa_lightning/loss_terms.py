@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 Stream = Literal["labeled", "unlabeled"]
 Ramp = Literal["none", "always", "auxiliary"]
+RAMPS: tuple[str, ...] = ("none", "always", "auxiliary")
 # Whether a term is on, from the task's hyperparameters.
 Switch = Callable[[Mapping[str, Any]], bool]
 
@@ -30,12 +31,12 @@ def always(hparams: Mapping[str, Any]) -> bool:
     return True
 
 
-def option(name: str) -> Switch:
-    """The switch of a term turned on and off by the boolean option ``name`` (on when the
-    option is absent: checkpoints written before the option existed had the term)."""
+def option(name: str, default: bool = True) -> Switch:
+    """The switch of a term turned on and off by the boolean option ``name`` (``default`` when
+    the option is absent: checkpoints written before an on-switch existed had the term)."""
 
     def switch(hparams: Mapping[str, Any]) -> bool:
-        return bool(hparams.get(name, True))
+        return bool(hparams.get(name, default))
 
     switch.__qualname__ = f"option({name!r})"
     return switch
@@ -59,32 +60,45 @@ class LossTerm:
         ramp: How the weight follows the ramp after the warm-up (``ramp`` of the task, 0 to 1
             over ``rampup_epochs``): not at all (``none``), always (``always``, as the
             consistency weight ``lambda_u``), or when the task's ``ramp_auxiliary`` option is
-            on (``auxiliary``: terms that help the consistency one along).
+            on (``auxiliary``: terms that help the consistency one along); or a function of
+            the hyperparameters giving one of those.
         enabled: Whether a configuration uses the term, from the task's hyperparameters (see
             :func:`option`). A disabled term is never computed nor logged.
-        warmup: Computed during the warm-up too (only the supervised term; unlabeled terms
-            wait for the warm-up's end, when the teacher has learnt something).
+        warmup: Computed during the warm-up too (the supervised term; a labeled term may
+            depend on an option, e.g. ``option("alignment_in_warmup", default=False)``;
+            unlabeled terms wait for the warm-up's end, when the teacher has learnt something).
     """
 
     name: str
     stream: Stream
     method: str
     weight: str | float = 1.0
-    ramp: Ramp = "none"
+    ramp: Ramp | Callable[[Mapping[str, Any]], Ramp] = "none"
     enabled: Switch = always
-    warmup: bool = False
+    warmup: bool | Switch = False
 
     def __post_init__(self) -> None:
         if self.stream not in ("labeled", "unlabeled"):
             raise ValueError(f"{self.name}: stream must be 'labeled' or 'unlabeled'")
-        if self.ramp not in ("none", "always", "auxiliary"):
+        if not callable(self.ramp) and self.ramp not in RAMPS:
             raise ValueError(f"{self.name}: ramp must be 'none', 'always' or 'auxiliary'")
-        if self.warmup and self.stream == "unlabeled":
+        if self.warmup is not False and self.stream == "unlabeled":
             raise ValueError(f"{self.name}: unlabeled terms start after the warm-up")
 
     def base_weight(self, hparams: Mapping[str, Any]) -> float:
         """The weight before the ramp and the unlabeled-stream scaling."""
         return hparams[self.weight] if isinstance(self.weight, str) else self.weight
+
+    def ramp_of(self, hparams: Mapping[str, Any]) -> Ramp:
+        """How this configuration ramps the term's weight."""
+        ramp = self.ramp(hparams) if callable(self.ramp) else self.ramp
+        if ramp not in RAMPS:
+            raise ValueError(f"{self.name}: ramp must be 'none', 'always' or 'auxiliary'")
+        return ramp
+
+    def in_warmup(self, hparams: Mapping[str, Any]) -> bool:
+        """Whether this configuration computes the term during the warm-up."""
+        return bool(self.warmup(hparams) if callable(self.warmup) else self.warmup)
 
 
 def check_table(terms: Iterable[LossTerm]) -> None:

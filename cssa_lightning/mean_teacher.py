@@ -219,7 +219,7 @@ class MeanTeacherTask(MultiLabelTask):
             unlabeled = num_unlabeled / num_labeled
         weights = {}
         for term in self.loss_terms:
-            weight = term.base_weight(hp) * ramps[term.ramp]
+            weight = term.base_weight(hp) * ramps[term.ramp_of(hp)]
             weights[term.name] = weight * unlabeled if term.stream == "unlabeled" else weight
         return weights
 
@@ -229,7 +229,7 @@ class MeanTeacherTask(MultiLabelTask):
         return {
             term.name: getattr(self, term.method)(student, targets)
             for term in self.enabled_terms("labeled")
-            if term.warmup or not warm
+            if not warm or term.in_warmup(self.hparams)
         }
 
     def unlabeled_losses(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -657,3 +658,21 @@ def test_precision_at_cap_recall_compares_both_teachers_at_cap_recall():
     # At CAP's recall 55 %: CAP 60 (between 70 and 50), CSSA 75 (between 80 and 70).
     assert values == {2: {1: (pytest.approx(60.0), pytest.approx(75.0))}}
     assert "+15.00" in quality.table_pseudo_at_cap_recall(rows)
+
+
+def test_ablation_without_label_specific_features_switches_the_alignment_off_too(tmp_path):
+    honest = quality.run_config(
+        quality.Protocol(), "CSSA w/o label-specific", 0.1, 1, Path("/tmp/x"), "world"
+    )["model"]["init_args"]
+    assert honest["label_specific"] is False and honest["use_alignment"] is False
+    kept = quality.run_config(quality.Protocol(), quality.MANY_TO_ONE, 0.1, 1, Path("/x"), "w")
+    assert kept["model"]["init_args"]["label_specific"] is False
+    assert "use_alignment" not in kept["model"]["init_args"]  # CSSA's default: on
+    # Rows written before the split kept the alignment: read back as the many-to-one row.
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"rows": [{"method": "CSSA w/o label-specific", "seed": 1}]}))
+    _, (row,) = quality.load_results(path)
+    assert row["method"] == quality.MANY_TO_ONE
+    new = {"method": "CSSA w/o label-specific", "method_options": {"label_specific": False}}
+    path.write_text(json.dumps({"rows": [new]}))
+    assert quality.load_results(path)[1][0]["method"] == "CSSA w/o label-specific"

@@ -239,3 +239,23 @@ def test_checkpoints_of_the_old_layout_load_as_cssa_tasks(tmp_path, tiny_clip_di
     torch.save(stored, copy)
     trained, preprocessing = load_trained(copy)
     assert type(trained) is CSSATask and preprocessing.image_size == 32
+
+
+def test_alignment_in_the_warmup_is_an_option_of_the_align_row(tiny_clip_dir):
+    def task(**options):
+        torch.manual_seed(0)
+        return CSSATask(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), **CSSA_FAST, **options)
+
+    student_images, targets = torch.randn(2, 3, 32, 32), torch.tensor([[1.0, 0, 1], [0, 1, 0]])
+    default, early = task(), task(alignment_in_warmup=True, alignment_target="text")
+    for model, in_warmup in ((default, False), (early, True)):
+        with_trainer(model, epoch=0)  # the warm-up (warmup_epochs=1)
+        losses = model.labeled_losses(model.encode(student_images), targets)
+        assert ("align" in losses) is in_warmup and "sup" in losses
+    # At full weight from the first step (no ramp), where the default waits for the ramp.
+    assert early.loss_weights(0, 8, 0)["align"] == early.hparams.alignment_weight
+    assert default.loss_weights(0, 8, 0)["align"] == 0.0
+    with_trainer(early, epoch=1)  # after the warm-up the unlabeled rows still ramp
+    weights = early.loss_weights(2, 8, 56)
+    assert weights["align"] == early.hparams.alignment_weight
+    assert weights["align_u"] == pytest.approx(early.hparams.alignment_weight * 0.4)
