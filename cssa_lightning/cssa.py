@@ -59,6 +59,11 @@ class CSSATask(MeanTeacherTask):
         label_specific: Label-specific features by label-query cross-attention; ``False``
             uses the global feature for every label.
         attention_heads: Heads of the label-query cross-attention.
+        label_query_block: What extracts the label-specific features: one cross-attention
+            layer without norm or MLP (``attention``), or ``label_query_depth`` pre-norm
+            decoder blocks, cross-attention + MLP, Query2Label / ML-Decoder style
+            (``decoder``); both start as the global feature (zero-initialised output).
+        label_query_depth: Blocks of the ``decoder`` (1-2 are usual).
         cross_attention_lr: Peak learning rate of the cross-attention; ``None`` uses
             ``head_lr``.
         use_alignment: Add the one-to-one semantic alignment loss.
@@ -152,6 +157,8 @@ class CSSATask(MeanTeacherTask):
         class_names: list[str],
         label_specific: bool = True,
         attention_heads: int = 8,
+        label_query_block: Literal["attention", "decoder"] = "attention",
+        label_query_depth: int = 1,
         cross_attention_lr: float | None = None,
         use_alignment: bool = True,
         alignment_weight: float = 1.0,
@@ -182,6 +189,8 @@ class CSSATask(MeanTeacherTask):
         return dict(
             label_specific=hp.label_specific,
             attention_heads=hp.attention_heads,
+            label_query_block=hp.get("label_query_block", "attention"),
+            label_query_depth=hp.get("label_query_depth", 1),
             num_contexts=hp.num_contexts if hp.use_context else 0,
             context_hidden=hp.context_hidden,
             context_input=hp.context_input,

@@ -116,6 +116,8 @@ def load_exported(directory: str | Path) -> ExportedClassifier:
         context_hidden=network["context_hidden"],
         context_input=network["context_input"],
         local_branch=network.get("local_branch", False),  # exports before D2L have none
+        label_query_block=network.get("label_query_block", "attention"),
+        label_query_depth=network.get("label_query_depth", 1),
     )
     heads = load_file(str(directory / HEADS_FILE))
     missing, unexpected = net.load_state_dict(heads, strict=False)
@@ -236,6 +238,8 @@ def export(
             "context_hidden": int(options.get("context_hidden", 256)),
             "context_input": options.get("context_input", "global"),
             "local_branch": bool(options.get("local_branch", False)),
+            "label_query_block": options.get("label_query_block", "attention"),
+            "label_query_depth": int(options.get("label_query_depth", 1)),
         },
         "preprocessing": {
             **preprocessing.to_dict(),

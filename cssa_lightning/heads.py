@@ -102,6 +102,75 @@ class LabelQueryCrossAttention(nn.Module):
         return global_feature.unsqueeze(1) + attended
 
 
+class LabelQueryDecoder(nn.Module):
+    """Label-specific features from a stack of pre-norm decoder blocks (Query2Label /
+    ML-Decoder style): per block, the label queries attend to the patch tokens, then an MLP;
+    both are residual. ``v_k = g + W_o x_k`` where ``x_k`` starts as the query ``W_q t_k``.
+
+    ``W_o`` starts at zero, so at step 0 every ``v_k`` equals the global feature ``g`` and the
+    model scores exactly like zero-shot CLIP, as with :class:`LabelQueryCrossAttention`.
+
+    Args:
+        dim: Joint embedding width ``D``.
+        num_heads: Attention heads (must divide ``D``).
+        depth: Decoder blocks.
+        mlp_ratio: Hidden width of each block's MLP, in multiples of ``D``.
+        dropout: Attention and MLP dropout.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        depth: int = 1,
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide the embedding width {dim}")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        hidden = max(1, round(dim * mlp_ratio))
+        self.query = nn.Linear(dim, dim)
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "norm_q": nn.LayerNorm(dim),
+                    "norm_kv": nn.LayerNorm(dim),
+                    "attention": nn.MultiheadAttention(
+                        dim, num_heads, dropout=dropout, batch_first=True
+                    ),
+                    "norm_mlp": nn.LayerNorm(dim),
+                    "mlp": nn.Sequential(
+                        nn.Linear(dim, hidden),
+                        nn.GELU(),
+                        nn.Dropout(dropout),
+                        nn.Linear(hidden, dim),
+                    ),
+                }
+            )
+            for _ in range(depth)
+        )
+        self.norm_out = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(
+        self, text_features: Tensor, patch_tokens: Tensor, global_feature: Tensor
+    ) -> Tensor:
+        """``(C, D)`` label queries, ``(B, N, D)`` patches, ``(B, D)`` global -> ``(B, C, D)``."""
+        queries = self.query(text_features.to(patch_tokens.dtype))
+        x = queries.unsqueeze(0).expand(patch_tokens.shape[0], -1, -1)
+        for block in self.blocks:
+            memory = block["norm_kv"](patch_tokens)
+            attended, _ = block["attention"](block["norm_q"](x), memory, memory, need_weights=False)
+            x = x + attended
+            x = x + block["mlp"](block["norm_mlp"](x))
+        return global_feature.unsqueeze(1) + self.out(self.norm_out(x))
+
+
 class ContextHead(nn.Module):
     """A small MLP giving ``K`` context logits from an image feature.
 

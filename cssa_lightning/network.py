@@ -18,6 +18,7 @@ from cssa_lightning.heads import (
     AlignmentHead,
     ContextHead,
     LabelQueryCrossAttention,
+    LabelQueryDecoder,
     softmax_pool,
 )
 
@@ -46,6 +47,10 @@ class MultiLabelCLIPNet(nn.Module):
         label_specific: Extract one feature per label by cross-attention (CSSA idea 1);
             ``False`` uses the global feature for every label.
         attention_heads: Heads of the label-query cross-attention.
+        label_query_block: One cross-attention layer (``attention``,
+            :class:`~cssa_lightning.heads.LabelQueryCrossAttention`) or pre-norm decoder
+            blocks with an MLP (``decoder``, :class:`~cssa_lightning.heads.LabelQueryDecoder`).
+        label_query_depth: Blocks of the ``decoder``.
         num_contexts: Context logits of the context head; 0 for no context head.
         context_hidden: Hidden width of the context head.
         context_input: Feature the context head reads.
@@ -68,6 +73,8 @@ class MultiLabelCLIPNet(nn.Module):
         context_hidden: int = 256,
         context_input: Literal["global", "label_mean"] = "global",
         local_branch: bool = False,
+        label_query_block: Literal["attention", "decoder"] = "attention",
+        label_query_depth: int = 1,
     ):
         super().__init__()
         self.clip = clip
@@ -78,9 +85,11 @@ class MultiLabelCLIPNet(nn.Module):
         # With a frozen text tower the class texts are computed once and saved in checkpoints.
         self.register_buffer("text_features", text_features)
         dim = clip.embed_dim
-        self.cross_attention = (
-            LabelQueryCrossAttention(dim, attention_heads) if label_specific else None
-        )
+        self.cross_attention: nn.Module | None = None
+        if label_specific and label_query_block == "attention":
+            self.cross_attention = LabelQueryCrossAttention(dim, attention_heads)
+        elif label_specific:
+            self.cross_attention = LabelQueryDecoder(dim, attention_heads, label_query_depth)
         self.alignment = AlignmentHead(text_features, logit_scale, learnable_prototypes)
         self.context_head = (
             ContextHead(dim, num_contexts, context_hidden, context_input) if num_contexts else None

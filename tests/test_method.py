@@ -9,7 +9,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from cssa_lightning.clip import CLIPBackbone, zero_shot_scores
 from cssa_lightning.contexts import cluster_contexts, context_targets, cooccurrence_affinity
 from cssa_lightning.cssa import CSSATask
-from cssa_lightning.heads import AlignmentHead, LabelQueryCrossAttention
+from cssa_lightning.heads import AlignmentHead, LabelQueryCrossAttention, LabelQueryDecoder
 from cssa_lightning.losses import pair_normalizer, semantic_alignment_loss
 from cssa_lightning.network import MultiLabelCLIPNet
 from cssa_lightning.pseudo_labels import (
@@ -42,6 +42,31 @@ def test_zero_init_cross_attention_scores_equal_zero_shot(tiny_clip_dir):
     # The attention does contribute once W_o is non-zero.
     torch.nn.init.normal_(net.cross_attention.attention.out_proj.weight)
     assert not torch.allclose(net(images).label_features[:, 0], out.global_feature)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_decoder_block_starts_at_zero_shot_then_learns_per_label(tiny_clip_dir, depth):
+    net = make_net(
+        tiny_clip_dir,
+        label_specific=True,
+        attention_heads=4,
+        label_query_block="decoder",
+        label_query_depth=depth,
+    ).eval()
+    assert isinstance(net.cross_attention, LabelQueryDecoder)
+    assert len(net.cross_attention.blocks) == depth
+    images = torch.randn(4, 3, 32, 32)
+    out = net(images)
+    zero_shot = zero_shot_scores(net.clip, images, net.text_features)
+    torch.testing.assert_close(out.logits, 10.0 * zero_shot, atol=1e-4, rtol=0)
+    # The labels' gradient reaches every block (not only the zero-initialised output).
+    out.logits.sum().backward()
+    assert net.cross_attention.out.weight.grad.abs().sum() > 0
+    torch.nn.init.normal_(net.cross_attention.out.weight, std=0.1)
+    features = net(images).label_features
+    assert not torch.allclose(features[:, 0], features[:, 1])
+    with pytest.raises(ValueError, match="depth"):
+        LabelQueryDecoder(dim=8, num_heads=2, depth=0)
 
 
 def test_cross_attention_is_per_label():
