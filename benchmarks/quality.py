@@ -963,7 +963,7 @@ def table_pseudo(rows: Sequence[dict[str, Any]], ratio: float = 0.1) -> str | No
     return _table(header, body)
 
 
-RECALL_LEVELS = (40, 50, 60, 70, 80)  # CSSATask.monitored_recalls, in %
+RECALL_LEVELS = (40, 50, 60, 70, 80)  # cssa_lightning.monitoring.MONITORED_RECALLS, in %
 
 
 def precision_at_recall(entry: dict[str, Any], recall: float) -> float | None:

@@ -15,6 +15,9 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
+from cssa_lightning.cssa import CSSATask
+from cssa_lightning.monitoring import PseudoLabelMonitor, PseudoLabelSource
+
 log = logging.getLogger(__name__)
 
 
@@ -134,33 +137,25 @@ class RunReport(Callback):
       prior (``test/per_class`` table, ``test/per_class_ap`` plot) and the test metrics in the
       run summary; the summary of ``val/mAP`` and ``val/mAP_teacher`` is their maximum.
 
-    Per-class pseudo-label quality is measured on every ``pseudo_every_n_batches``-th training
-    batch with the pseudo-labels its step returned (``outputs["pseudo_labels"]``, as
-    :class:`~cssa_lightning.mean_teacher.MeanTeacherTask` does; only a task with a teacher
-    whose step does not return them costs an extra teacher pass on the weak view). The hidden labels are for
-    monitoring only. Learning rates are kept for the file report every ``trainer.log_every_n_steps``
-    steps; in W&B, add Lightning's ``LearningRateMonitor``.
+    Per-class pseudo-label quality comes from the fit's
+    :class:`~cssa_lightning.monitoring.PseudoLabelMonitor` (every mean-teacher task adds one):
+    its counts of every training batch, the same that give ``pseudo/precision`` and
+    ``pseudo/recall``. The examples' pseudo-labels are those the step returned
+    (``outputs["pseudo_labels"]``). The hidden labels are for monitoring only. Learning rates
+    are kept for the file report every ``trainer.log_every_n_steps`` steps; in W&B, add
+    Lightning's ``LearningRateMonitor``.
 
     Args:
         num_examples: Unlabeled images shown per epoch; 0 for none.
-        pseudo_every_n_batches: Measure per-class pseudo-label quality on every n-th batch;
-            0 turns the measurement off.
         write_files: Write ``report/`` (data, figures, Markdown) in the run folder.
     """
 
-    def __init__(
-        self, num_examples: int = 8, pseudo_every_n_batches: int = 4, write_files: bool = True
-    ):
-        if num_examples < 0 or pseudo_every_n_batches < 0:
-            raise ValueError(
-                "RunReport: num_examples and pseudo_every_n_batches must be >= 0, got "
-                f"{num_examples} and {pseudo_every_n_batches}"
-            )
+    def __init__(self, num_examples: int = 8, write_files: bool = True):
+        if num_examples < 0:
+            raise ValueError(f"RunReport: num_examples must be >= 0, got {num_examples}")
         self.num_examples = num_examples
-        self.pseudo_every_n_batches = pseudo_every_n_batches
         self.write_files = write_files
         self.data: dict[str, Any] = {}
-        self._counts: torch.Tensor | None = None  # (4, C): true pos, pred pos, both, images
         self._completed: int | None = None
         self._test_ap: dict[str, list[float | None]] = {}
 
@@ -192,7 +187,7 @@ class RunReport(Callback):
 
     @staticmethod
     def _priors(trainer: Trainer, pl_module: LightningModule) -> torch.Tensor:
-        priors = getattr(pl_module, "class_priors", None)
+        priors = pl_module.class_priors if isinstance(pl_module, PseudoLabelSource) else None
         if priors is not None and bool(priors.sum() > 0):
             return priors.detach().cpu()
         datamodule = getattr(trainer, "datamodule", None)
@@ -254,8 +249,7 @@ class RunReport(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start(trainer, pl_module)
         self._completed = None
-        self._counts = None
-        if not getattr(pl_module.hparams, "use_context", False):
+        if not (isinstance(pl_module, CSSATask) and pl_module.hparams.use_context):
             return
         from cssa_lightning.contexts import cooccurrence_affinity
         from cssa_lightning.report import figure_affinity
@@ -299,33 +293,13 @@ class RunReport(Callback):
                     {"step": trainer.global_step, "lr": [g["lr"] for g in optimizer.param_groups]}
                 )
         unlabeled = batch.get("unlabeled") if isinstance(batch, dict) else None
-        if unlabeled is None or not hasattr(pl_module, "teacher_probs"):
+        if unlabeled is None or batch_idx != 0 or self.num_examples == 0:
             return
-        sample = self.pseudo_every_n_batches and batch_idx % self.pseudo_every_n_batches == 0
-        examples = batch_idx == 0 and self.num_examples > 0
-        if not (sample or examples):
+        if not (isinstance(outputs, dict) and "pseudo_labels" in outputs):
             return
-        if isinstance(outputs, dict) and "pseudo_labels" in outputs:
-            # The pseudo-labels the step itself used (MeanTeacherTask returns them).
-            labels = outputs["pseudo_labels"]
-        else:
-            images = (
-                unlabeled["image_weak"] if sample else unlabeled["image_weak"][: self.num_examples]
-            )
-            labels, _ = pl_module.pseudo_labels(pl_module.teacher_probs(images))
-        target = unlabeled["target"][: len(labels)].to(labels.device)
-        if sample:
-            labels_f, target_f = labels.float(), target.float()
-            counts = torch.stack(
-                [
-                    target_f.sum(0),
-                    labels_f.sum(0),
-                    (labels_f * target_f).sum(0),
-                    torch.full_like(target_f[0], len(target_f)),
-                ]
-            )
-            self._counts = counts if self._counts is None else self._counts + counts
-        if examples and trainer.is_global_zero:
+        if trainer.is_global_zero:
+            labels = outputs["pseudo_labels"][: self.num_examples]
+            target = unlabeled["target"][: len(labels)].to(labels.device)
             self._examples(trainer, unlabeled, labels[: self.num_examples], target)
 
     def _examples(self, trainer: Trainer, unlabeled: dict, labels: Tensor, target: Tensor) -> None:
@@ -393,14 +367,17 @@ class RunReport(Callback):
         if self._completed is None:
             return
         epoch, self._completed = self._completed, None
-        counts, self._counts = self._counts, None
-        if counts is not None and trainer.world_size > 1:
-            counts = trainer.strategy.reduce(counts, reduce_op="sum")
+        monitors = [c for c in trainer.callbacks if isinstance(c, PseudoLabelMonitor)]
+        counts = monitors[0].per_class if monitors else None
         record: dict[str, Any] = {"epoch": epoch, "step": trainer.global_step}
         for key in ("pseudo/precision", "pseudo/recall", "pseudo/F1", "train/loss_epoch"):
             if key in trainer.callback_metrics:
                 record[key.removesuffix("_epoch")] = float(trainer.callback_metrics[key])
-        thresholds = getattr(pl_module, "thresholds", None)
+        thresholds = (
+            pl_module.pseudo_labeller.thresholds
+            if isinstance(pl_module, PseudoLabelSource)
+            else None
+        )
         if thresholds is not None and counts is not None:
             positives, predicted, correct, images = counts.cpu()
             record["thresholds"] = _floats(thresholds.detach().cpu())
@@ -409,9 +386,6 @@ class RunReport(Callback):
             record["pseudo_rate"] = _floats(predicted / images)
             record["hidden_rate"] = _floats(positives / images)
             record["images"] = int(images[0])
-            # All classes together, comparable with the task's pseudo/precision and recall.
-            record["sampled_precision"] = float(100 * correct.sum() / predicted.sum().clamp(min=1))
-            record["sampled_recall"] = float(100 * correct.sum() / positives.sum().clamp(min=1))
         self.data["epochs"].append(record)
         if "thresholds" in record and trainer.is_global_zero and self.wandb_loggers(trainer):
             from cssa_lightning.report import figure_pseudo_labels

@@ -18,12 +18,12 @@ import logging
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch import Callback
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MultilabelF1Score, MultilabelPrecision, MultilabelRecall
 
 from cssa_lightning.loss_terms import LossTerm, Stream, check_table, option
+from cssa_lightning.monitoring import PseudoLabelMonitor
 from cssa_lightning.multilabel import MultiLabelTask, one_cycle_factor
 from cssa_lightning.network import Encoded
 from cssa_lightning.pseudo_labels import PseudoLabeller, PseudoLabels
@@ -94,9 +94,6 @@ class MeanTeacherTask(MultiLabelTask):
     """
 
     evaluated_scores = ("", "_teacher")
-    # Recall levels at which the pseudo-labels' precision is logged (``pseudo/precision@R``):
-    # methods with different thresholds are compared at the same recall.
-    monitored_recalls = (0.4, 0.5, 0.6, 0.7, 0.8)
     # The loss terms, in the order they are computed and summed; a subclass adds rows.
     loss_terms: tuple[LossTerm, ...] = (
         LossTerm("sup", "labeled", "supervised_term", warmup=True),
@@ -156,16 +153,6 @@ class MeanTeacherTask(MultiLabelTask):
         )
         # Data-dependent state, filled in on_fit_start and saved in checkpoints.
         self.register_buffer("class_priors", torch.zeros(num_classes))
-        self.pseudo_metrics = MetricCollection(
-            {
-                # validate_args=False: the checks of the inputs wait for the device each step.
-                "precision": MultilabelPrecision(num_classes, average="micro", validate_args=False),
-                "recall": MultilabelRecall(num_classes, average="micro", validate_args=False),
-                "F1": MultilabelF1Score(num_classes, average="micro", validate_args=False),
-            }
-        )
-        # Hidden labels of the unlabeled images, for monitoring the pseudo-labels only.
-        self._hidden_targets: Tensor | None = None
 
     @property
     def thresholds(self) -> Tensor:
@@ -295,7 +282,11 @@ class MeanTeacherTask(MultiLabelTask):
             self.teacher.module.load_state_dict(self.net.state_dict())
         num_unlabeled = len(datamodule.unlabeled_indices)
         self.pseudo_labeller.allocate(num_unlabeled)  # a restored memory is kept
-        self._hidden_targets = torch.zeros(num_unlabeled, self.num_classes, device=self.device)
+
+    def configure_callbacks(self) -> list[Callback]:
+        """The guards, and the pseudo-label quality against the hidden labels
+        (:class:`~cssa_lightning.monitoring.PseudoLabelMonitor`, monitoring only)."""
+        return [*super().configure_callbacks(), PseudoLabelMonitor()]
 
     def learn_label_statistics(self, labeled: Tensor) -> None:
         """What the task takes from the labeled split's ``(N, C)`` labels when a fit starts:
@@ -361,10 +352,6 @@ class MeanTeacherTask(MultiLabelTask):
         if unlabeled is not None:
             probs = self.unlabeled_teacher_probs(unlabeled)
             pseudo = self.pseudo_labels(probs)
-            # Monitoring only: the hidden labels never reach a loss.
-            # (integer predictions: float ones are range-checked, which waits for the device)
-            self.pseudo_metrics.update(pseudo.labels.long(), unlabeled["target"].long())
-            self.remember_hidden_targets(unlabeled["index"], unlabeled["target"])
             mask_ratio = pseudo.mask.mean()
             outputs = {"teacher_probs": probs.detach(), "pseudo_labels": pseudo.labels.detach()}
             if not self.in_warmup() and self.uses_unlabeled:
@@ -398,14 +385,6 @@ class MeanTeacherTask(MultiLabelTask):
             labeller.record(unlabeled["index"], probs, self.step_gather())
             labeller.step_refresh(self.class_priors)
         return probs
-
-    def remember_hidden_targets(self, index: Tensor, targets: Tensor) -> None:
-        """Keep the unlabeled images' hidden labels (every process's) for monitoring."""
-        gather = self.step_gather()
-        if gather is not None:
-            index = gather(index).reshape(-1)
-            targets = gather(targets).reshape(-1, self.num_classes)
-        self._hidden_targets[index] = targets.float()
 
     def on_train_epoch_start(self) -> None:
         hp = self.hparams
@@ -445,31 +424,6 @@ class MeanTeacherTask(MultiLabelTask):
                     "pseudo/threshold_max": finite.max(),
                 }
             )
-        seen = self.pseudo_labeller.seen
-        if len(seen) and seen.any():
-            values = self.pseudo_metrics.compute()
-            self.log_dict({f"pseudo/{name}": 100 * value for name, value in values.items()})
-            self.log_dict(self.pseudo_label_quality())
-        self.pseudo_metrics.reset()
-
-    @torch.no_grad()
-    def pseudo_label_quality(self) -> dict[str, Tensor]:
-        """Threshold-free quality of the remembered teacher scores against the hidden labels
-        (monitoring only): precision at fixed recalls, in %."""
-        seen = self.pseudo_labeller.seen
-        scores = self.pseudo_labeller.scores[seen].flatten()
-        hidden = self._hidden_targets[seen].flatten()
-        order = scores.argsort(descending=True)
-        hits = hidden[order].cumsum(0)
-        positives = hidden.sum().clamp(min=1)
-        recall = hits / positives
-        precision = hits / torch.arange(1, len(hits) + 1, device=hits.device)
-        values = {}
-        for level in self.monitored_recalls:
-            reached = (recall >= level).nonzero()
-            value = precision[reached[0, 0]] if len(reached) else precision.new_tensor(0.0)
-            values[f"pseudo/precision@{round(100 * level)}"] = 100 * value
-        return values
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluation_scores(self, images: Tensor) -> dict[str, Tensor]:

@@ -301,21 +301,57 @@ def test_pseudo_label_scores_pass_needs_a_pass(tiny_clip_dir):
         CSSATask(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), pseudo_label_scores="pass")
 
 
-def test_precision_at_recall(task):
-    labeller = task.pseudo_labeller
-    labeller.allocate(4)
-    labeller.record(
-        torch.arange(4),
-        torch.tensor([[0.9, 0.1, 0.5], [0.8, 0.7, 0.2], [0.3, 0.6, 0.4], [0.05, 0.15, 0.25]]),
-    )
-    task._hidden_targets = torch.tensor(
-        [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
-    )
+def test_precision_at_recall():
+    from cssa_lightning.monitoring import MONITORED_RECALLS, precision_at_recalls
+
+    scores = torch.tensor([[0.9, 0.1, 0.5], [0.8, 0.7, 0.2], [0.3, 0.6, 0.4], [0.05, 0.15, 0.25]])
+    hidden = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     # Ranked: 0.9 (+) 0.8 (-) 0.7 (+) 0.6 (-) 0.5 (+) 0.4 (-) 0.3 (+); 4 positives.
-    values = task.pseudo_label_quality()
+    values = precision_at_recalls(scores, hidden, MONITORED_RECALLS)
     assert values["pseudo/precision@50"].item() == pytest.approx(100 * 2 / 3)
     assert values["pseudo/precision@80"].item() == pytest.approx(100 * 4 / 7)
     assert values["pseudo/precision@40"].item() == pytest.approx(100 * 2 / 3)
+
+
+def test_monitor_counts_every_batch_once_and_logs_micro_precision_and_recall(task):
+    from types import SimpleNamespace
+
+    from cssa_lightning.monitoring import PseudoLabelMonitor
+
+    monitor = PseudoLabelMonitor()
+    task.pseudo_labeller.allocate(6)
+    monitor.on_train_start(SimpleNamespace(), task)
+    trainer = SimpleNamespace(world_size=1)
+    batches = [
+        (
+            torch.tensor([0, 1, 2]),
+            [[1, 0, 1], [0, 1, 0], [1, 1, 0]],
+            [[1, 0, 0], [0, 1, 1], [1, 0, 0]],
+        ),
+        (
+            torch.tensor([3, 4, 5]),
+            [[0, 0, 0], [1, 0, 0], [0, 0, 1]],
+            [[0, 0, 1], [1, 0, 0], [0, 0, 1]],
+        ),
+    ]
+    for index, labels, hidden in batches:
+        outputs = {"pseudo_labels": torch.tensor(labels, dtype=torch.float)}
+        batch = {"unlabeled": {"index": index, "target": torch.tensor(hidden)}}
+        monitor.on_train_batch_end(trainer, task, outputs, batch, 0)
+        task.pseudo_labeller.record(index, torch.rand(3, 3))
+    logged = {}
+    task.log_dict = lambda values: logged.update(values)
+    monitor.on_train_epoch_end(trainer, task)
+    # 5 of 7 pseudo-positives are hidden positives; 7 hidden positives in all.
+    assert logged["pseudo/precision"].item() == pytest.approx(100 * 5 / 7)
+    assert logged["pseudo/recall"].item() == pytest.approx(100 * 5 / 7)
+    assert "pseudo/precision@50" in logged
+    positives, predicted, correct, images = monitor.per_class
+    assert positives.tolist() == [3, 1, 3] and predicted.tolist() == [3, 2, 2]
+    assert correct.tolist() == [3, 1, 1] and images.tolist() == [6, 6, 6]
+    logged.clear()
+    monitor.on_train_epoch_end(trainer, task)  # no batch since: nothing logged again
+    assert logged == {}
 
 
 def test_cssa_checkpoint_with_other_class_order_is_refused(task):
