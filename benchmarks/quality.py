@@ -88,6 +88,11 @@ class Protocol:
     absent_push_weight: float | None = None
     absent_push_margin: float | None = None
     cross_attention_lr: float | None = None
+    alignment_in_warmup: bool | None = None
+    label_query_block: str | None = None
+    label_query_depth: int | None = None
+    context_unlabeled_targets: str | None = None
+    context_reduction: str | None = None
     labeled_view: str = "weak"
     cutout_max: float = 0.3
     trainable_vision_layers: int | None = None  # None: the whole vision tower trains
@@ -139,6 +144,11 @@ OPTIONAL_CSSA_OPTIONS = (
     "absent_push_weight",
     "absent_push_margin",
     "cross_attention_lr",
+    "alignment_in_warmup",
+    "label_query_block",
+    "label_query_depth",
+    "context_unlabeled_targets",
+    "context_reduction",
 )
 # Protocol fields passed to every trained method's task when set (None: the task's default).
 OPTIONAL_MODEL_OPTIONS = ("layer_lr_decay", "pct_start")

@@ -94,6 +94,12 @@ class CSSATask(MeanTeacherTask):
         context_input: Feature the context head reads: global, or the mean label feature.
         context_hidden: Hidden width of the context head.
         context_seed: Seed of the spectral clustering.
+        context_unlabeled_targets: The contexts of an unlabeled image come from all its hard
+            pseudo-labels (``pseudo_labels``) or only from those the reliability mask keeps
+            (``trusted``: a masked, uncertain pseudo-positive names no context).
+        context_reduction: The multi-hot BCE averaged over images and contexts (``mean``) or
+            summed over contexts and averaged over images (``sum``, scaled like the supervised
+            ASL's sum over classes).
         **kwargs: Options of :class:`~cssa_lightning.mean_teacher.MeanTeacherTask` (the
             teacher, pseudo-labels, consistency and schedule) and of
             :class:`~cssa_lightning.multilabel.MultiLabelTask`.
@@ -176,6 +182,8 @@ class CSSATask(MeanTeacherTask):
         context_input: Literal["global", "label_mean"] = "global",
         context_hidden: int = 256,
         context_seed: int = 0,
+        context_unlabeled_targets: Literal["pseudo_labels", "trusted"] = "pseudo_labels",
+        context_reduction: Literal["mean", "sum"] = "mean",
         **kwargs: Any,
     ):
         if use_context and num_contexts < 1:
@@ -279,7 +287,8 @@ class CSSATask(MeanTeacherTask):
         targets = context_targets(labels, self.class_to_context, self.hparams.num_contexts, single)
         if single and not (targets >= 0).any():
             return encoded.context_logits.sum() * 0.0
-        return context_loss(encoded.context_logits, targets, single)
+        reduction = self.hparams.get("context_reduction", "mean")
+        return context_loss(encoded.context_logits, targets, single, reduction)
 
     # -- the terms of the loss table ----------------------------------------------------------
     def absent_push_term(self, student: Encoded, targets: Tensor) -> Tensor:
@@ -301,8 +310,12 @@ class CSSATask(MeanTeacherTask):
     def unlabeled_context_term(
         self, strong: Encoded, probs: Tensor, pseudo: PseudoLabels
     ) -> Tensor:
-        """``ctx_u``: the strong views' contexts against those of the hard pseudo-labels."""
-        return self.context_loss(strong, pseudo.labels)
+        """``ctx_u``: the strong views' contexts against those of the hard pseudo-labels (only
+        the trusted ones with ``context_unlabeled_targets="trusted"``)."""
+        labels = pseudo.labels
+        if self.hparams.get("context_unlabeled_targets", "pseudo_labels") == "trusted":
+            labels = labels * pseudo.mask
+        return self.context_loss(strong, labels)
 
 
 def context_groups(class_names: list[str], class_to_context: np.ndarray) -> dict[int, list[str]]:

@@ -84,11 +84,23 @@ def semantic_alignment_loss(
     return -(own * weights).sum() / _normalizer(weights, normalizer)
 
 
-def context_loss(logits: Tensor, targets: Tensor, single_label: bool = False) -> Tensor:
-    """Context identification loss: BCE over multi-hot contexts, or CE over one context."""
+def context_loss(
+    logits: Tensor, targets: Tensor, single_label: bool = False, reduction: str = "mean"
+) -> Tensor:
+    """Context identification loss: BCE over multi-hot contexts, or CE over one context.
+
+    ``reduction="mean"`` averages the BCE over images and contexts; ``"sum"`` sums it over the
+    contexts and averages over images, as the supervised ASL does over classes (so the term is
+    not ~K times lighter than its weight says). CE is per image either way.
+    """
     logits = logits.float()
     if single_label:
         return F.cross_entropy(logits, targets.long())
+    if reduction == "sum":
+        per_entry = F.binary_cross_entropy_with_logits(
+            logits, targets.to(logits.dtype), reduction="none"
+        )
+        return per_entry.sum(-1).mean()
     return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
 
 

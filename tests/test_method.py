@@ -210,6 +210,39 @@ def test_context_targets_hand_made():
     assert single.tolist() == [0, 1, -100]
 
 
+def test_context_loss_reduction_sums_over_contexts():
+    from cssa_lightning.losses import context_loss
+
+    logits, targets = torch.randn(4, 5), (torch.rand(4, 5) > 0.5).float()
+    mean = context_loss(logits, targets)
+    torch.testing.assert_close(context_loss(logits, targets, reduction="sum"), 5 * mean)
+
+
+def test_unlabeled_context_targets_can_keep_only_trusted_pseudo_labels(tiny_clip_dir):
+    from cssa_lightning.pseudo_labels import PseudoLabels
+
+    def task(**options):
+        torch.manual_seed(0)
+        return CSSATask(
+            CLASS_NAMES[:4],
+            clip_checkpoint=str(tiny_clip_dir),
+            attention_heads=4,
+            num_contexts=2,
+            **options,
+        )
+
+    trusted, every = task(context_unlabeled_targets="trusted"), task()
+    for t in (trusted, every):
+        t.class_to_context.copy_(torch.tensor([0, 0, 1, 1]))
+    strong = every.encode(torch.randn(2, 3, 32, 32))
+    labels = torch.tensor([[1.0, 0, 1, 0], [0, 0, 1, 0]])
+    mask = torch.tensor([[1.0, 1, 0, 1], [1, 1, 0, 1]])  # the context-1 positives are masked
+    pseudo = PseudoLabels(labels, mask)
+    got = trusted.unlabeled_context_term(strong, labels, pseudo)
+    torch.testing.assert_close(got, every.context_loss(strong, labels * mask))
+    assert not torch.allclose(got, every.unlabeled_context_term(strong, labels, pseudo))
+
+
 def test_ema_teacher_follows_decay_and_has_no_gradients(tiny_clip_dir):
     student = make_net(tiny_clip_dir, label_specific=True, attention_heads=4)
     teacher = AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
