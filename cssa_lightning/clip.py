@@ -24,11 +24,13 @@ DEFAULT_TEMPLATES = (
 )
 
 # Short names of checkpoints shipped inside the package: name -> (package, path in it).
-# "tiny-clip" is the small CLIP pre-trained on the synthetic world v2, "tiny-clip-v3" the same
-# model pre-trained on world v3 (see cssa_lightning/synthetic/assets/*/README.md).
+# "tiny-clip" is the small CLIP pre-trained on the synthetic world v2, "tiny-clip-v3" and
+# "tiny-clip-v4" the same model pre-trained on worlds v3 and v4 (see
+# cssa_lightning/synthetic/assets/*/README.md).
 PACKAGED_CHECKPOINTS = {
     "tiny-clip": ("cssa_lightning.synthetic", "assets/tiny-clip"),
     "tiny-clip-v3": ("cssa_lightning.synthetic", "assets/tiny-clip-v3"),
+    "tiny-clip-v4": ("cssa_lightning.synthetic", "assets/tiny-clip-v4"),
 }
 
 # How a class is named in prompts when its dataset name is an identifier, not words: Pascal

@@ -2,10 +2,15 @@
 
 The directory holds everything inference needs and nothing of training::
 
-    clip/                  the CLIP (model, tokenizer) written with ``save_pretrained``
+    clip/                  the CLIP (model, tokenizer, image processor) written with
+                           ``save_pretrained``: ``AutoProcessor.from_pretrained("clip")`` works
     heads.safetensors      the heads (cross-attention, alignment, context) and class texts
     config.json            class names, thresholds, network options, preprocessing
     model.onnx             images -> probabilities (unless --no_onnx)
+    README.md              the model card: classes and thresholds, weights, training options,
+                           preprocessing, intended use and limits
+
+Every file is readable by all (mode 0644 less the umask's bits), like files other tools write.
 
 Load it with one call, :func:`load_exported` (torch, transformers and this package's
 network modules; no Lightning, no checkpoint), or run ``model.onnx`` with ``onnxruntime``
@@ -37,6 +42,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 HEADS_FILE = "heads.safetensors"
 ONNX_FILE = "model.onnx"
+CARD_FILE = "README.md"
 CLIP_DIR = "clip"
 
 
@@ -207,10 +213,11 @@ def export(
     chosen = choose_thresholds(task, thresholds, decide_by, val_source, preprocessing, 64)
 
     out.mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG_FILE, HEADS_FILE, ONNX_FILE):
+    for name in (CONFIG_FILE, HEADS_FILE, ONNX_FILE, CARD_FILE):
         (out / name).unlink(missing_ok=True)
     net.clip.model.save_pretrained(out / CLIP_DIR)
     net.clip.tokenizer.save_pretrained(out / CLIP_DIR)
+    image_processor(preprocessing).save_pretrained(out / CLIP_DIR)
     heads = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     heads = {k: v for k, v in heads.items() if not k.startswith("clip.")}
     # The class texts as the trained text tower gives them, so that inference never runs it.
@@ -251,9 +258,11 @@ def export(
         else None,
     }
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (out / CARD_FILE).write_text(model_card(config, dict(hp)), encoding="utf-8")
     if onnx:
         # The ONNX graph is traced from the exported directory as it will be loaded.
         export_onnx(load_exported(out).net, preprocessing.image_size, out / ONNX_FILE)
+    readable_by_all(out)
     log.info("exported %s to %s", ckpt_path, out)
     print(
         f"exported {config['weights']} weights of {config['task_class'].rsplit('.', 1)[-1]} "
@@ -274,3 +283,96 @@ def main(args: Sequence[str] | None = None) -> None:
         not options.no_onnx,
         options.overwrite,
     )
+
+
+def image_processor(preprocessing: Any) -> Any:
+    """A ``transformers.CLIPImageProcessor`` with the export's preprocessing (square bicubic
+    resize, the model's mean and std), saved beside the CLIP so ``AutoProcessor`` loads it.
+    The package resizes with OpenCV and this processor with PIL: probabilities agree to ~1e-2,
+    not bit for bit (``load_exported(d).preprocess`` is the package's own)."""
+    from transformers import CLIPImageProcessor
+
+    size = preprocessing.image_size
+    return CLIPImageProcessor(
+        do_resize=True,
+        size={"height": size, "width": size},
+        resample=3,  # PIL bicubic
+        do_center_crop=False,
+        do_normalize=True,
+        image_mean=list(preprocessing.mean),
+        image_std=list(preprocessing.std),
+    )
+
+
+def model_card(config: dict[str, Any], hparams: dict[str, Any]) -> str:
+    """The export's ``README.md``: what the model is, its classes and thresholds, how it was
+    trained and preprocesses images, and what it is not for."""
+    task = config["task_class"].rsplit(".", 1)[-1]
+    training = {
+        k: v
+        for k, v in sorted(hparams.items())
+        if k != "class_names" and isinstance(v, str | int | float | bool | type(None))
+    }
+    rows = "\n".join(
+        f"| {name} | {threshold:.3f} |"
+        for name, threshold in zip(config["class_names"], config["thresholds"], strict=True)
+    )
+    options = "\n".join(f"| `{k}` | `{v}` |" for k, v in training.items())
+    p = config["preprocessing"]
+    return f"""---
+library_name: cssa-lightning
+tags: [multi-label-classification, clip, semi-supervised]
+---
+
+# Multi-label classifier ({task}, {len(config["class_names"])} classes)
+
+Exported by `cssa export` from `{config["source_checkpoint"]}` (the {config["weights"]} weights):
+a CLIP image encoder (`clip/`, from `{config["clip_checkpoint"]}`) with label heads
+(`heads.safetensors`). Load it with
+
+```python
+from cssa_lightning.export import load_exported
+model = load_exported("this-directory")
+labels = model.predict(images)  # uint8 RGB arrays; or run model.onnx with onnxruntime
+```
+
+## Classes and decision thresholds
+
+Thresholds: `{config["threshold_source"]}` (see `cssa predict --help`).
+
+| class | threshold |
+|---|---|
+{rows}
+
+## Preprocessing
+
+RGB, resized to {p["image_size"]}x{p["image_size"]} (bicubic), normalised as `(x / 255 - mean) /
+std` with mean {p["mean"]} and std {p["std"]}. `AutoProcessor.from_pretrained("clip")` gives
+the same steps with PIL's resize (probabilities within about 1e-2 of the package's OpenCV one).
+
+## Training options
+
+| option | value |
+|---|---|
+{options}
+
+## Intended use and limits
+
+Tagging images with the classes above, in images like those it was trained on. Its
+probabilities are calibrated only as well as its training data allowed; thresholds chosen on
+other data change precision and recall. It inherits the biases and blind spots of its CLIP and
+of its labeled and unlabeled training images, and it knows no class outside the list. Not for
+decisions about people.
+"""
+
+
+def readable_by_all(folder: Path) -> None:
+    """Give every file under ``folder`` mode 0644 less the umask's bits (some writers, e.g.
+    safetensors through a temporary file, leave 0600)."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o644 & ~umask)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -65,6 +66,34 @@ def test_directory_loads_in_one_call_and_matches(exported, trained_cssa, image_f
         for c, p, t in zip(task.class_names, probs_raw[0], model.thresholds, strict=True)
         if p >= t
     ]
+
+
+def test_export_has_a_model_card_a_processor_and_readable_files(
+    exported, trained_cssa, image_folders
+):
+    from transformers import AutoProcessor
+
+    card = (exported / "README.md").read_text()
+    config = json.loads((exported / "config.json").read_text())
+    assert card.startswith("---\nlibrary_name: cssa-lightning")
+    for name, threshold in zip(config["class_names"], config["thresholds"], strict=True):
+        assert f"| {name} | {threshold:.3f} |" in card
+    assert "## Intended use and limits" in card and "`ema_decay`" in card
+    # AutoProcessor loads the exported CLIP folder (tokenizer + image processor) and prepares
+    # images as the export does, up to PIL's and OpenCV's bicubic differences.
+    processor = AutoProcessor.from_pretrained(exported / "clip")
+    _, paths, pixels, _ = images_and_reference(trained_cssa, image_folders, count=2)
+    raw = [load_image({"path": str(p)}) for p in paths]
+    theirs = processor(images=raw, return_tensors="pt")["pixel_values"]
+    assert theirs.shape == pixels.shape
+    assert (theirs - pixels).abs().mean() < 0.1
+    text = processor(text=["a photo of a red."], return_tensors="pt")
+    assert text["input_ids"].shape[0] == 1
+    # Every file 0644 less the umask (safetensors' temporary files used to leave 0600).
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in exported.rglob("*") if f.is_file()}
+    assert set(modes.values()) == {0o644 & ~umask}, modes
 
 
 def test_onnx_matches_the_lightning_model(exported, trained_cssa, image_folders):
