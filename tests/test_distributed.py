@@ -1,11 +1,13 @@
-"""Distributed equivalence: two CPU processes (gloo) with half the batch each train like one
-process with the whole batch: the same validation mAP (to 1e-4) and the same CAT thresholds."""
+"""Distributed equivalence: two CPU processes (gloo) with half the batch each, on one "machine"
+or as two "nodes" of one process each, train like one process with the whole batch: the same
+validation mAP (to 1e-4) and the same CAT thresholds."""
 
 from __future__ import annotations
 
 import csv
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ import torch
 
 from cssa_lightning.cli import build_cli
 
-from .test_resume import one_thread, resume_config  # noqa: F401 (a fixture)
+from .test_resume import resume_config
 
 pytestmark = [
     pytest.mark.skipif(
@@ -46,30 +48,36 @@ def validation_map(out: Path) -> dict[int, float]:
     return values
 
 
-@pytest.mark.usefixtures("one_thread")
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path, image_folders, tiny_clip_dir):
-    # The one-process run goes through the CLI in this process (one interpreter start-up less).
-    build_cli(
-        ["fit", "--config", str(resume_config(tmp_path / "one", image_folders, tiny_clip_dir))]
-    )
-    two = fit(
-        tmp_path / "two",
-        image_folders,
-        tiny_clip_dir,
-        "--trainer.max_epochs=2",
-        "--trainer.strategy=ddp_find_unused_parameters_true",  # heads idle in warm-up
-        "--trainer.devices=2",
-        "--data.init_args.labeled_batch_size=2",
-        "--data.init_args.unlabeled_batch_size=4",
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
-    single, double = validation_map(tmp_path / "one"), validation_map(tmp_path / "two")
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, image_folders, tiny_clip_dir) -> Path:
+    """The reference: one process with the whole batch (through the CLI in this process, one
+    interpreter start-up less; one thread, as the subprocesses)."""
+    out = tmp_path_factory.mktemp("one")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        build_cli(["fit", "--config", str(resume_config(out, image_folders, tiny_clip_dir))])
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+HALF_BATCHES = (
+    "--trainer.max_epochs=2",
+    "--trainer.strategy=ddp_find_unused_parameters_true",  # heads idle in warm-up
+    "--data.init_args.labeled_batch_size=2",
+    "--data.init_args.unlabeled_batch_size=4",
+)
+
+
+def assert_same_training(one: Path, two: Path, weights: bool = True) -> None:
+    single, double = validation_map(one), validation_map(two)
     assert set(single) == set(double) == {0, 1}
     for epoch in single:
         for a, b in zip(single[epoch], double[epoch], strict=True):
             assert abs(a - b) <= 1e-4, (epoch, single[epoch], double[epoch])
-    a = torch.load(tmp_path / "one" / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", weights_only=False)
+    a = torch.load(one / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(two / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 18
     thresholds = "pseudo_labeller.thresholds"
     torch.testing.assert_close(a["state_dict"][thresholds], b["state_dict"][thresholds])
@@ -77,8 +85,57 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, image_fold
     # Every process recorded every process's teacher scores.
     for name in ("pseudo_labeller.scores", "pseudo_labeller.seen"):
         torch.testing.assert_close(a["state_dict"][name], b["state_dict"][name])
+    if not weights:
+        return
     # The weights agree too, except the attention key biases: the softmax ignores them, so their
     # gradient is rounding noise that Adam scales up to full-size steps, differently per run.
     for name, value in a["state_dict"].items():
         if value.is_floating_point() and not re.search(r"k_proj\.bias", name):
             torch.testing.assert_close(value, b["state_dict"][name], atol=1e-4, rtol=1e-4)
+
+
+def test_two_processes_match_one_with_the_same_global_batch(
+    tmp_path, image_folders, tiny_clip_dir, one_process
+):
+    two = fit(tmp_path / "two", image_folders, tiny_clip_dir, *HALF_BATCHES, "--trainer.devices=2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert_same_training(one_process, tmp_path / "two")
+
+
+def test_two_nodes_of_one_process_match_one(tmp_path, image_folders, tiny_clip_dir, one_process):
+    # Two "nodes" on localhost, started as a cluster launcher (torchrun, srun) would start
+    # them: the same command on each, NODE_RANK 0 and 1, one rendezvous address.
+    out = tmp_path / "nodes"
+    config = resume_config(out, image_folders, tiny_clip_dir)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "cssa_lightning",
+        "fit",
+        "--config",
+        str(config),
+        *HALF_BATCHES,
+        "--trainer.num_nodes=2",
+        "--trainer.devices=1",
+    ]
+    nodes = []
+    for rank in (0, 1):
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "NODE_RANK": str(rank),
+        }
+        nodes.append(
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        )
+    for node in nodes:
+        _, err = node.communicate(timeout=600)
+        assert node.returncode == 0, err.decode()[-3000:]
+    assert_same_training(one_process, out)
