@@ -371,11 +371,22 @@ class MultiLabelTask(LightningModule):
             self.metrics[split + name].update(probs, batch["target"])
 
     def _log_evaluation(self, split: str) -> None:
+        summary = []
         for suffix in self.evaluated_scores:
             metrics = self.metrics[split + suffix]
-            for name, value in metrics.compute().items():
+            values = metrics.compute()
+            for name, value in values.items():
                 self.log(f"{split}/{name}{suffix}", value, prog_bar=name == "mAP" and not suffix)
             metrics.reset()
+            scores = suffix.strip("_") or "model"
+            summary.append(
+                f"{scores} " + ", ".join(f"{name} {float(v):.2f}" for name, v in values.items())
+            )
+        trainer = self._trainer
+        if trainer is not None and not trainer.sanity_checking and trainer.is_global_zero:
+            # One line per evaluation in the console and the run's cssa.log.
+            where = f"epoch {self.current_epoch} validation" if split == "val" else split
+            log.info("%s: %s", where, "; ".join(summary))
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluation_step(batch, "val")

@@ -53,6 +53,9 @@ def test_each_run_keeps_its_config_and_logs_it_as_hyperparameters(
         text = (run / "cssa.log").read_text()
         assert "24 labeled, 72 unlabeled" in text
         assert "calibrated class biases" in text
+        # One line per validation (the fit has one epoch; the sanity check is not logged).
+        assert text.count(" validation: model mAP ") == 1
+        assert "epoch 0 validation: model mAP " in text and ", CF1 " in text
         # ... and nothing of the other run.
         assert text.count("24 labeled, 72 unlabeled") == 1
         # Lightning's own copy (overwritten by the next run in a shared folder) is not made.
