@@ -76,6 +76,28 @@ def resolve_checkpoint(name: str) -> str:
     return str(path) if path.exists() else name
 
 
+def unloadable_checkpoint_message(name: str, error: BaseException) -> str:
+    """One line: why the CLIP ``name`` cannot be loaded and what to do about it."""
+    import difflib
+    import os
+
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    close = difflib.get_close_matches(name, list(PACKAGED_CHECKPOINTS), n=1)
+    if close:
+        return f"CLIP checkpoint {name!r} not found; did you mean the packaged {close[0]!r}?"
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    fix = (
+        "HF_HUB_OFFLINE is set: download it once with a network (unset HF_HUB_OFFLINE), or name "
+        "a local directory"
+        if offline
+        else "check the hub id and the network, or name a local directory"
+    )
+    return (
+        f"cannot load CLIP checkpoint {name!r} ({reason}): it is not a packaged name "
+        f"({', '.join(PACKAGED_CHECKPOINTS)}), a local directory or a cached hub model; {fix}"
+    )
+
+
 def portable_checkpoint(name: str) -> str:
     """``name`` as it should be stored in a training checkpoint.
 
@@ -116,11 +138,14 @@ class CLIPBackbone(nn.Module):
     ):
         super().__init__()
         source = resolve_checkpoint(checkpoint)
-        # PyTorch's fused attention (flash / memory-efficient kernels on GPUs), asked for by
-        # name so that a checkpoint's config cannot fall back to the slow eager attention.
-        self.model = CLIPModel.from_pretrained(source, attn_implementation="sdpa")
+        try:
+            # PyTorch's fused attention (flash / memory-efficient kernels on GPUs), asked for
+            # by name so that a checkpoint's config cannot fall back to the slow eager attention.
+            self.model = CLIPModel.from_pretrained(source, attn_implementation="sdpa")
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+        except OSError as error:
+            raise OSError(unloadable_checkpoint_message(checkpoint, error)) from error
         self.class_prompts = dict(class_prompts or {})
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
         # CLIP's own temperature is not used by any head here; a trainable but unused parameter
         # would break DDP's gradient reduction.
         self.model.logit_scale.requires_grad_(False)

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from transformers import AutoImageProcessor
 
-from cssa_lightning.clip import resolve_checkpoint
+from cssa_lightning.clip import resolve_checkpoint, unloadable_checkpoint_message
 from cssa_lightning.prepare import prepare_images, with_prepared_images
 from cssa_lightning.records import (
     build_record_table,
@@ -552,5 +552,8 @@ def hold_out_validation(
 def _normalisation(checkpoint: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if checkpoint is None:
         return CLIP_MEAN, CLIP_STD
-    processor = AutoImageProcessor.from_pretrained(resolve_checkpoint(checkpoint))
+    try:
+        processor = AutoImageProcessor.from_pretrained(resolve_checkpoint(checkpoint))
+    except OSError as error:
+        raise OSError(unloadable_checkpoint_message(checkpoint, error)) from error
     return tuple(processor.image_mean), tuple(processor.image_std)

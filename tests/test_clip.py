@@ -190,3 +190,17 @@ def test_bad_layer_lr_decay(tiny_clip_dir, decay):
 
     with pytest.raises(ValueError, match="layer_lr_decay"):
         MultiLabelTask(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), layer_lr_decay=decay)
+
+
+def test_a_missing_clip_is_one_line_with_the_fix(monkeypatch):
+    from cssa_lightning.clip import CLIPBackbone
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match=r"did you mean the packaged 'tiny-clip'\?") as typo:
+        CLIPBackbone("tiny-clipp")
+    assert "\n" not in str(typo.value)
+    with pytest.raises(OSError) as offline:
+        CLIPBackbone("openai/clip-vit-base-patch99")
+    message = str(offline.value)
+    assert "\n" not in message and "HF_HUB_OFFLINE is set" in message
+    assert message.startswith("cannot load CLIP checkpoint 'openai/clip-vit-base-patch99' (")

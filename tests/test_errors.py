@@ -119,3 +119,17 @@ def test_latin1_csv_is_reported_with_its_file_and_line(
         f"error: {bad}:2: not valid UTF-8 (byte 0xe9; Latin-1 or another legacy encoding?); "
         "save the file as UTF-8"
     )
+
+
+def test_a_mistyped_clip_is_one_line_naming_the_packaged_one(
+    tmp_path, image_folders, tiny_clip_dir, capsys, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = fit_config(tmp_path, image_folders, tiny_clip_dir)
+    code, err = run_main(
+        ["fit", "--config", str(config), "--model.init_args.clip_checkpoint=tiny-clipp"], capsys
+    )
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        "error: CLIP checkpoint 'tiny-clipp' not found; did you mean the packaged 'tiny-clip'?"
+    )
