@@ -186,8 +186,17 @@ class _Console(logging.StreamHandler):
         super().emit(record)
 
 
+class _NoAdvertisements(logging.Filter):
+    """Drops Lightning's "💡 Tip: try installing litlogger / litmodels" lines: advertisements
+    for other products, printed on every run, that say nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
 _buffer = _Buffer()
 _run_log: logging.FileHandler | None = None
+_no_advertisements = _NoAdvertisements()
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -211,6 +220,9 @@ def configure_logging(level: int = logging.INFO) -> None:
         logger.addHandler(console)
     if _buffer not in logger.handlers:
         logger.addHandler(_buffer)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _no_advertisements not in rank_zero.filters:
+        rank_zero.addFilter(_no_advertisements)
 
 
 def attach_run_log(path: Path) -> Path:
