@@ -157,27 +157,32 @@ def test_auto_thresholds_are_the_trained_ones_else_one_half(trained_cssa, tiny_c
     assert resolve_thresholds(task, "0.3") == "0.3"
 
 
-def test_a_folder_without_a_readable_image_fails(tmp_path, trained_cssa, capsys):
-    folder = tmp_path / "broken"
-    folder.mkdir()
-    for name in ("a.png", "b.jpg"):
-        (folder / name).write_bytes(b"not an image")
-    out = tmp_path / "out"
+def predict_error(ckpt_path, images, out, capsys) -> str:
+    """The last stderr line of a ``cssa predict`` that must exit with status 1."""
     with pytest.raises(SystemExit) as exit_info:
         main(
             [
                 "predict",
                 "--ckpt_path",
-                str(trained_cssa),
+                str(ckpt_path),
                 "--images",
-                str(folder),
+                str(images),
                 "--output",
                 str(out),
                 "--no_progress_bar",
             ]
         )
     assert exit_info.value.code == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_folder_without_a_readable_image_fails(tmp_path, trained_cssa, capsys):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (folder / name).write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert predict_error(trained_cssa, folder, out, capsys) == (
         f"error: no image of --images {folder} could be read (2 skipped, listed in "
         f"{out / 'skipped.csv'})"
     )

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from cssa_lightning.cli import build_cli, main
+from cssa_lightning.cli import build_cli
 from cssa_lightning.guards import AtomicCheckpointIO
 from cssa_lightning.trained import load_trained
 
 from .conftest import fit_config
+from .test_predict import predict_error
 
 
 class _OpensAFile:
@@ -49,21 +50,7 @@ def test_predict_refuses_a_checkpoint_that_would_run_code(
 ):
     path, marker = code_running_checkpoint
     out = tmp_path / "predictions"
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "predict",
-                "--ckpt_path",
-                str(path),
-                "--images",
-                str(image_folders["test"]),
-                "--output",
-                str(out),
-            ]
-        )
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == (
+    assert predict_error(path, image_folders["test"], out, capsys) == (
         f"error: checkpoint {path} refused: it holds Python objects beyond tensors and plain "
         "values (io.open), which could run code when loaded; only load checkpoints that "
         "this package wrote"
