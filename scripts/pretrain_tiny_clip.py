@@ -382,7 +382,8 @@ def write_readme(args, out: Path, info: dict, zs: dict, vision_s: float, wall: f
             f"{style.mention_prob:g} ({style.small_mention_prob:g} if small) and its "
             f"{len(style.rare_classes)} rare classes ({', '.join(style.rare_classes)}) with "
             f"probability {style.rare_mention_prob:g}, in captions and single-object prompts "
-            "alike: the text prior knows little of them, so labels must teach them."
+            f"alike: the text prior knows {'nothing' if style.rare_mention_prob == 0 else 'little'}"
+            " of them, so labels must teach them."
         )
     rare_row = ""
     if "rare_mAP" in zs:
