@@ -8,6 +8,9 @@ from typing import Literal
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
+# The task modules are imported so that jsonargparse knows every MultiLabelTask subclass by
+# its short name too (``--model.help CSSATask``, ``class_path: D2LTask``).
+from cssa_lightning import cssa, d2l, mean_teacher  # noqa: F401
 from cssa_lightning.datamodule import MultiLabelDataModule
 from cssa_lightning.guards import (
     check_output_folders,

@@ -79,6 +79,17 @@ def test_model_help_lists_typed_options():
     assert "Peak learning rate of the heads" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("name", "shown"), [("CSSATask", "{attention,decoder}"), ("D2LTask", "decoupled_heads")]
+)
+def test_model_help_knows_every_task_by_its_short_name(name, shown, capsys):
+    # As README and the configs write it (a dot import path works too).
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--model.help", name])
+    assert exit_info.value.code == 0
+    assert shown in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("bad", ["--model.init_args.loss=hinge"])
 def test_cli_rejects_bad_choice(tmp_path, image_folders, tiny_clip_dir, bad):
     config = fit_config(tmp_path, image_folders, tiny_clip_dir)
