@@ -290,7 +290,14 @@ class RunReport(Callback):
             optimizer = trainer.optimizers[0] if trainer.optimizers else None
             if optimizer is not None:
                 self.data["learning_rates"].append(
-                    {"step": trainer.global_step, "lr": [g["lr"] for g in optimizer.param_groups]}
+                    {
+                        "step": trainer.global_step,
+                        "lr": [g["lr"] for g in optimizer.param_groups],
+                        "names": [
+                            g.get("name", f"group {i}")
+                            for i, g in enumerate(optimizer.param_groups)
+                        ],
+                    }
                 )
         unlabeled = batch.get("unlabeled") if isinstance(batch, dict) else None
         if unlabeled is None or batch_idx != 0 or self.num_examples == 0:

@@ -330,16 +330,29 @@ class MultiLabelTask(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+        modules: dict[tuple[float, bool], set[str]] = {}
         for name, parameter in self.named_parameters():
             if not parameter.requires_grad:
                 continue
             # No decay for biases, norms and scalar scales.
             key = (self.parameter_lr(name), parameter.ndim >= 2)
             groups.setdefault(key, []).append(parameter)
+            parts = name.split(".")
+            modules.setdefault(key, set()).add(parts[1] if parts[0] == "net" else parts[0])
         param_groups = [
             {"params": params, "lr": lr, "weight_decay": hp.weight_decay if decays else 0.0}
             for (lr, decays), params in groups.items()
         ]
+        # Names LearningRateMonitor and the run report show instead of "pg1" / "group 0": the
+        # modules, "no-decay", and a rank when layer-wise rates split a module (no dots, which
+        # W&B would read as nesting).
+        labels = [
+            "+".join(sorted(modules[key])) + ("" if key[1] else " no-decay") for key in groups
+        ]
+        for group, label, key in zip(param_groups, labels, groups, strict=True):
+            same = [k for k, other in zip(groups, labels, strict=True) if other == label]
+            same.sort(reverse=True)
+            group["name"] = label if len(same) == 1 else f"{label} #{same.index(key) + 1}"
         # The fused kernel (one launch for all parameters) when they all live on a GPU.
         on_cuda = all(p.is_cuda for group in param_groups for p in group["params"])
         optimizer = torch.optim.AdamW(param_groups, fused=True if on_cuda else None)

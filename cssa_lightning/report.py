@@ -162,8 +162,10 @@ def figure_learning_rates(learning_rates: Sequence[dict[str, Any]]) -> Figure:
     if learning_rates:
         steps = [r["step"] for r in learning_rates]
         values = np.array([r["lr"] for r in learning_rates], dtype=float)
+        names = learning_rates[-1].get("names") or []  # runs before names: "group i"
         for group in range(values.shape[1]):
-            ax.plot(steps, values[:, group], label=f"group {group}")
+            label = names[group] if group < len(names) else f"group {group}"
+            ax.plot(steps, values[:, group], label=label)
         ax.legend(fontsize=8)
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate")

@@ -142,8 +142,14 @@ def test_offline_wandb_run_holds_config_tables_images_and_summaries(cssa_run):
         value = logged[key][-1]
         assert value["_type"] == "images/separated", value
         assert all((cssa_run / "files" / f).is_file() for f in value["filenames"]), key
-    # Learning rates (LearningRateMonitor).
-    assert any(key.startswith("lr-AdamW") for key in logged)
+    # Learning rates (LearningRateMonitor), by named parameter group rather than "pg1".
+    # (lr = head_lr here: one group with decay, one without.)
+    lr_keys = {key for key in logged if key.startswith("lr-AdamW/")}
+    assert lr_keys == {
+        "lr-AdamW/alignment+clip+context_head+cross_attention",
+        "lr-AdamW/alignment+clip+context_head+cross_attention no-decay",
+    }, lr_keys
+    assert not any(key.startswith("lr-AdamW/pg") for key in logged)
     # Summaries: best validation mAP (max) and the final test metrics.
     summary = run["summary"]
     assert summary["val/mAP_teacher"]["max"] == pytest.approx(max(logged["val/mAP_teacher"]))
@@ -176,6 +182,7 @@ def test_report_data_agrees_with_the_logged_metrics(cssa_run):
     assert set(data["best"]) == {"val/mAP", "val/mAP_teacher"}
     assert data["best"]["val/mAP"]["value"] == max(v["val/mAP"] for v in data["validation"])
     assert len(data["learning_rates"]) >= 2
+    assert any(n.startswith("alignment+") for n in data["learning_rates"][-1]["names"])
     assert len(data["contexts"]["affinity"]) == len(CLASS_NAMES)
 
 
