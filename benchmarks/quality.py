@@ -216,6 +216,8 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "CAP": (MEAN_TEACHER, {}, {}),
     "CSSA": (CSSA, {}, {}),
     "D2L": (D2L, D2L_OPTIONS, {}),
+    # D2L with its decoupled heads and MAT but no local (patch-token) branch.
+    "D2L w/o local branch": (D2L, {**D2L_OPTIONS, "local_branch": False}, {}),
     "fully supervised": (MEAN_TEACHER, NO_CONSISTENCY, {}),
     "CSSA w/o label-specific": (CSSA, {"label_specific": False, "use_alignment": False}, {}),
     MANY_TO_ONE: (CSSA, {"label_specific": False}, {}),
