@@ -128,11 +128,16 @@ def _run(command) -> None:
         raise SystemExit(1) from None
 
 
+# What the package raises for problems in the user's data, options, files or run.
+USER_ERRORS = (ValueError, OSError, ImportError, FloatingPointError)
+
+
 def user_error(error: BaseException) -> str | None:
     """The one-line message of a user error inside ``error``'s chain, else ``None``.
 
-    A user error is a ``ValueError``, ``OSError`` or ``ImportError`` (an install hint) raised
-    by this package's own code (the parser wraps such errors in its own ``ValueError``s; loader
+    A user error is a ``ValueError``, ``OSError``, ``ImportError`` (an install hint) or
+    ``FloatingPointError`` (the NaN guard's stop, naming the loss term and step) raised by
+    this package's own code (the parser wraps such errors in its own ``ValueError``s; loader
     workers re-raise them with the original traceback as text). The outermost one is reported:
     when the package catches an error and raises its own with the file and the fix (a
     ``UnicodeDecodeError`` becoming "FILE:LINE: not valid UTF-8 ..."), the user reads the
@@ -144,9 +149,7 @@ def user_error(error: BaseException) -> str | None:
         chain.append(current)
         current = current.__cause__ or current.__context__
     for exception in chain:  # outermost first
-        if isinstance(exception, ValueError | OSError | ImportError) and _raised_here(
-            exception.__traceback__
-        ):
+        if isinstance(exception, USER_ERRORS) and _raised_here(exception.__traceback__):
             return _one_line(str(exception))
         worker = _worker_error(str(exception))
         if worker is not None:

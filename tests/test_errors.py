@@ -133,3 +133,20 @@ def test_a_mistyped_clip_is_one_line_naming_the_packaged_one(
     assert err.strip().splitlines()[-1] == (
         "error: CLIP checkpoint 'tiny-clipp' not found; did you mean the packaged 'tiny-clip'?"
     )
+
+
+def test_the_nan_guard_stop_is_one_line(tmp_path, image_folders, tiny_clip_dir, capsys):
+    from .test_bad_inputs import checkpointed_config
+
+    config = checkpointed_config(
+        tmp_path, image_folders, tiny_clip_dir, "tests.test_bad_inputs.NaNAtStep"
+    )
+    code, err = run_main(["fit", "--config", str(config)], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: non-finite training loss nan at step 2 (epoch 0, batch 2): train/loss_sup = nan"
+        )
+    )
