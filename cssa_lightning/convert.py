@@ -349,9 +349,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     nus.add_argument("--skip_missing", action="store_true", help="leave out missing images")
     for command in (coco, voc, nus):
-        command.add_argument("--out", type=Path, required=True)
         command.add_argument(
-            "--overwrite", action="store_true", help="replace an existing conversion in --out"
+            "--output",
+            "--out",  # the name before every command said --output
+            dest="out",
+            type=Path,
+            required=True,
+            help="the image folder to write",
+        )
+        command.add_argument(
+            "--overwrite", action="store_true", help="replace an existing conversion in --output"
         )
     args = parser.parse_args(argv)
     try:

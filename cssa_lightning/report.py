@@ -401,13 +401,19 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``cssa report RUN_DIR [--out DIR]``."""
+    """``cssa report RUN_DIR [--output DIR]``."""
     parser = argparse.ArgumentParser(
         prog="cssa report",
         description="Write a run's figures (PNG) and Markdown summary from its report data.",
     )
     parser.add_argument("run_dir", help="run folder, its W&B files folder or its report folder")
-    parser.add_argument("--out", default=None, help="output folder (default: beside the data)")
+    parser.add_argument(
+        "--output",
+        "--out",  # the name before every command said --output
+        dest="out",
+        default=None,
+        help="output folder (default: beside the data)",
+    )
     args = parser.parse_args(argv)
     try:
         path = write_report(args.run_dir, args.out)

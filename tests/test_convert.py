@@ -150,7 +150,7 @@ EXPECTED_VOC = [["cat"], ["dog", "pottedplant"], []]
 
 
 def _convert_voc(root, out, *extra):
-    main(["voc", "--root", str(root), "--split", "trainval", "--out", str(out), *extra])
+    main(["voc", "--root", str(root), "--split", "trainval", "--output", str(out), *extra])
 
 
 def test_voc_lists_and_xml_give_the_same_labels(tmp_path):

@@ -199,7 +199,7 @@ def test_report_files_and_command(cssa_run, tmp_path, capsys):
         "examples_epoch1.png",
     ):
         assert (folder / name).is_file(), name
-    main(["report", str(cssa_run), "--out", str(tmp_path / "out")])
+    main(["report", str(cssa_run), "--output", str(tmp_path / "out")])
     assert capsys.readouterr().out.strip() == str(tmp_path / "out" / "report.md")
     text = (tmp_path / "out" / "report.md").read_text()
     for name in CLASS_NAMES:
