@@ -326,7 +326,7 @@ def run_config(
             "callbacks": [
                 {"class_path": "cssa_lightning.callbacks.FitSummary"},
                 {"class_path": "cssa_lightning.callbacks.EpochHistory"},
-                {"class_path": "cssa_lightning.callbacks.TestClassAP"},
+                {"class_path": "cssa_lightning.callbacks.PerClassTestAP"},
                 *([_best_checkpoint(task, workdir)] if best else []),
             ],
         },
@@ -361,7 +361,7 @@ def run_one(
     import torch
     import yaml
 
-    from cssa_lightning.callbacks import EpochHistory, FitSummary, TestClassAP
+    from cssa_lightning.callbacks import EpochHistory, FitSummary, PerClassTestAP
     from cssa_lightning.cli import build_cli
 
     torch.set_num_threads(threads)
@@ -388,7 +388,7 @@ def run_one(
             history = _callback(cli.trainer, EpochHistory).history
             fit_metrics = summary.metrics
         test = _floats(cli.trainer.callback_metrics)
-        per_class_ap = _callback(cli.trainer, TestClassAP).per_class_ap
+        per_class_ap = _callback(cli.trainer, PerClassTestAP).per_class_ap
     return make_row(
         protocol,
         method,

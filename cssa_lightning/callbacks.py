@@ -96,7 +96,7 @@ class EpochHistory(Callback):
         return dict(sorted(values.items()))
 
 
-class TestClassAP(Callback):
+class PerClassTestAP(Callback):
     """Keeps the test AP of every class, per evaluated score (``""`` student, ``"_teacher"``).
 
     ``per_class_ap[suffix]`` maps class name to AP x100 (``nan``: no positive in the test
@@ -111,13 +111,25 @@ class TestClassAP(Callback):
         self.per_class_ap = {}
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        metrics = getattr(pl_module, "metrics", {})
         names = list(getattr(pl_module, "class_names", []))
-        for suffix in getattr(pl_module, "evaluated_scores", ("",)):
-            metric = metrics[f"test{suffix}"] if f"test{suffix}" in metrics else None
-            values = metric.per_class_ap() if hasattr(metric, "per_class_ap") else None
-            if values is not None:
-                self.per_class_ap[suffix] = dict(zip(names, _floats(values.cpu()), strict=True))
+        self.per_class_ap = {
+            suffix: dict(zip(names, values, strict=True))
+            for suffix, values in per_class_test_ap(pl_module).items()
+        }
+
+
+def per_class_test_ap(pl_module: LightningModule) -> dict[str, list[float | None]]:
+    """The test AP x100 of every class (``None``: no positive), per evaluated score set, from
+    the task's test metrics. Call it from a callback's ``on_test_epoch_end``: Lightning calls
+    the task's own hook, which computes and resets the metrics, after the callbacks'."""
+    metrics = getattr(pl_module, "metrics", {})
+    per_class = {}
+    for suffix in getattr(pl_module, "evaluated_scores", ("",)):
+        metric = metrics[f"test{suffix}"] if f"test{suffix}" in metrics else None
+        values = metric.per_class_ap() if hasattr(metric, "per_class_ap") else None
+        if values is not None:
+            per_class[suffix] = _floats(values.cpu())
+    return per_class
 
 
 class RunReport(Callback):
@@ -307,7 +319,7 @@ class RunReport(Callback):
         if trainer.is_global_zero:
             labels = outputs["pseudo_labels"][: self.num_examples]
             target = unlabeled["target"][: len(labels)].to(labels.device)
-            self._examples(trainer, unlabeled, labels[: self.num_examples], target)
+            self._examples(trainer, unlabeled, labels, target)
 
     def _examples(self, trainer: Trainer, unlabeled: dict, labels: Tensor, target: Tensor) -> None:
         from cssa_lightning.report import figure_examples
@@ -430,13 +442,7 @@ class RunReport(Callback):
         self._test_ap = {}
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # Called before the task's own hook, which computes and resets the metrics.
-        metrics = getattr(pl_module, "metrics", {})
-        for suffix in getattr(pl_module, "evaluated_scores", ("",)):
-            metric = metrics[f"test{suffix}"] if f"test{suffix}" in metrics else None
-            values = metric.per_class_ap() if hasattr(metric, "per_class_ap") else None
-            if values is not None:
-                self._test_ap[suffix] = _floats(values.cpu())
+        self._test_ap.update(per_class_test_ap(pl_module))
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         test_metrics = {

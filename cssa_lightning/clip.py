@@ -81,7 +81,8 @@ def unloadable_checkpoint_message(name: str, error: BaseException) -> str:
     import difflib
     import os
 
-    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    from cssa_lightning.guards import first_line
+
     close = difflib.get_close_matches(name, list(PACKAGED_CHECKPOINTS), n=1)
     if close:
         return f"CLIP checkpoint {name!r} not found; did you mean the packaged {close[0]!r}?"
@@ -93,7 +94,7 @@ def unloadable_checkpoint_message(name: str, error: BaseException) -> str:
         else "check the hub id and the network, or name a local directory"
     )
     return (
-        f"cannot load CLIP checkpoint {name!r} ({reason}): it is not a packaged name "
+        f"cannot load CLIP checkpoint {name!r} ({first_line(error)}): it is not a packaged name "
         f"({', '.join(PACKAGED_CHECKPOINTS)}), a local directory or a cached hub model; {fix}"
     )
 

@@ -152,6 +152,12 @@ _TORCH_LOAD_FILES = ("serialization.py", "_weights_only_unpickler.py")
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of ``error``'s message, else its type's name: what a one-line
+    error that wraps it quotes."""
+    return (str(error).strip().splitlines() or [""])[0] or type(error).__name__
+
+
 def raised_by_torch_load(error: BaseException) -> bool:
     """Whether ``error`` was raised inside ``torch.load`` (its traceback passes through it)."""
     traceback = error.__traceback__
@@ -178,9 +184,9 @@ def unreadable_checkpoint(path: str | Path, error: BaseException) -> ValueError:
             f"values ({refused.group(1)}), which could run code when loaded; only load "
             "checkpoints that this package wrote"
         )
-    reason = (text.strip().splitlines() or [type(error).__name__])[0] or type(error).__name__
     return ValueError(
-        f"checkpoint {path} cannot be read: {reason} (truncated, corrupt, or not a checkpoint)"
+        f"checkpoint {path} cannot be read: {first_line(error)} (truncated, corrupt, or not a "
+        "checkpoint)"
     )
 
 

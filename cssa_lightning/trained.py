@@ -13,7 +13,7 @@ from pathlib import Path
 import albumentations as A
 import torch
 
-from cssa_lightning.guards import unreadable_checkpoint
+from cssa_lightning.guards import first_line, unreadable_checkpoint
 from cssa_lightning.multilabel import MultiLabelTask
 from cssa_lightning.transforms import eval_transform
 
@@ -56,9 +56,8 @@ def load_trained(checkpoint: str | Path) -> tuple[MultiLabelTask, Preprocessing]
     try:
         task = task_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - damaged weights or options: one line, chained
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ValueError(
-            f"checkpoint {path} cannot be loaded into {task_class.__name__}: {reason} "
+            f"checkpoint {path} cannot be loaded into {task_class.__name__}: {first_line(error)} "
             "(damaged, or written by another version of the model)"
         ) from error
     task.eval()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from cssa_lightning.callbacks import EpochHistory, TestClassAP
+from cssa_lightning.callbacks import EpochHistory, PerClassTestAP
 
 
 def _load_benchmark():
@@ -589,7 +589,7 @@ def test_epoch_history_in_a_cssa_fit(tmp_path, image_folders, tiny_clip_dir):
         num_contexts=2,
         attention_heads=4,
     )
-    history, class_ap = EpochHistory(), TestClassAP()
+    history, class_ap = EpochHistory(), PerClassTestAP()
     trainer = quiet_trainer(
         max_epochs=2,
         limit_train_batches=3,
