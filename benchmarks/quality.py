@@ -324,9 +324,9 @@ def run_config(
             "check_val_every_n_epoch": 1 if best else (p.val_every or p.epochs),
             "default_root_dir": str(workdir),
             "callbacks": [
-                {"class_path": "cssa_lightning.callbacks.FitSummary"},
-                {"class_path": "cssa_lightning.callbacks.EpochHistory"},
-                {"class_path": "cssa_lightning.callbacks.PerClassTestAP"},
+                {"class_path": "cssa_lightning.reporting.callbacks.FitSummary"},
+                {"class_path": "cssa_lightning.reporting.callbacks.EpochHistory"},
+                {"class_path": "cssa_lightning.reporting.callbacks.PerClassTestAP"},
                 *([_best_checkpoint(task, workdir)] if best else []),
             ],
         },
@@ -361,8 +361,8 @@ def run_one(
     import torch
     import yaml
 
-    from cssa_lightning.callbacks import EpochHistory, FitSummary, PerClassTestAP
-    from cssa_lightning.cli import build_cli
+    from cssa_lightning.commands.cli import build_cli
+    from cssa_lightning.reporting.callbacks import EpochHistory, FitSummary, PerClassTestAP
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as workdir:
@@ -975,7 +975,7 @@ def table_pseudo(rows: Sequence[dict[str, Any]], ratio: float = 0.1) -> str | No
     return _table(header, body)
 
 
-RECALL_LEVELS = (40, 50, 60, 70, 80)  # cssa_lightning.monitoring.MONITORED_RECALLS, in %
+RECALL_LEVELS = (40, 50, 60, 70, 80)  # cssa_lightning.methods.monitoring.MONITORED_RECALLS, in %
 
 
 def precision_at_recall(entry: dict[str, Any], recall: float) -> float | None:

@@ -13,7 +13,7 @@ Measures, side by side on one machine:
   ``openai/clip-vit-base-patch16``, random weights, built offline.
 - **loader**: unlabeled images/s (weak + strong view at 224 px) of one loader worker (one
   thread) on generated 640x480 JPEGs, decoded from the files vs from the prepared cache
-  (:mod:`cssa_lightning.prepare`), and the time to prepare the cache.
+  (:mod:`cssa_lightning.data.prepare`), and the time to prepare the cache.
 - **map**: exact mAP at COCO val2014 scale (40,504 x 80) by ``MultiLabelMetrics`` against
   torchmetrics' ``MultilabelAveragePrecision`` and scikit-learn's ``average_precision_score``.
 - **startup**: ``cssa --help`` wall time.
@@ -96,7 +96,7 @@ def bench_map(device: str, num_images: int, num_classes: int, repeats: int) -> d
     from sklearn.metrics import average_precision_score
     from torchmetrics.classification import MultilabelAveragePrecision
 
-    from cssa_lightning.metrics import MultiLabelMetrics
+    from cssa_lightning.methods.metrics import MultiLabelMetrics
 
     rng = np.random.default_rng(0)
     targets = (rng.random((num_images, num_classes)) < 0.04).astype(np.int64)
@@ -163,7 +163,7 @@ def bench_loader(num_images: int, image_size: int, batch_size: int) -> dict[str,
     import cv2
     from torch.utils.data import default_collate
 
-    from cssa_lightning.datamodule import MultiLabelDataModule, UnlabeledImages
+    from cssa_lightning.data.datamodule import MultiLabelDataModule, UnlabeledImages
 
     # One loader worker: one thread for torch and OpenCV.
     threads = torch.get_num_threads()

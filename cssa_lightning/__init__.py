@@ -1,11 +1,12 @@
 """cssa-lightning: semi-supervised multi-label image classification with CLIP.
 
 The public classes load lazily, so that light entry points (``python -m
-cssa_lightning.convert``, ``cssa --help``) do not import torch, Lightning and transformers.
+cssa_lightning.data.convert``, ``cssa --help``) do not import torch, Lightning and transformers.
 """
 
 from __future__ import annotations
 
+from cssa_lightning import _moved
 from cssa_lightning._lazy import lazy_attributes
 
 __all__ = [
@@ -16,16 +17,20 @@ __all__ = [
     "MultiLabelDataModule",
     "MultiLabelTask",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# The flat module paths of 0.1.0 (cssa_lightning.cssa, cssa_lightning.callbacks, ...) import
+# as deprecated aliases of the folders' modules.
+_moved.install()
 
 __getattr__, __dir__ = lazy_attributes(
     globals(),
     {
-        "CLIPBackbone": "cssa_lightning.clip",
-        "CSSATask": "cssa_lightning.cssa",
-        "D2LTask": "cssa_lightning.d2l",
-        "MeanTeacherTask": "cssa_lightning.mean_teacher",
-        "MultiLabelDataModule": "cssa_lightning.datamodule",
-        "MultiLabelTask": "cssa_lightning.multilabel",
+        "CLIPBackbone": "cssa_lightning.networks.clip",
+        "CSSATask": "cssa_lightning.methods.cssa",
+        "D2LTask": "cssa_lightning.methods.d2l",
+        "MeanTeacherTask": "cssa_lightning.methods.mean_teacher",
+        "MultiLabelDataModule": "cssa_lightning.data.datamodule",
+        "MultiLabelTask": "cssa_lightning.methods.multilabel",
     },
 )

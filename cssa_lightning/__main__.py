@@ -1,3 +1,3 @@
-from cssa_lightning.commands import main
+from cssa_lightning.commands.entry import main
 
 main()

@@ -43,8 +43,9 @@ from PIL import Image
 from torch import Tensor
 from transformers import CLIPModel, CLIPTokenizer
 
-from cssa_lightning.clip import DEFAULT_TEMPLATES, CLIPBackbone
-from cssa_lightning.metrics import MultiLabelMetrics
+from cssa_lightning.data.transforms import CLIP_MEAN, CLIP_STD, eval_transform
+from cssa_lightning.methods.metrics import MultiLabelMetrics
+from cssa_lightning.networks.clip import DEFAULT_TEMPLATES, CLIPBackbone
 from cssa_lightning.synthetic import captions, world
 from cssa_lightning.synthetic.shapes import CLASS_NAMES
 from cssa_lightning.synthetic.tiny_clip import (
@@ -52,7 +53,6 @@ from cssa_lightning.synthetic.tiny_clip import (
     save_clip_checkpoint,
     tiny_clip_config,
 )
-from cssa_lightning.transforms import CLIP_MEAN, CLIP_STD, eval_transform
 
 ASSETS = Path(__file__).resolve().parents[1] / "cssa_lightning" / "synthetic" / "assets"
 # The shipped checkpoint of each world version (its short name is the folder name).
@@ -397,7 +397,7 @@ A small `transformers.CLIPModel` (ViT vision tower, {n_params / 1e6:.2f} M param
 from scratch on CPU with the standard symmetric CLIP contrastive loss on image-caption pairs of
 the synthetic world {version} (`cssa_lightning/synthetic/world.py`). It stands in for real CLIP
 weights, which cannot be downloaded here. Load it with `CLIPModel.from_pretrained(path)` or
-`cssa_lightning.clip.CLIPBackbone("{name}")` (the short name resolves to this directory).{rare}
+`cssa_lightning.networks.clip.CLIPBackbone("{name}")` (the short name resolves to this directory).{rare}
 
 Produced by `scripts/pretrain_tiny_clip.py`:
 

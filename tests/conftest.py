@@ -103,7 +103,7 @@ def image_folders(tmp_path_factory) -> dict[str, Path]:
 def trained_cssa(tmp_path_factory, image_folders, tiny_clip_dir) -> Path:
     """A ``CSSATask`` checkpoint after two short epochs (warm-up, then every loss), so that
     its teacher, thresholds and contexts are set."""
-    from cssa_lightning.cli import build_cli
+    from cssa_lightning.commands.cli import build_cli
 
     out = tmp_path_factory.mktemp("trained")
     fast = {"warmup_epochs": 1, "rampup_epochs": 0.5, "num_contexts": 2, "attention_heads": 4}

@@ -20,21 +20,21 @@ from lightning.pytorch import LightningDataModule, Trainer
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from cssa_lightning.cli import build_cli
-from cssa_lightning.guards import (
-    AtomicCheckpointIO,
-    NonFiniteGuard,
-    check_writable,
-    first_non_finite_parameter,
-)
-from cssa_lightning.multilabel import MultiLabelTask
-from cssa_lightning.records import (
+from cssa_lightning.commands.cli import build_cli
+from cssa_lightning.data.records import (
     build_record_table,
     load_image,
     read_source,
     resolve_class_names,
     split_labeled,
 )
+from cssa_lightning.guards import (
+    AtomicCheckpointIO,
+    NonFiniteGuard,
+    check_writable,
+    first_non_finite_parameter,
+)
+from cssa_lightning.methods.multilabel import MultiLabelTask
 
 from .conftest import CLASS_NAMES, checkpoint_every_step, fit_config
 
@@ -156,7 +156,7 @@ def test_negative_split_seed():
 
 
 def test_datamodule_rejects_negative_seed_and_one_class(image_folders):
-    from cssa_lightning.datamodule import MultiLabelDataModule
+    from cssa_lightning.data.datamodule import MultiLabelDataModule
 
     with pytest.raises(ValueError, match="split_seed must be a non-negative integer, got -3"):
         MultiLabelDataModule(str(image_folders["train"]), split_seed=-3)
@@ -270,7 +270,7 @@ def test_non_finite_weights_are_never_saved(tmp_path, image_folders, tiny_clip_d
 
 
 def test_batch_larger_than_fully_labeled_split_fails_before_training(tmp_path, image_folders):
-    from cssa_lightning.datamodule import MultiLabelDataModule
+    from cssa_lightning.data.datamodule import MultiLabelDataModule
 
     datamodule = MultiLabelDataModule(
         str(image_folders["train"]), labeled_ratio=1.0, labeled_batch_size=128
@@ -281,7 +281,7 @@ def test_batch_larger_than_fully_labeled_split_fails_before_training(tmp_path, i
 
 
 def test_labeled_batch_larger_than_labeled_split_warns(image_folders, caplog):
-    from cssa_lightning.datamodule import MultiLabelDataModule
+    from cssa_lightning.data.datamodule import MultiLabelDataModule
 
     caplog.set_level(logging.WARNING)
     datamodule = MultiLabelDataModule(

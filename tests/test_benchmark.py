@@ -13,7 +13,7 @@ import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from cssa_lightning.callbacks import EpochHistory, PerClassTestAP
+from cssa_lightning.reporting.callbacks import EpochHistory, PerClassTestAP
 
 
 def _load_benchmark():

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cssa_lightning.callbacks import FitSummary
-from cssa_lightning.cli import main
-from cssa_lightning.multilabel import MultiLabelTask
+from cssa_lightning.commands.entry import main
+from cssa_lightning.methods.multilabel import MultiLabelTask
+from cssa_lightning.reporting.callbacks import FitSummary
 
 from .conftest import fit_config
 
@@ -120,7 +120,7 @@ def test_after_fit_test_uses_final_or_best_weights(tmp_path, image_folders, tiny
 
 @pytest.mark.parametrize("command", ["convert", "prepare"])
 def test_cssa_runs_the_data_commands(command, capsys):
-    from cssa_lightning.commands import main, usage
+    from cssa_lightning.commands.entry import main, usage
 
     assert command in usage()
     with pytest.raises(SystemExit) as exit_info:
@@ -132,7 +132,7 @@ def test_cssa_runs_the_data_commands(command, capsys):
 # What `cssa ARGS` imports before it answers: torch, Lightning and transformers take seconds.
 _IMPORTS = """
 import sys
-from cssa_lightning.commands import main
+from cssa_lightning.commands.entry import main
 try:
     main(sys.argv[1:])
 except SystemExit as stop:
@@ -164,7 +164,7 @@ def test_help_and_argument_mistakes_import_nothing_heavy(args, code):
 
 def test_version_and_did_you_mean(capsys):
     from cssa_lightning import __version__
-    from cssa_lightning.commands import main
+    from cssa_lightning.commands.entry import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])

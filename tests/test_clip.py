@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cssa_lightning.clip import CLIPBackbone, zero_shot_scores
+from cssa_lightning.networks.clip import CLIPBackbone, zero_shot_scores
 
 from .conftest import CLASS_NAMES
 
@@ -71,7 +71,7 @@ def test_partial_vision_training(tiny_clip_dir):
 def test_prompt_names_defaults_overrides_and_typos():
     import pytest
 
-    from cssa_lightning.clip import prompt_names
+    from cssa_lightning.networks.clip import prompt_names
 
     names = ["pottedplant", "tvmonitor", "dog", "hair drier"]
     assert prompt_names(names) == ["potted plant", "tv monitor", "dog", "hair dryer"]
@@ -96,7 +96,7 @@ def test_class_prompts_change_the_prompts_not_the_class_names(tiny_clip_dir):
 
 
 def test_task_option_reaches_the_prompts(tiny_clip_dir):
-    from cssa_lightning.multilabel import MultiLabelTask
+    from cssa_lightning.methods.multilabel import MultiLabelTask
 
     task = MultiLabelTask(
         ["red", "blue"], clip_checkpoint=str(tiny_clip_dir), class_prompts={"red": "green"}
@@ -108,7 +108,7 @@ def test_task_option_reaches_the_prompts(tiny_clip_dir):
 def test_adamw_is_fused_only_when_every_parameter_is_on_a_gpu(tiny_clip_dir):
     from types import SimpleNamespace
 
-    from cssa_lightning.multilabel import MultiLabelTask
+    from cssa_lightning.methods.multilabel import MultiLabelTask
 
     task = MultiLabelTask(["red", "blue"], clip_checkpoint=str(tiny_clip_dir))
     task._trainer = SimpleNamespace(estimated_stepping_batches=10)
@@ -170,7 +170,7 @@ def test_layer_lr_decay_of_the_vision_tower(three_block_clip_dir, task_class):
 
 
 def test_layer_lr_decay_leaves_frozen_blocks_out(three_block_clip_dir):
-    from cssa_lightning.multilabel import MultiLabelTask
+    from cssa_lightning.methods.multilabel import MultiLabelTask
 
     task = MultiLabelTask(
         CLASS_NAMES[:3],
@@ -186,14 +186,14 @@ def test_layer_lr_decay_leaves_frozen_blocks_out(three_block_clip_dir):
 
 @pytest.mark.parametrize("decay", [0.0, -0.5, 1.5])
 def test_bad_layer_lr_decay(tiny_clip_dir, decay):
-    from cssa_lightning.multilabel import MultiLabelTask
+    from cssa_lightning.methods.multilabel import MultiLabelTask
 
     with pytest.raises(ValueError, match="layer_lr_decay"):
         MultiLabelTask(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), layer_lr_decay=decay)
 
 
 def test_a_missing_clip_is_one_line_with_the_fix(monkeypatch):
-    from cssa_lightning.clip import CLIPBackbone
+    from cssa_lightning.networks.clip import CLIPBackbone
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match=r"did you mean the packaged 'tiny-clip'\?") as typo:

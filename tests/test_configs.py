@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cssa_lightning.cli import build_cli
-from cssa_lightning.packaged import packaged_configs
+from cssa_lightning.commands.cli import build_cli
+from cssa_lightning.commands.packaged import packaged_configs
 
 CONFIG_DIR = Path(__file__).parent.parent / "configs"
 # The documented combinations: (subcommand, configs, model class).

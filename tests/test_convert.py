@@ -5,8 +5,8 @@ import json
 import pytest
 from PIL import Image
 
-from cssa_lightning.convert import VOC_CLASSES, main
-from cssa_lightning.records import build_record_table, read_source, resolve_class_names
+from cssa_lightning.data.convert import VOC_CLASSES, main
+from cssa_lightning.data.records import build_record_table, read_source, resolve_class_names
 
 
 def _labels(out) -> list[list[str]]:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from cssa_lightning.cli import build_cli
-from cssa_lightning.cssa import CSSATask
-from cssa_lightning.records import split_labeled
+from cssa_lightning.commands.cli import build_cli
+from cssa_lightning.data.records import split_labeled
+from cssa_lightning.methods.cssa import CSSATask
 
 from .conftest import fit_config
 from .test_cli import RecordMetrics

@@ -8,10 +8,10 @@ import math
 import torch
 
 from cssa_lightning import D2LTask, MeanTeacherTask
-from cssa_lightning.export import export, load_exported
-from cssa_lightning.heads import softmax_pool
-from cssa_lightning.pseudo_labels import PseudoLabels
-from cssa_lightning.trained import load_trained
+from cssa_lightning.commands.export import export, load_exported
+from cssa_lightning.commands.trained import load_trained
+from cssa_lightning.methods.pseudo_labels import PseudoLabels
+from cssa_lightning.networks.heads import softmax_pool
 
 from .conftest import CLASS_NAMES
 from .test_mean_teacher import FAST, fit, with_trainer

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from cssa_lightning.datamodule import MultiLabelDataModule
+from cssa_lightning.data.datamodule import MultiLabelDataModule
 
 from .conftest import CLASS_NAMES
 
@@ -62,7 +62,7 @@ def test_two_stream_batches(image_folders):
 def test_strong_view_differs_from_weak_for_every_image(image_folders):
     datamodule = make_datamodule(image_folders)
     _, weak, strong = datamodule._transforms()
-    from cssa_lightning.datamodule import UnlabeledImages
+    from cssa_lightning.data.datamodule import UnlabeledImages
 
     dataset = UnlabeledImages(
         datamodule.train_table, datamodule.unlabeled_indices[:20], weak, strong

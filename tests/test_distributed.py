@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cssa_lightning.cli import build_cli
+from cssa_lightning.commands.cli import build_cli
 
 from .test_resume import resume_config
 

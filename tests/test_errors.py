@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cssa_lightning.cli import main
-from cssa_lightning.commands import user_error
-from cssa_lightning.multilabel import one_cycle_phases
+from cssa_lightning.commands.entry import main, user_error
+from cssa_lightning.methods.multilabel import one_cycle_phases
 
 from .conftest import fit_config
 from .test_cli import RecordMetrics
@@ -64,7 +63,7 @@ def test_other_errors_keep_their_traceback():
 def test_loader_worker_error_text_is_reduced_to_its_message():
     message = (
         "Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent "
-        'call last):\n  File "/x/cssa_lightning/records.py", line 170, in load_image\n'
+        'call last):\n  File "/x/cssa_lightning/data/records.py", line 170, in load_image\n'
         "ValueError: cannot read image a.png: truncated"
     )
     assert user_error(ValueError(message)) == "cannot read image a.png: truncated"
@@ -150,3 +149,38 @@ def test_the_nan_guard_stop_is_one_line(tmp_path, image_folders, tiny_clip_dir, 
             "error: non-finite training loss nan at step 2 (epoch 0, batch 2): train/loss_sup = nan"
         )
     )
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (
+            "--model.init_args.consistency_wieght=0.3",
+            "error: --model.consistency_wieght: CSSATask has no option 'consistency_wieght'; "
+            "did you mean consistency_weight, consistency_target, context_weight? "
+            "all: cssa fit --model.help CSSATask",
+        ),
+        (  # an abbreviation counts as close
+            "--model.learning_rate=0.1",
+            "error: --model.learning_rate: CSSATask has no option 'learning_rate'; "
+            "did you mean lr? all: cssa fit --model.help CSSATask",
+        ),
+        (
+            "--model.init_args.lr=fast",
+            "error: --model.lr (CSSATask): Expected a <class 'float'>. Got value: fast",
+        ),
+        (
+            "--data.init_args.batchsize=4",
+            "error: --data.batchsize: MultiLabelDataModule has no option 'batchsize'; "
+            "did you mean eval_batch_size, labeled_batch_size, unlabeled_batch_size? "
+            "all: cssa fit --data.help MultiLabelDataModule",
+        ),
+    ],
+)
+def test_an_unknown_option_or_bad_value_is_one_line_with_the_closest_names(
+    tmp_path, image_folders, tiny_clip_dir, capsys, option, expected
+):
+    config = fit_config(tmp_path, image_folders, tiny_clip_dir, task="cssa_lightning.CSSATask")
+    code, err = run_main(["fit", "--config", str(config), option], capsys)
+    assert code == 2
+    assert err.strip() == expected  # the only line: no usage, no union-type report

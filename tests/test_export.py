@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from cssa_lightning.cli import main
-from cssa_lightning.export import load_exported
-from cssa_lightning.predict import ImageFiles
-from cssa_lightning.records import load_image
-from cssa_lightning.trained import load_trained
+from cssa_lightning.commands.entry import main
+from cssa_lightning.commands.export import load_exported
+from cssa_lightning.commands.predict import ImageFiles
+from cssa_lightning.commands.trained import load_trained
+from cssa_lightning.data.records import load_image
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cssa_lightning.records import load_image, read_source, resolve_class_names
+from cssa_lightning.data.records import load_image, read_source, resolve_class_names
 
 CASES = 200
 CLASSES = ["red", "green", "blue", "cat dog", "café"]

@@ -5,8 +5,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
-from cssa_lightning.losses import asymmetric_loss, binary_cross_entropy
-from cssa_lightning.metrics import MultiLabelMetrics
+from cssa_lightning.methods.losses import asymmetric_loss, binary_cross_entropy
+from cssa_lightning.methods.metrics import MultiLabelMetrics
 
 
 def naive_asl(logits, targets, gamma_neg, gamma_pos, clip, mask=None):

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from cssa_lightning import CSSATask, MeanTeacherTask
-from cssa_lightning.cli import build_cli
-from cssa_lightning.loss_terms import LossTerm, option
-from cssa_lightning.trained import load_trained
+from cssa_lightning.commands.cli import build_cli
+from cssa_lightning.commands.trained import load_trained
+from cssa_lightning.methods.loss_terms import LossTerm, option
 
 from .conftest import CLASS_NAMES, fit_config
 from .test_cli import RecordMetrics

@@ -6,19 +6,19 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from cssa_lightning.clip import CLIPBackbone, zero_shot_scores
-from cssa_lightning.contexts import cluster_contexts, context_targets, cooccurrence_affinity
-from cssa_lightning.cssa import CSSATask
-from cssa_lightning.heads import AlignmentHead, LabelQueryCrossAttention, LabelQueryDecoder
-from cssa_lightning.losses import pair_normalizer, semantic_alignment_loss
-from cssa_lightning.network import MultiLabelCLIPNet
-from cssa_lightning.pseudo_labels import (
+from cssa_lightning.methods.contexts import cluster_contexts, context_targets, cooccurrence_affinity
+from cssa_lightning.methods.cssa import CSSATask
+from cssa_lightning.methods.losses import pair_normalizer, semantic_alignment_loss
+from cssa_lightning.methods.pseudo_labels import (
     PseudoLabels,
     cat_thresholds,
     fbeta_thresholds,
     fixed_thresholds,
     pseudo_labels,
 )
+from cssa_lightning.networks.clip import CLIPBackbone, zero_shot_scores
+from cssa_lightning.networks.heads import AlignmentHead, LabelQueryCrossAttention, LabelQueryDecoder
+from cssa_lightning.networks.network import MultiLabelCLIPNet
 
 from .conftest import CLASS_NAMES
 
@@ -211,7 +211,7 @@ def test_context_targets_hand_made():
 
 
 def test_context_loss_reduction_sums_over_contexts():
-    from cssa_lightning.losses import context_loss
+    from cssa_lightning.methods.losses import context_loss
 
     logits, targets = torch.randn(4, 5), (torch.rand(4, 5) > 0.5).float()
     mean = context_loss(logits, targets)
@@ -219,7 +219,7 @@ def test_context_loss_reduction_sums_over_contexts():
 
 
 def test_unlabeled_context_targets_can_keep_only_trusted_pseudo_labels(tiny_clip_dir):
-    from cssa_lightning.pseudo_labels import PseudoLabels
+    from cssa_lightning.methods.pseudo_labels import PseudoLabels
 
     def task(**options):
         torch.manual_seed(0)
@@ -358,7 +358,7 @@ def test_reliability_margin_masks_entries_near_the_threshold_out_of_the_consiste
 
 
 def test_soft_consistency_targets_are_the_teacher_probabilities(consistency_tasks):
-    from cssa_lightning.losses import asymmetric_loss
+    from cssa_lightning.methods.losses import asymmetric_loss
 
     hard, _ = _consistency(consistency_tasks[0.1, "hard"], PROBS)
     soft, _ = _consistency(consistency_tasks[0.1, "soft"], PROBS)

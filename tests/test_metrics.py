@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from sklearn.metrics import average_precision_score
 
-from cssa_lightning.metrics import (
+from cssa_lightning.methods.metrics import (
     MultiLabelMetrics,
     MultiLabelScores,
     average_precision,
@@ -79,7 +79,7 @@ def test_metric_accumulates_batches_and_lists_excluded_classes_once(caplog):
     scores, targets = _tied_problem(4, n=200, c=4)
     targets[:, 2] = 0
     metrics = MultiLabelMetrics(4, class_names=["cat", "dog", "kite", "zebra"])
-    with caplog.at_level(logging.WARNING, logger="cssa_lightning.metrics"):
+    with caplog.at_level(logging.WARNING, logger="cssa_lightning.methods.metrics"):
         for _ in range(2):  # two epochs: the same missing class is reported once
             metrics.update(torch.from_numpy(scores[:130]), torch.from_numpy(targets[:130]))
             metrics.update(torch.from_numpy(scores[130:]), torch.from_numpy(targets[130:]))
@@ -114,7 +114,7 @@ def test_metric_gathers_scores_from_every_process(tmp_path):
 
 
 def test_logits_with_signed_zeros_and_the_accelerator_code_path():
-    from cssa_lightning.metrics import _ascending_average_precision, _sort_keys
+    from cssa_lightning.methods.metrics import _ascending_average_precision, _sort_keys
 
     rng = np.random.default_rng(7)
     targets = (rng.random((400, 5)) < 0.2).astype(np.int64)

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cssa_lightning.cli import build_cli, main
-from cssa_lightning.multilabel import MultiLabelTask
-from cssa_lightning.packaged import packaged_configs, resolve_config, resolve_config_args
+from cssa_lightning.commands.cli import build_cli
+from cssa_lightning.commands.entry import main
+from cssa_lightning.commands.packaged import packaged_configs, resolve_config, resolve_config_args
+from cssa_lightning.methods.multilabel import MultiLabelTask
 
 from .conftest import fit_config
 
@@ -89,7 +90,7 @@ def test_checkpoint_loads_from_another_folder(tmp_path, image_folders, tiny_clip
     restored = MultiLabelTask.load_from_checkpoint(checkpoint)
     assert restored.hparams.clip_checkpoint == str(tiny_clip_dir.resolve())
     stored = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    assert stored["task_class"] == "cssa_lightning.multilabel.MultiLabelTask"
+    assert stored["task_class"] == "cssa_lightning.methods.multilabel.MultiLabelTask"
     assert stored["preprocessing"]["image_size"] == 32
 
 
@@ -99,8 +100,8 @@ def test_light_entry_points_do_not_import_torch():
 
     code = (
         "import sys\n"
-        "import cssa_lightning, cssa_lightning.convert\n"
-        "from cssa_lightning.commands import main\n"
+        "import cssa_lightning, cssa_lightning.data.convert\n"
+        "from cssa_lightning.commands.entry import main\n"
         "try:\n"
         "    main(['--help'])\n"
         "except SystemExit as exit:\n"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from cssa_lightning.cli import main
-from cssa_lightning.predict import ImageFiles, list_images, predict
-from cssa_lightning.trained import load_trained
+from cssa_lightning.commands.entry import main
+from cssa_lightning.commands.predict import ImageFiles, list_images, predict
+from cssa_lightning.commands.trained import load_trained
 
 
 @pytest.fixture
@@ -148,7 +148,7 @@ def test_thresholds_trained_and_val_f1(tmp_path, bare_images, trained_cssa, imag
 
 def test_auto_thresholds_are_the_trained_ones_else_one_half(trained_cssa, tiny_clip_dir):
     from cssa_lightning import MultiLabelTask
-    from cssa_lightning.predict import resolve_thresholds
+    from cssa_lightning.commands.predict import resolve_thresholds
 
     task, _ = load_trained(trained_cssa)
     assert resolve_thresholds(task, "auto") == "trained"
@@ -199,8 +199,8 @@ def test_predict_errors_are_one_line(tmp_path, bare_images, capsys):
 def test_f1_thresholds_are_f1_optimal(tmp_path, trained_cssa, image_folders):
     # Each class's val-f1 threshold gives an F1 at least that of 0.5 on the val images.
     task, preprocessing = load_trained(trained_cssa)
-    from cssa_lightning.predict import choose_thresholds
-    from cssa_lightning.records import build_record_table, read_source
+    from cssa_lightning.commands.predict import choose_thresholds
+    from cssa_lightning.data.records import build_record_table, read_source
 
     thresholds = choose_thresholds(
         task, "val-f1", "probs", str(image_folders["val"]), preprocessing, 8

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cssa_lightning.prepare as prepare
-from cssa_lightning.datamodule import MultiLabelDataModule
-from cssa_lightning.prepare import prepare_image, prepare_images, with_prepared_images
-from cssa_lightning.records import build_record_table, load_image, read_source
+import cssa_lightning.data.prepare as prepare
+from cssa_lightning.data.datamodule import MultiLabelDataModule
+from cssa_lightning.data.prepare import prepare_image, prepare_images, with_prepared_images
+from cssa_lightning.data.records import build_record_table, load_image, read_source
 
 from .test_datamodule import datamodule_options
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from lightning.pytorch import Trainer
 
-from cssa_lightning import progress, records
-from cssa_lightning.datamodule import MultiLabelDataModule
-from cssa_lightning.multilabel import MultiLabelTask
+from cssa_lightning import progress
+from cssa_lightning.data import records
+from cssa_lightning.data.datamodule import MultiLabelDataModule
+from cssa_lightning.methods.multilabel import MultiLabelTask
 from cssa_lightning.progress import ProgressBar, track
 from cssa_lightning.synthetic import world
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from cssa_lightning.cssa import CSSATask
-from cssa_lightning.losses import absent_push_loss
-from cssa_lightning.multilabel import one_cycle_factor
-from cssa_lightning.pseudo_labels import (
+from cssa_lightning.methods.cssa import CSSATask
+from cssa_lightning.methods.losses import absent_push_loss
+from cssa_lightning.methods.multilabel import one_cycle_factor
+from cssa_lightning.methods.pseudo_labels import (
     PseudoLabeller,
     cat_thresholds,
     negative_thresholds,
@@ -302,7 +302,7 @@ def test_pseudo_label_scores_pass_needs_a_pass(tiny_clip_dir):
 
 
 def test_precision_at_recall():
-    from cssa_lightning.monitoring import MONITORED_RECALLS, precision_at_recalls
+    from cssa_lightning.methods.monitoring import MONITORED_RECALLS, precision_at_recalls
 
     scores = torch.tensor([[0.9, 0.1, 0.5], [0.8, 0.7, 0.2], [0.3, 0.6, 0.4], [0.05, 0.15, 0.25]])
     hidden = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
@@ -316,7 +316,7 @@ def test_precision_at_recall():
 def test_monitor_counts_every_batch_once_and_logs_micro_precision_and_recall(task):
     from types import SimpleNamespace
 
-    from cssa_lightning.monitoring import PseudoLabelMonitor
+    from cssa_lightning.methods.monitoring import PseudoLabelMonitor
 
     monitor = PseudoLabelMonitor()
     task.pseudo_labeller.allocate(6)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cssa_lightning.records import (
+from cssa_lightning.data.records import (
     build_record_table,
     load_image,
     read_source,

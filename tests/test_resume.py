@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from cssa_lightning.cli import build_cli
-from cssa_lightning.datamodule import MultiLabelDataModule
-from cssa_lightning.resume import StreamSampler
+from cssa_lightning.commands.cli import build_cli
+from cssa_lightning.data.datamodule import MultiLabelDataModule
+from cssa_lightning.data.resume import StreamSampler
 
 from .conftest import checkpoint_every_step, fit_config
 

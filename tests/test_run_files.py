@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from cssa_lightning import run_files
-from cssa_lightning.cli import main
-from cssa_lightning.run_files import provenance, unused_path
+from cssa_lightning.commands.entry import main
+from cssa_lightning.reporting import run_files
+from cssa_lightning.reporting.run_files import provenance, unused_path
 from tests.conftest import fit_config
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cssa_lightning.cli import main
-from cssa_lightning.report import find_data_file, write_report
+from cssa_lightning.commands.entry import main
+from cssa_lightning.reporting.report import find_data_file, write_report
 from tests.conftest import CLASS_NAMES, fit_config
 
 CSSA_ARGS = {
@@ -27,7 +27,7 @@ CSSA_ARGS = {
     "ema_decay": 0.9,
 }
 REPORT = {
-    "class_path": "cssa_lightning.callbacks.RunReport",
+    "class_path": "cssa_lightning.reporting.callbacks.RunReport",
     "init_args": {"num_examples": 3},
 }
 LR_MONITOR = {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}
@@ -236,7 +236,7 @@ def test_report_with_another_logger_and_a_supervised_task(tmp_path, image_folder
 
 
 def test_run_report_rejects_negative_options():
-    from cssa_lightning.callbacks import RunReport
+    from cssa_lightning.reporting.callbacks import RunReport
 
     with pytest.raises(ValueError, match="num_examples"):
         RunReport(num_examples=-1)

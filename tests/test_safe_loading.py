@@ -1,7 +1,7 @@
 """Checkpoints cannot run code when loaded, and any damaged checkpoint ends in one clear line.
 
 Every load the package performs is weights-only (tensors and plain values): ``cssa predict``
-and ``cssa export`` (:func:`cssa_lightning.trained.load_trained`), and ``cssa fit/validate/
+and ``cssa export`` (:func:`cssa_lightning.commands.trained.load_trained`), and ``cssa fit/validate/
 test --ckpt_path`` (LightningCLI's hyperparameter read and the package's checkpoint IO).
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cssa_lightning.cli import build_cli
+from cssa_lightning.commands.cli import build_cli
+from cssa_lightning.commands.trained import load_trained
 from cssa_lightning.guards import AtomicCheckpointIO
-from cssa_lightning.trained import load_trained
 
 from .conftest import fit_config
 from .test_predict import predict_error

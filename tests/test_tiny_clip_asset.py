@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from cssa_lightning.clip import (
+from cssa_lightning.data.transforms import CLIP_MEAN, CLIP_STD, eval_transform
+from cssa_lightning.methods.metrics import average_precision
+from cssa_lightning.networks.clip import (
     DEFAULT_TEMPLATES,
     CLIPBackbone,
     resolve_checkpoint,
     zero_shot_scores,
 )
-from cssa_lightning.metrics import average_precision
 from cssa_lightning.synthetic import TINY_CLIP, TINY_CLIP_V3, TINY_CLIP_V4, world
 from cssa_lightning.synthetic.captions import split_words, vocabulary
 from cssa_lightning.synthetic.render import render_image
 from cssa_lightning.synthetic.shapes import CLASS_NAMES
 from cssa_lightning.synthetic.world import image_rng, sample_image_spec
-from cssa_lightning.transforms import CLIP_MEAN, CLIP_STD, eval_transform
 
 MAX_MB = 15
 # tiny-clip-v3's zero-shot AP of its rare classes is far below the others' (README: 40.2 vs 63.7

@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cssa_lightning.transforms import (
+from cssa_lightning.data.transforms import (
     CLIP_MEAN,
     CLIP_STD,
     COLOUR_CHANGING_OPS,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cssa_lightning.contexts import cluster_contexts, cooccurrence_affinity
+from cssa_lightning.methods.contexts import cluster_contexts, cooccurrence_affinity
 from cssa_lightning.synthetic import world
 from cssa_lightning.synthetic.captions import make_caption, split_words, vocabulary
 from cssa_lightning.synthetic.contexts import (

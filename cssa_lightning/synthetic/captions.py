@@ -88,7 +88,7 @@ _SETTING_ONLY_TEMPLATES: tuple[str, ...] = (
     "just {setting}",
 )
 _JOINERS: tuple[str, ...] = (" and ", ", ", " with ", " plus ", " next to ", " near ")
-# Prompt templates used at zero-shot time (cssa_lightning.clip.DEFAULT_TEMPLATES).
+# Prompt templates used at zero-shot time (cssa_lightning.networks.clip.DEFAULT_TEMPLATES).
 _PROMPT_WORDS: tuple[str, ...] = ("a", "photo", "picture", "of", "the")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cssa_lightning.datamodule import MultiLabelDataModule
+from cssa_lightning.data.datamodule import MultiLabelDataModule
 from cssa_lightning.synthetic.world import WORLD_VERSION, VersionName, ensure_world
 
 

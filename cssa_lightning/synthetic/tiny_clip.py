@@ -16,7 +16,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcesso
 
 # The tiny models reuse OpenAI CLIP's statistics so that every checkpoint in this project
 # normalises images the same way (re-exported here for the scripts).
-from cssa_lightning.transforms import CLIP_MEAN, CLIP_STD
+from cssa_lightning.data.transforms import CLIP_MEAN, CLIP_STD
 
 __all__ = [
     "CLIP_MEAN",

@@ -1,11 +1,11 @@
 """``MeanTeacherTask``: semi-supervised multi-label training with an EMA teacher.
 
-On top of :class:`~cssa_lightning.multilabel.MultiLabelTask`: an EMA copy of the network (the
+On top of :class:`~cssa_lightning.methods.multilabel.MultiLabelTask`: an EMA copy of the network (the
 teacher) scores the weak view of each unlabeled image, a
-:class:`~cssa_lightning.pseudo_labels.PseudoLabeller` turns the scores into pseudo-labels, and
+:class:`~cssa_lightning.methods.pseudo_labels.PseudoLabeller` turns the scores into pseudo-labels, and
 the student's strong view is trained towards them (the consistency term) after a supervised
-warm-up. The loss is a table of named terms (:class:`~cssa_lightning.loss_terms.LossTerm`), so
-a method built on it (CSSA: :mod:`cssa_lightning.cssa`) adds rows. Its configurations:
+warm-up. The loss is a table of named terms (:class:`~cssa_lightning.methods.loss_terms.LossTerm`), so
+a method built on it (CSSA: :mod:`cssa_lightning.methods.cssa`) adds rows. Its configurations:
 
 - CAP (NeurIPS 2023): this task as it is, e.g. with the ``cap`` overlay's options;
 - supervised+EMA (a labeled-only control): ``use_consistency: false`` and the data module's
@@ -22,11 +22,11 @@ from lightning.pytorch import Callback
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from cssa_lightning.loss_terms import LossTerm, Stream, check_table, option
-from cssa_lightning.monitoring import PseudoLabelMonitor
-from cssa_lightning.multilabel import MultiLabelTask, one_cycle_factor
-from cssa_lightning.network import Encoded
-from cssa_lightning.pseudo_labels import PseudoLabeller, PseudoLabels
+from cssa_lightning.methods.loss_terms import LossTerm, Stream, check_table, option
+from cssa_lightning.methods.monitoring import PseudoLabelMonitor
+from cssa_lightning.methods.multilabel import MultiLabelTask, one_cycle_factor
+from cssa_lightning.methods.pseudo_labels import PseudoLabeller, PseudoLabels
+from cssa_lightning.networks.network import Encoded
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class MeanTeacherTask(MultiLabelTask):
             (CAP: 0.998 drops the negatives just under the threshold); 1 uses all.
         ema_decay: Decay of the teacher's exponential moving average: closer to 1, a slower
             and smoother teacher.
-        **kwargs: Options of :class:`~cssa_lightning.multilabel.MultiLabelTask`.
+        **kwargs: Options of :class:`~cssa_lightning.methods.multilabel.MultiLabelTask`.
     """
 
     evaluated_scores = ("", "_teacher")
@@ -285,7 +285,7 @@ class MeanTeacherTask(MultiLabelTask):
 
     def configure_callbacks(self) -> list[Callback]:
         """The guards, and the pseudo-label quality against the hidden labels
-        (:class:`~cssa_lightning.monitoring.PseudoLabelMonitor`, monitoring only)."""
+        (:class:`~cssa_lightning.methods.monitoring.PseudoLabelMonitor`, monitoring only)."""
         return [*super().configure_callbacks(), PseudoLabelMonitor()]
 
     def learn_label_statistics(self, labeled: Tensor) -> None:

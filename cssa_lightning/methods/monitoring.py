@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from cssa_lightning.pseudo_labels import PseudoLabeller
+from cssa_lightning.methods.pseudo_labels import PseudoLabeller
 
 # Recall levels at which the precision of the teacher's scores is logged (methods with
 # different thresholds are compared at the same recall).

@@ -1,6 +1,6 @@
 """``MultiLabelTask``: the supervised baseline (labeled stream only), evaluation and prediction.
 
-``MeanTeacherTask`` (:mod:`cssa_lightning.mean_teacher`; ``CSSATask`` stands on it) subclasses
+``MeanTeacherTask`` (:mod:`cssa_lightning.methods.mean_teacher`; ``CSSATask`` stands on it) subclasses
 it; the pieces a notebook may want to change are small public methods (``encode``,
 ``supervised_loss``, ``evaluation_scores``).
 """
@@ -16,13 +16,13 @@ import torch
 from lightning.pytorch import Callback, LightningModule
 from torch import Tensor, nn
 
-from cssa_lightning.clip import DEFAULT_TEMPLATES, CLIPBackbone, portable_checkpoint
+from cssa_lightning.data.resume import GlobalRandomState
 from cssa_lightning.guards import NonFiniteGuard, RunGuard
-from cssa_lightning.losses import asymmetric_loss, binary_cross_entropy
-from cssa_lightning.metrics import MultiLabelMetrics
-from cssa_lightning.network import Encoded, MultiLabelCLIPNet
+from cssa_lightning.methods.losses import asymmetric_loss, binary_cross_entropy
+from cssa_lightning.methods.metrics import MultiLabelMetrics
+from cssa_lightning.networks.clip import DEFAULT_TEMPLATES, CLIPBackbone, portable_checkpoint
+from cssa_lightning.networks.network import Encoded, MultiLabelCLIPNet
 from cssa_lightning.progress import track
-from cssa_lightning.resume import GlobalRandomState
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class MultiLabelTask(LightningModule):
     A cosine classifier on CLIP's global image feature, its class prototypes initialised from
     the class text features (so the untrained model is zero-shot CLIP: ``cssa test`` with this
     task and no checkpoint evaluates zero-shot CLIP). The network is ``self.net``, a plain
-    :class:`~cssa_lightning.network.MultiLabelCLIPNet`.
+    :class:`~cssa_lightning.networks.network.MultiLabelCLIPNet`.
 
     Args:
         class_names: Ordered class names (linked from the data module by the CLI).
@@ -58,7 +58,7 @@ class MultiLabelTask(LightningModule):
         prompt_templates: Prompt templates with ``{}`` for the class name, averaged.
         class_prompts: The name a class takes in prompts, by class name, e.g.
             ``{"pottedplant": "potted plant"}``; added to and overriding the built-in names
-            (:data:`~cssa_lightning.clip.PROMPT_NAMES`, VOC and COCO). Labels keep their names.
+            (:data:`~cssa_lightning.networks.clip.PROMPT_NAMES`, VOC and COCO). Labels keep their names.
         freeze_vision: Keep the vision tower fixed (train heads only).
         trainable_vision_layers: Train only the last this many vision blocks (with the final
             norm and projection); ``None`` trains the whole vision tower.
@@ -239,7 +239,7 @@ class MultiLabelTask(LightningModule):
     # -- training ----------------------------------------------------------------------------
     def configure_callbacks(self) -> list[Callback]:
         """What every fit needs: the guards (:mod:`cssa_lightning.guards`) and the global random
-        state in checkpoints (:mod:`cssa_lightning.resume`)."""
+        state in checkpoints (:mod:`cssa_lightning.data.resume`)."""
         return [
             NonFiniteGuard(self.hparams.get("on_non_finite", "stop")),
             RunGuard(),

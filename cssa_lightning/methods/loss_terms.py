@@ -2,7 +2,7 @@
 
 A task lists its terms in ``loss_terms`` (a tuple of :class:`LossTerm`); which terms run, their
 names in the logs, their weights at each step and whether the unlabeled stream is needed at all
-are read from that table (:class:`~cssa_lightning.mean_teacher.MeanTeacherTask`), so a subclass
+are read from that table (:class:`~cssa_lightning.methods.mean_teacher.MeanTeacherTask`), so a subclass
 adds a term by adding a row and the method that computes it::
 
     class EntropyTask(MeanTeacherTask):

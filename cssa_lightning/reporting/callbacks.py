@@ -15,8 +15,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from cssa_lightning.cssa import CSSATask
-from cssa_lightning.monitoring import PseudoLabelMonitor, PseudoLabelSource
+from cssa_lightning.methods.cssa import CSSATask
+from cssa_lightning.methods.monitoring import PseudoLabelMonitor, PseudoLabelSource
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class RunReport(Callback):
       run summary; the summary of ``val/mAP`` and ``val/mAP_teacher`` is their maximum.
 
     Per-class pseudo-label quality comes from the fit's
-    :class:`~cssa_lightning.monitoring.PseudoLabelMonitor` (every mean-teacher task adds one):
+    :class:`~cssa_lightning.methods.monitoring.PseudoLabelMonitor` (every mean-teacher task adds one):
     its counts of every training batch, the same that give ``pseudo/precision`` and
     ``pseudo/recall``. The examples' pseudo-labels are those the step returned
     (``outputs["pseudo_labels"]``). The hidden labels are for monitoring only. Learning rates
@@ -217,7 +217,7 @@ class RunReport(Callback):
             "seed": os.environ.get("PL_GLOBAL_SEED"),
         }
         if trainer.is_global_zero:
-            from cssa_lightning.run_files import provenance
+            from cssa_lightning.reporting.run_files import provenance
 
             info["commit"] = provenance().get("git_commit")
         wandb_loggers = RunReport.wandb_loggers(trainer)
@@ -226,7 +226,7 @@ class RunReport(Callback):
         return info
 
     def _folder(self, trainer: Trainer) -> Path:
-        from cssa_lightning.run_files import run_directory
+        from cssa_lightning.reporting.run_files import run_directory
 
         return run_directory(trainer) / "report"
 
@@ -234,7 +234,7 @@ class RunReport(Callback):
         """Write ``data.json`` (and with ``figures`` the PNGs and ``report.md``)."""
         if not (self.write_files and trainer.is_global_zero and self.data):
             return
-        from cssa_lightning.report import DATA_FILE, write_report
+        from cssa_lightning.reporting.report import DATA_FILE, write_report
 
         folder = self._folder(trainer)
         folder.mkdir(parents=True, exist_ok=True)
@@ -245,7 +245,7 @@ class RunReport(Callback):
             log.info("run report written to %s", path)
 
     def _log_image(self, trainer: Trainer, key: str, figure: Any) -> None:
-        from cssa_lightning.report import figure_to_image
+        from cssa_lightning.reporting.report import figure_to_image
 
         loggers = self.wandb_loggers(trainer) if trainer.is_global_zero else []
         if loggers:
@@ -263,8 +263,8 @@ class RunReport(Callback):
         self._completed = None
         if not (isinstance(pl_module, CSSATask) and pl_module.hparams.use_context):
             return
-        from cssa_lightning.contexts import cooccurrence_affinity
-        from cssa_lightning.report import figure_affinity
+        from cssa_lightning.methods.contexts import cooccurrence_affinity
+        from cssa_lightning.reporting.report import figure_affinity
 
         labeled = np.asarray(trainer.datamodule.labeled_targets())
         affinity = cooccurrence_affinity(labeled)
@@ -322,7 +322,7 @@ class RunReport(Callback):
             self._examples(trainer, unlabeled, labels, target)
 
     def _examples(self, trainer: Trainer, unlabeled: dict, labels: Tensor, target: Tensor) -> None:
-        from cssa_lightning.report import figure_examples
+        from cssa_lightning.reporting.report import figure_examples
 
         names = self.data["class_names"]
         mean, std = _normalisation(trainer)
@@ -407,7 +407,7 @@ class RunReport(Callback):
             record["images"] = int(images[0])
         self.data["epochs"].append(record)
         if "thresholds" in record and trainer.is_global_zero and self.wandb_loggers(trainer):
-            from cssa_lightning.report import figure_pseudo_labels
+            from cssa_lightning.reporting.report import figure_pseudo_labels
 
             names, priors = self.data["class_names"], self.data["priors"]
             columns = ["epoch", "class", "prior", "threshold", "precision", "recall"]
@@ -455,7 +455,7 @@ class RunReport(Callback):
         }
         loggers = self.wandb_loggers(trainer) if trainer.is_global_zero else []
         if loggers and self._test_ap:
-            from cssa_lightning.report import SCORE_LABELS, figure_test_ap
+            from cssa_lightning.reporting.report import SCORE_LABELS, figure_test_ap
 
             names, priors = self.data["class_names"], self.data["priors"]
             contexts = (self.data.get("contexts") or {}).get("class_to_context")

@@ -1,6 +1,6 @@
 """Two-stream data module: a labeled stream and an unlabeled (weak, strong) stream.
 
-Data flows one way: source -> record table (:mod:`cssa_lightning.records`) -> seeded
+Data flows one way: source -> record table (:mod:`cssa_lightning.data.records`) -> seeded
 labeled/unlabeled split -> torch datasets with eval/weak/strong transforms -> loaders.
 """
 
@@ -20,9 +20,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from transformers import AutoImageProcessor
 
-from cssa_lightning.clip import resolve_checkpoint, unloadable_checkpoint_message
-from cssa_lightning.prepare import prepare_images, with_prepared_images
-from cssa_lightning.records import (
+from cssa_lightning.data.prepare import prepare_images, with_prepared_images
+from cssa_lightning.data.records import (
     build_record_table,
     check_class_names,
     check_seed,
@@ -31,8 +30,8 @@ from cssa_lightning.records import (
     resolve_class_names,
     split_labeled,
 )
-from cssa_lightning.resume import StreamSampler
-from cssa_lightning.transforms import (
+from cssa_lightning.data.resume import StreamSampler
+from cssa_lightning.data.transforms import (
     CLIP_MEAN,
     CLIP_STD,
     StrongOps,
@@ -41,6 +40,7 @@ from cssa_lightning.transforms import (
     strong_transform,
     weak_transform,
 )
+from cssa_lightning.networks.clip import resolve_checkpoint, unloadable_checkpoint_message
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class LabeledImages(Dataset):
     """Records of ``table`` at ``indices`` with one transform: ``{"image", "target", "index"}``.
 
     An item is asked for by position ``i``, or by ``(i, seed)`` (what
-    :class:`~cssa_lightning.resume.StreamSampler` yields): the transforms are then reseeded with
+    :class:`~cssa_lightning.data.resume.StreamSampler` yields): the transforms are then reseeded with
     ``seed`` first, so the augmentation of an item depends on the seed alone, not on the loader
     worker or process that draws it.
     """

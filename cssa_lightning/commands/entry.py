@@ -1,7 +1,7 @@
 """The ``cssa`` entry point: dispatch to the Lightning CLI or to the package's own commands.
 
 Kept free of heavy imports so that ``cssa --help`` and argument mistakes answer quickly; the
-Lightning CLI (:mod:`cssa_lightning.cli`) is imported only when a training subcommand runs.
+Lightning CLI (:mod:`cssa_lightning.commands.cli`) is imported only when a training subcommand runs.
 
 Every error in the user's data or options that the package raises (``ValueError`` or
 ``OSError`` with a message naming the file, line or key) reaches the terminal as one line
@@ -19,9 +19,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from cssa_lightning.packaged import packaged_configs, resolve_config_args
+from cssa_lightning.commands.packaged import packaged_configs, resolve_config_args
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 LIGHTNING_SUBCOMMANDS = {
     "fit": "Train a model (and, with --test_after_fit, test it).",
@@ -36,9 +36,15 @@ OWN_SUBCOMMANDS = {
     "prepare": "Decode and resize image folders once into the image cache (data.image_cache).",
 }
 # Own subcommand -> the module whose ``main(argv)`` runs it (imported only when it runs).
-OWN_MODULES = {name: f"cssa_lightning.{name}" for name in OWN_SUBCOMMANDS}
+OWN_MODULES = {
+    "predict": "cssa_lightning.commands.predict",
+    "export": "cssa_lightning.commands.export",
+    "report": "cssa_lightning.reporting.report",
+    "convert": "cssa_lightning.data.convert",
+    "prepare": "cssa_lightning.data.prepare",
+}
 # Own subcommands whose module imports torch: their arguments are parsed first with the light
-# parser of :mod:`cssa_lightning.command_parsers`, so --help and mistakes answer at once.
+# parser of :mod:`cssa_lightning.commands.parsers`, so --help and mistakes answer at once.
 LIGHT_PARSERS = {"predict": "predict_parser", "export": "export_parser"}
 
 
@@ -78,9 +84,9 @@ def main(args: Sequence[str] | dict[str, Any] | None = None) -> None:
     argv = resolve_config_args(argv)
     if argv[0] in OWN_MODULES:
         if argv[0] in LIGHT_PARSERS:
-            from cssa_lightning import command_parsers
+            from cssa_lightning.commands import parsers
 
-            getattr(command_parsers, LIGHT_PARSERS[argv[0]])().parse_args(argv[1:])
+            getattr(parsers, LIGHT_PARSERS[argv[0]])().parse_args(argv[1:])
         module = importlib.import_module(OWN_MODULES[argv[0]])
         return _run(lambda: module.main(argv[1:]))
     if args is None:
@@ -109,8 +115,8 @@ def check_subcommand(name: str) -> None:
 
 
 def _lightning(args: Any) -> None:
-    from cssa_lightning.cli import build_cli
-    from cssa_lightning.run_files import configure_logging, finish_run
+    from cssa_lightning.commands.cli import build_cli
+    from cssa_lightning.reporting.run_files import configure_logging, finish_run
 
     configure_logging()
     cli = build_cli(args)

@@ -13,8 +13,8 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from cssa_lightning.clip import CLIPBackbone
-from cssa_lightning.heads import (
+from cssa_lightning.networks.clip import CLIPBackbone
+from cssa_lightning.networks.heads import (
     AlignmentHead,
     ContextHead,
     LabelQueryCrossAttention,
@@ -48,15 +48,15 @@ class MultiLabelCLIPNet(nn.Module):
             ``False`` uses the global feature for every label.
         attention_heads: Heads of the label-query cross-attention.
         label_query_block: One cross-attention layer (``attention``,
-            :class:`~cssa_lightning.heads.LabelQueryCrossAttention`) or pre-norm decoder
-            blocks with an MLP (``decoder``, :class:`~cssa_lightning.heads.LabelQueryDecoder`).
+            :class:`~cssa_lightning.networks.heads.LabelQueryCrossAttention`) or pre-norm decoder
+            blocks with an MLP (``decoder``, :class:`~cssa_lightning.networks.heads.LabelQueryDecoder`).
         label_query_depth: Blocks of the ``decoder``.
         num_contexts: Context logits of the context head; 0 for no context head.
         context_hidden: Hidden width of the context head.
         context_input: Feature the context head reads.
         local_branch: Add a local branch (D2L): a second alignment head scores every patch
             token, a per-class softmax over the patches pools the scores
-            (:func:`~cssa_lightning.heads.softmax_pool`), and the label score is the mean of
+            (:func:`~cssa_lightning.networks.heads.softmax_pool`), and the label score is the mean of
             the global and the local score.
     """
 

@@ -73,7 +73,7 @@ def unused_path(path: Path) -> Path:
 def provenance() -> dict[str, Any]:
     """Package version and, for a git checkout of the package, its commit and dirty flag."""
     info: dict[str, Any] = {"version": _package_version()}
-    package_dir = Path(__file__).resolve().parent
+    package_dir = Path(__file__).resolve().parents[1]
     try:
         top = _git(package_dir, "rev-parse", "--show-toplevel")
         # Only the package's own repository: a venv inside another repository must not lend

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cssa_lightning.clip import CLIPBackbone
-from cssa_lightning.command_parsers import export_parser
-from cssa_lightning.network import MultiLabelCLIPNet
+from cssa_lightning.commands.parsers import export_parser
+from cssa_lightning.networks.clip import CLIPBackbone
+from cssa_lightning.networks.network import MultiLabelCLIPNet
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class ExportedClassifier(nn.Module):
 
     def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
         """RGB uint8 ``(H, W, 3)`` images -> ``pixel_values`` ``(B, 3, S, S)``."""
-        from cssa_lightning.transforms import eval_transform
+        from cssa_lightning.data.transforms import eval_transform
 
         p = self.config["preprocessing"]
         transform = eval_transform(p["image_size"], p["mean"], p["std"])
@@ -192,8 +192,8 @@ def export(
     """Run ``cssa export``; returns the export directory."""
     from safetensors.torch import save_file
 
-    from cssa_lightning.predict import choose_thresholds, resolve_thresholds
-    from cssa_lightning.trained import load_trained
+    from cssa_lightning.commands.predict import choose_thresholds, resolve_thresholds
+    from cssa_lightning.commands.trained import load_trained
 
     out = Path(output).expanduser()
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -331,7 +331,7 @@ a CLIP image encoder (`clip/`, from `{config["clip_checkpoint"]}`) with label he
 (`heads.safetensors`). Load it with
 
 ```python
-from cssa_lightning.export import load_exported
+from cssa_lightning.commands.export import load_exported
 model = load_exported("this-directory")
 labels = model.predict(images)  # uint8 RGB arrays; or run model.onnx with onnxruntime
 ```

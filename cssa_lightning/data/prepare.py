@@ -12,7 +12,7 @@ a relabelled split reuses its images. ::
 
     cssa prepare data/coco/train data/coco/val --cache_dir ~/.cache/cssa
 
-or set ``image_cache`` on :class:`~cssa_lightning.datamodule.MultiLabelDataModule`, which
+or set ``image_cache`` on :class:`~cssa_lightning.data.datamodule.MultiLabelDataModule`, which
 prepares missing entries on first use (once per machine, before training starts).
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import datasets
 from PIL import Image, UnidentifiedImageError
 
-from cssa_lightning.records import read_source
+from cssa_lightning.data.records import read_source
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The experiment configs live in ``cssa_lightning/configs/`` (the repository's top-level
 ``configs/`` points there), so ``cssa fit --config demo`` works after any install, from any
-folder. Checkpoints shipped with the package are resolved by :func:`cssa_lightning.clip.
+folder. Checkpoints shipped with the package are resolved by :func:`cssa_lightning.networks.clip.
 resolve_checkpoint` (``"tiny-clip"``).
 """
 

@@ -28,10 +28,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from cssa_lightning.command_parsers import predict_parser
-from cssa_lightning.multilabel import MultiLabelTask
-from cssa_lightning.records import build_record_table, load_image, read_source
-from cssa_lightning.trained import Preprocessing, load_trained
+from cssa_lightning.commands.parsers import predict_parser
+from cssa_lightning.commands.trained import Preprocessing, load_trained
+from cssa_lightning.data.records import build_record_table, load_image, read_source
+from cssa_lightning.methods.multilabel import MultiLabelTask
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def f1_thresholds(
     batch_size: int,
 ) -> Tensor:
     """Per-class F1-optimal thresholds of the ``decide_by`` probabilities on ``val_source``."""
-    from cssa_lightning.pseudo_labels import fbeta_thresholds
+    from cssa_lightning.methods.pseudo_labels import fbeta_thresholds
 
     table = build_record_table(read_source(val_source), task.class_names)
     paths = [Path(row["path"]) for row in table["image"]]

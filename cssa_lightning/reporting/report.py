@@ -1,12 +1,12 @@
 """A run's figures and Markdown summary as files, for readers without the W&B interface.
 
-:class:`~cssa_lightning.callbacks.RunReport` keeps what it logs to W&B also in
+:class:`~cssa_lightning.reporting.callbacks.RunReport` keeps what it logs to W&B also in
 ``<run dir>/report/data.json`` (per-class test AP with the class priors, per-epoch thresholds
 and pseudo-label precision/recall per class, contexts and the co-occurrence affinity, learning
 rates, validation curves, final test metrics) and writes this report at the end of fit and
 test. Re-write it from the data file with::
 
-    cssa report RUN_DIR                 # or: python -m cssa_lightning.report RUN_DIR
+    cssa report RUN_DIR                 # or: python -m cssa_lightning.reporting.report RUN_DIR
 
 ``RUN_DIR`` is the run folder (a W&B run such as ``outputs/demo/wandb/latest-run``, its
 ``files`` folder, a TensorBoard/CSV version folder) or its ``report`` folder. The figures are
@@ -239,7 +239,7 @@ def find_data_file(run_dir: str | Path) -> Path:
             return candidate
     raise FileNotFoundError(
         f"{run_dir}: no run report data (looked for {', '.join(str(c) for c in candidates)}); "
-        "runs record it with the cssa_lightning.callbacks.RunReport callback"
+        "runs record it with the cssa_lightning.reporting.callbacks.RunReport callback"
     )
 
 

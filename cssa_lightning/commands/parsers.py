@@ -1,7 +1,7 @@
 """The argument parsers of ``cssa predict`` and ``cssa export``, apart from the commands.
 
 Only ``argparse``: ``cssa predict --help`` and argument mistakes answer without importing torch,
-Lightning or transformers (:mod:`cssa_lightning.commands` parses with these before it imports
+Lightning or transformers (:mod:`cssa_lightning.commands.entry` parses with these before it imports
 the command's module).
 """
 
@@ -63,7 +63,7 @@ def export_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Write a trained checkpoint as a self-contained directory (CLIP via "
         "save_pretrained, heads, class names, thresholds, preprocessing) and ONNX. Load it with "
-        "cssa_lightning.export.load_exported(DIR), or run model.onnx with onnxruntime.",
+        "cssa_lightning.commands.export.load_exported(DIR), or run model.onnx with onnxruntime.",
     )
     parser.add_argument("--ckpt_path", required=True, help="A checkpoint written by cssa fit.")
     parser.add_argument("--output", required=True, help="The export directory.")

@@ -1,6 +1,6 @@
 """``CSSATask``: context-based semantic-aware alignment for semi-supervised multi-label learning.
 
-On top of :class:`~cssa_lightning.mean_teacher.MeanTeacherTask` (the EMA teacher, pseudo-labels
+On top of :class:`~cssa_lightning.methods.mean_teacher.MeanTeacherTask` (the EMA teacher, pseudo-labels
 and consistency): label-specific features by label-query cross-attention, one-to-one semantic
 alignment, an absent-label push and context identification, each one more row of the loss
 table. With its switches off (``label_specific``, ``use_alignment``, ``use_context``) it trains
@@ -18,17 +18,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cssa_lightning.contexts import cluster_contexts, context_targets, cooccurrence_affinity
-from cssa_lightning.loss_terms import LossTerm, option
-from cssa_lightning.losses import (
+from cssa_lightning.methods.contexts import cluster_contexts, context_targets, cooccurrence_affinity
+from cssa_lightning.methods.loss_terms import LossTerm, option
+from cssa_lightning.methods.losses import (
     absent_push_loss,
     context_loss,
     pair_normalizer,
     semantic_alignment_loss,
 )
-from cssa_lightning.mean_teacher import MeanTeacherTask
-from cssa_lightning.network import Encoded
-from cssa_lightning.pseudo_labels import PseudoLabels
+from cssa_lightning.methods.mean_teacher import MeanTeacherTask
+from cssa_lightning.methods.pseudo_labels import PseudoLabels
+from cssa_lightning.networks.network import Encoded
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,9 @@ class CSSATask(MeanTeacherTask):
         context_reduction: The multi-hot BCE averaged over images and contexts (``mean``) or
             summed over contexts and averaged over images (``sum``, scaled like the supervised
             ASL's sum over classes).
-        **kwargs: Options of :class:`~cssa_lightning.mean_teacher.MeanTeacherTask` (the
+        **kwargs: Options of :class:`~cssa_lightning.methods.mean_teacher.MeanTeacherTask` (the
             teacher, pseudo-labels, consistency and schedule) and of
-            :class:`~cssa_lightning.multilabel.MultiLabelTask`.
+            :class:`~cssa_lightning.methods.multilabel.MultiLabelTask`.
     """
 
     # Labeled rows before unlabeled ones is the order the terms are computed and summed in.

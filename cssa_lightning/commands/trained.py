@@ -1,7 +1,7 @@
 """A trained checkpoint with what inference needs: the task and its eval preprocessing.
 
-Shared by ``cssa predict`` (:mod:`cssa_lightning.predict`) and ``cssa export``
-(:mod:`cssa_lightning.export`).
+Shared by ``cssa predict`` (:mod:`cssa_lightning.commands.predict`) and ``cssa export``
+(:mod:`cssa_lightning.commands.export`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 import albumentations as A
 import torch
 
+from cssa_lightning.data.transforms import eval_transform
 from cssa_lightning.guards import first_line, unreadable_checkpoint
-from cssa_lightning.multilabel import MultiLabelTask
-from cssa_lightning.transforms import eval_transform
+from cssa_lightning.methods.multilabel import MultiLabelTask
 
 
 @dataclass(frozen=True)
@@ -69,15 +69,20 @@ def _task_class(stored: dict, path: Path) -> type[MultiLabelTask]:
     if name is None:  # checkpoints written before the class was stored
         has_teacher = any(key.startswith("teacher.") for key in stored["state_dict"])
         name = (
-            "cssa_lightning.cssa.CSSATask"
+            "cssa_lightning.methods.cssa.CSSATask"
             if has_teacher
-            else ("cssa_lightning.multilabel.MultiLabelTask")
+            else ("cssa_lightning.methods.multilabel.MultiLabelTask")
         )
     module, _, attribute = name.rpartition(".")
     try:
         task_class = getattr(importlib.import_module(module), attribute)
     except (ImportError, AttributeError) as error:
-        raise ValueError(f"{path}: task class {name} cannot be imported ({error})") from error
+        # Checkpoints written before the package had folders name the flat modules
+        # (``cssa_lightning.cssa.CSSATask``): the package exports every task by name.
+        package = importlib.import_module("cssa_lightning")
+        if module.split(".")[0] != "cssa_lightning" or attribute not in package.__all__:
+            raise ValueError(f"{path}: task class {name} cannot be imported ({error})") from error
+        task_class = getattr(package, attribute)
     if not (isinstance(task_class, type) and issubclass(task_class, MultiLabelTask)):
         raise ValueError(f"{path}: {name} is not a MultiLabelTask")
     return task_class
@@ -88,7 +93,7 @@ def _preprocessing(stored: dict, task: MultiLabelTask) -> Preprocessing:
         p = stored["preprocessing"]
         return Preprocessing(int(p["image_size"]), tuple(p["mean"]), tuple(p["std"]))
     # Older checkpoints: the data module's hyperparameters, else the CLIP's own processor.
-    from cssa_lightning.datamodule import _normalisation
+    from cssa_lightning.data.datamodule import _normalisation
 
     data = stored.get("datamodule_hyper_parameters") or {}
     clip = task.net.clip

@@ -1,6 +1,6 @@
 """``D2LTask``: Dual-Decoupling Learning with Metric-Adaptive Thresholding (D2L, ECCV 2024).
 
-A sibling of CAP on :class:`~cssa_lightning.mean_teacher.MeanTeacherTask`: the same EMA
+A sibling of CAP on :class:`~cssa_lightning.methods.mean_teacher.MeanTeacherTask`: the same EMA
 teacher, weak/strong views and pseudo-labeller, with D2L's two decouplings as rows of the loss
 table and two options:
 
@@ -11,7 +11,7 @@ table and two options:
   heads that produce the next pseudo-labels, which breaks the confirmation loop of self-training.
 - **A global and a local branch** (``local_branch``): the label score is the mean of the global
   feature's score and of a local score, the per-class softmax-weighted pool of every patch
-  token's score (:func:`~cssa_lightning.heads.softmax_pool`); each branch has its own loss.
+  token's score (:func:`~cssa_lightning.networks.heads.softmax_pool`); each branch has its own loss.
   The official code scores a 2x2 grid of crops, each resized to the full input and encoded
   again; with a ViT the patch tokens of the one pass are the local views at no extra encoder
   cost (our adaptation, documented in ``docs/method.md``).
@@ -32,11 +32,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from cssa_lightning.heads import AlignmentHead, softmax_pool
-from cssa_lightning.loss_terms import LossTerm, option
-from cssa_lightning.mean_teacher import MeanTeacherTask
-from cssa_lightning.network import Encoded
-from cssa_lightning.pseudo_labels import PseudoLabels
+from cssa_lightning.methods.loss_terms import LossTerm, option
+from cssa_lightning.methods.mean_teacher import MeanTeacherTask
+from cssa_lightning.methods.pseudo_labels import PseudoLabels
+from cssa_lightning.networks.heads import AlignmentHead, softmax_pool
+from cssa_lightning.networks.network import Encoded
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class D2LTask(MeanTeacherTask):
             of the labeled images).
         fbeta: ``beta`` of MAT: 0.5 as the paper states (the official code's formula,
             ``(1 + b^2) P R / (b P + R)``, picks the thresholds of beta ~0.71 at b = 0.5).
-        **kwargs: Options of :class:`~cssa_lightning.mean_teacher.MeanTeacherTask`.
+        **kwargs: Options of :class:`~cssa_lightning.methods.mean_teacher.MeanTeacherTask`.
     """
 
     loss_terms: tuple[LossTerm, ...] = (
