@@ -16,6 +16,7 @@ __all__ = [
     "MeanTeacherTask",
     "MultiLabelDataModule",
     "MultiLabelTask",
+    "load_exported",
 ]
 __version__ = "0.2.0"
 
@@ -32,5 +33,6 @@ __getattr__, __dir__ = lazy_attributes(
         "MeanTeacherTask": "cssa_lightning.methods.mean_teacher",
         "MultiLabelDataModule": "cssa_lightning.data.datamodule",
         "MultiLabelTask": "cssa_lightning.methods.multilabel",
+        "load_exported": "cssa_lightning.commands.export",
     },
 )

@@ -68,6 +68,32 @@ def test_directory_loads_in_one_call_and_matches(exported, trained_cssa, image_f
     ]
 
 
+def test_predict_takes_paths_pil_images_and_arrays_alike(exported, trained_cssa, image_folders):
+    from PIL import Image
+
+    _, paths, _, scores = images_and_reference(trained_cssa, image_folders)
+    model = load_exported(exported)
+    arrays = [load_image({"path": str(p)}) for p in paths]
+    from_arrays, labels = model.predict(arrays)
+    from_paths, labels_of_paths = model.predict([str(p) for p in paths])
+    pil = [Image.open(p) for p in paths]
+    # A grey-scale PIL image is read as training reads it (converted to RGB).
+    pil[0] = pil[0].convert("L")
+    from_pil, _ = model.predict(pil)
+    torch.testing.assert_close(from_paths, from_arrays, atol=0, rtol=0)
+    assert labels_of_paths == labels
+    torch.testing.assert_close(from_pil[1:], from_arrays[1:], atol=0, rtol=0)
+    grey = np.repeat(np.asarray(pil[0])[..., None], 3, axis=-1)
+    torch.testing.assert_close(from_pil[:1], model.predict([grey])[0], atol=0, rtol=0)
+    torch.testing.assert_close(from_arrays, scores["_teacher"], atol=1e-5, rtol=0)
+    with pytest.raises(
+        ValueError, match=r"image 1: expected .* got an array of float32 \(8, 8, 3\)"
+    ):
+        model.predict([arrays[0], np.zeros((8, 8, 3), np.float32)])
+    with pytest.raises(ValueError, match="cannot read image"):
+        model.predict([paths[0].parent / "missing.png"])
+
+
 def test_export_has_a_model_card_a_processor_and_readable_files(
     exported, trained_cssa, image_folders
 ):

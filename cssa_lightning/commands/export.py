@@ -25,7 +25,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import torch
@@ -35,7 +35,13 @@ from cssa_lightning.commands.parsers import export_parser
 from cssa_lightning.networks.clip import CLIPBackbone
 from cssa_lightning.networks.network import MultiLabelCLIPNet
 
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
 log = logging.getLogger(__name__)
+
+# What load_exported(...).predict takes for one image.
+ImageInput: TypeAlias = "str | Path | PILImage | np.ndarray"
 
 FORMAT = "cssa-lightning-export"
 FORMAT_VERSION = 1
@@ -70,23 +76,54 @@ class ExportedClassifier(nn.Module):
     def forward(self, pixel_values: Tensor) -> Tensor:
         return torch.sigmoid(self.net(pixel_values).logits)
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> Tensor:
-        """RGB uint8 ``(H, W, 3)`` images -> ``pixel_values`` ``(B, 3, S, S)``."""
+    def preprocess(self, images: Sequence[ImageInput]) -> Tensor:
+        """Images -> ``pixel_values`` ``(B, 3, S, S)``, as the model was trained to see them.
+
+        Each image is a path (any format PIL reads), a PIL image (any mode: converted to RGB
+        as training does) or an RGB uint8 ``(H, W, 3)`` array.
+
+        Raises:
+            ValueError: An image cannot be read, or an array is not RGB uint8 ``(H, W, 3)``.
+        """
         from cssa_lightning.data.transforms import eval_transform
 
         p = self.config["preprocessing"]
         transform = eval_transform(p["image_size"], p["mean"], p["std"])
-        return torch.stack([transform(image=image)["image"] for image in images])
+        return torch.stack(
+            [transform(image=rgb_array(image, i))["image"] for i, image in enumerate(images)]
+        )
 
     @torch.no_grad()
-    def predict(self, images: Sequence[np.ndarray]) -> tuple[Tensor, list[list[str]]]:
-        """Probabilities and predicted label names of RGB uint8 images."""
+    def predict(self, images: Sequence[ImageInput]) -> tuple[Tensor, list[list[str]]]:
+        """Probabilities ``(B, C)`` and the predicted label names of images given as paths,
+        PIL images or RGB uint8 arrays (see :meth:`preprocess`), with the export's
+        thresholds."""
         probs = self(self.preprocess(images).to(self.thresholds.device))
         labels = [
             [n for n, hit in zip(self.class_names, row, strict=True) if hit]
             for row in (probs >= self.thresholds).tolist()
         ]
         return probs, labels
+
+
+def rgb_array(image: ImageInput, index: int = 0) -> np.ndarray:
+    """An RGB uint8 ``(H, W, 3)`` array of a path, a PIL image or such an array (``index``
+    names the image in errors)."""
+    from PIL import Image
+
+    from cssa_lightning.data.records import load_image, to_rgb8
+
+    if isinstance(image, str | Path):
+        return load_image({"path": str(Path(image).expanduser())})
+    if isinstance(image, Image.Image):
+        return to_rgb8(image)
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(
+            f"image {index}: expected a path, a PIL image or an RGB uint8 (H, W, 3) array, "
+            f"got an array of {array.dtype} {tuple(array.shape)}"
+        )
+    return array
 
 
 def load_exported(directory: str | Path) -> ExportedClassifier:
