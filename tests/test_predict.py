@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from cssa_lightning.commands.entry import main
 from cssa_lightning.commands.predict import ImageFiles, list_images, predict
-from cssa_lightning.commands.trained import load_trained
+from cssa_lightning.commands.trained import find_checkpoint, load_trained
 
 
 @pytest.fixture
@@ -217,3 +218,64 @@ def test_f1_thresholds_are_f1_optimal(tmp_path, trained_cssa, image_folders):
 
     for k in range(6):
         assert f1(k, float(thresholds[k])) >= f1(k, 0.5) - 1e-9
+
+
+def test_predict_reads_an_export_directory_and_a_run_folder(
+    tmp_path, bare_images, trained_cssa, capsys
+):
+    from cssa_lightning.commands.export import export
+
+    exported = export(str(trained_cssa), str(tmp_path / "exported"), onnx=False)
+    capsys.readouterr()
+    by_checkpoint = predict(
+        str(trained_cssa), str(bare_images), str(tmp_path / "a"), progress_bar=False
+    )
+    by_export = predict(str(exported), str(bare_images), str(tmp_path / "b"), progress_bar=False)
+    # The run folder the fixture trained in: its only checkpoint.
+    run_folder = next(p for p in trained_cssa.parents if p.name.startswith("trained"))
+    assert find_checkpoint(run_folder) == trained_cssa
+    by_folder = predict(str(run_folder), str(bare_images), str(tmp_path / "c"), progress_bar=False)
+    assert by_checkpoint.written == by_export.written == by_folder.written == 10
+    rows_a, lines_a = read_outputs(tmp_path / "a")
+    rows_b, lines_b = read_outputs(tmp_path / "b")
+    rows_c, _ = read_outputs(tmp_path / "c")
+    assert rows_c == rows_a
+    # The export holds the teacher and its trained thresholds: the same labels, the teacher's
+    # probabilities only.
+    assert [line["labels"] for line in lines_b] == [line["labels"] for line in lines_a]
+    assert set(lines_b[0]) == {"path", "labels", "teacher_probs"}
+    for line_a, line_b in zip(lines_a, lines_b, strict=True):
+        for name, p in line_a["teacher_probs"].items():
+            assert line_b["teacher_probs"][name] == pytest.approx(p, abs=1e-5)
+    with pytest.raises(ValueError, match="holds the teacher only"):
+        predict(str(exported), str(bare_images), str(tmp_path / "d"), scores="student")
+
+
+def test_a_run_folder_gives_its_best_checkpoint_else_its_last(tmp_path):
+    def write(path, best=None, monitor="val/mAP_teacher", age=0):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"monitor": monitor, "best_model_path": best}
+        torch.save(
+            {"state_dict": {}, "callbacks": {"ModelCheckpoint{'monitor': 'x'}": state}}, path
+        )
+        os.utime(path, (1_000_000 + age, 1_000_000 + age))
+
+    run = tmp_path / "run"
+    checkpoints = run / "cssa-lightning" / "abc" / "checkpoints"
+    write(checkpoints / "epoch=1.ckpt", age=1)
+    write(checkpoints / "epoch=3.ckpt", age=2)
+    # Recorded best under the folder's old location (it was moved): found beside the newest.
+    write(checkpoints / "last.ckpt", best="/elsewhere/checkpoints/epoch=1.ckpt", age=3)
+    assert find_checkpoint(run) == checkpoints / "epoch=1.ckpt"
+    write(checkpoints / "last.ckpt", best=None, monitor=None, age=3)  # nothing monitored
+    assert find_checkpoint(run) == checkpoints / "last.ckpt"
+    (checkpoints / "last.ckpt").unlink()
+    with pytest.raises(
+        ValueError, match="holds 2 checkpoints and none is recorded as best or last"
+    ):
+        find_checkpoint(run)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="is a folder with no checkpoint"):
+        find_checkpoint(empty)
+    assert find_checkpoint(checkpoints / "epoch=3.ckpt") == checkpoints / "epoch=3.ckpt"

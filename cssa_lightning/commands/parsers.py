@@ -17,7 +17,12 @@ def predict_parser() -> argparse.ArgumentParser:
         description="Label images with a trained checkpoint: writes predictions.csv and "
         "predictions.jsonl (path, predicted labels, per-class probabilities).",
     )
-    parser.add_argument("--ckpt_path", required=True, help="A checkpoint written by cssa fit.")
+    parser.add_argument(
+        "--ckpt_path",
+        required=True,
+        help="A checkpoint written by cssa fit, a run folder (its best checkpoint), or a "
+        "directory written by cssa export.",
+    )
     parser.add_argument(
         "--images",
         required=True,
@@ -65,7 +70,11 @@ def export_parser() -> argparse.ArgumentParser:
         "save_pretrained, heads, class names, thresholds, preprocessing) and ONNX. Load it with "
         "cssa_lightning.commands.export.load_exported(DIR), or run model.onnx with onnxruntime.",
     )
-    parser.add_argument("--ckpt_path", required=True, help="A checkpoint written by cssa fit.")
+    parser.add_argument(
+        "--ckpt_path",
+        required=True,
+        help="A checkpoint written by cssa fit, or a run folder (its best checkpoint).",
+    )
     parser.add_argument("--output", required=True, help="The export directory.")
     parser.add_argument(
         "--weights",

@@ -1,7 +1,8 @@
 """``cssa predict``: label a folder or a list of images with a trained checkpoint.
 
 No labels and no training config are needed: the checkpoint holds the task, its class names,
-its thresholds and its eval preprocessing. Writes ``predictions.csv`` and ``predictions.jsonl``
+its thresholds and its eval preprocessing. ``--ckpt_path`` takes a checkpoint, a run folder (its
+best checkpoint) or a directory written by ``cssa export`` (its weights and thresholds). Writes ``predictions.csv`` and ``predictions.jsonl``
 (image path, predicted label names, every class probability; the EMA teacher's too for a
 mean-teacher task) through a Lightning :class:`~lightning.pytorch.callbacks.BasePredictionWriter`
 as the batches come, with a progress bar. An image that cannot be read is reported, listed in
@@ -23,11 +24,12 @@ from typing import Any
 import albumentations as A
 import numpy as np
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from cssa_lightning.commands.export import CONFIG_FILE, load_exported
 from cssa_lightning.commands.parsers import predict_parser
 from cssa_lightning.commands.trained import Preprocessing, load_trained
 from cssa_lightning.data.records import build_record_table, load_image, read_source
@@ -188,6 +190,40 @@ class PredictionFileWriter(BasePredictionWriter):
                 writer.writerows(self.skipped)
 
 
+class ExportedTask(LightningModule):
+    """A directory written by ``cssa export`` as the task ``cssa predict`` runs: the one set of
+    weights it holds (the teacher's or the student's), its thresholds as the trained ones."""
+
+    def __init__(self, directory: str | Path):
+        super().__init__()
+        self.model = load_exported(directory).eval()
+        self.class_names = self.model.class_names
+        self.register_buffer("thresholds", self.model.thresholds.clone())
+        self.thresholds_ready = True
+        teacher = self.model.config.get("weights") == "teacher"
+        self.evaluated_scores = ("_teacher",) if teacher else ("",)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return {
+            f"probs{self.evaluated_scores[0]}": self.model(batch["image"]),
+            "index": batch["index"],
+        }
+
+
+def load_for_prediction(path: str | Path) -> tuple[MultiLabelTask | ExportedTask, Preprocessing]:
+    """The task and eval preprocessing of a checkpoint, a run folder or an export directory."""
+    directory = Path(path).expanduser()
+    if (directory / CONFIG_FILE).is_file():
+        task = ExportedTask(directory)
+        p = task.model.config["preprocessing"]
+        return task, Preprocessing(int(p["image_size"]), tuple(p["mean"]), tuple(p["std"]))
+    return load_trained(directory)
+
+
 def choose_thresholds(
     task: MultiLabelTask,
     how: str,
@@ -299,10 +335,12 @@ def predict(
     if batch_size <= 0:
         raise ValueError(f"--batch_size must be positive, got {batch_size}")
     paths = list_images(images)
-    task, preprocessing = load_trained(ckpt_path)
+    task, preprocessing = load_for_prediction(ckpt_path)
     has_teacher = "_teacher" in task.evaluated_scores
     if scores == "teacher" and not has_teacher:
         raise ValueError(f"--scores teacher: {type(task).__name__} has no teacher")
+    if scores == "student" and "" not in task.evaluated_scores:
+        raise ValueError(f"--scores student: the export {ckpt_path} holds the teacher only")
     decide_by = "probs_teacher" if has_teacher and scores != "student" else "probs"
     thresholds = resolve_thresholds(task, thresholds)
     chosen = choose_thresholds(task, thresholds, decide_by, val_source, preprocessing, batch_size)

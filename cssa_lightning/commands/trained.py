@@ -7,6 +7,7 @@ Shared by ``cssa predict`` (:mod:`cssa_lightning.commands.predict`) and ``cssa e
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import torch
 from cssa_lightning.data.transforms import eval_transform
 from cssa_lightning.guards import first_line, unreadable_checkpoint
 from cssa_lightning.methods.multilabel import MultiLabelTask
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,16 +36,75 @@ class Preprocessing:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
 
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint ``path`` names: a ``.ckpt`` file, or a run folder (any folder a fit
+    wrote checkpoints under), whose best checkpoint is taken.
+
+    In a run folder, the best checkpoint is the one its ``ModelCheckpoint`` recorded as best
+    (in the newest checkpoint's callback state); without a monitored metric, ``last.ckpt``;
+    else the only checkpoint there is.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist, or the folder holds no checkpoint.
+        ValueError: The folder holds several checkpoints and none is marked best or last.
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    found = sorted(path.rglob("*.ckpt"), key=lambda p: (p.stat().st_mtime, str(p)))
+    if not found:
+        raise FileNotFoundError(f"{path} is a folder with no checkpoint (*.ckpt) under it")
+    best = _recorded_best(found[-1])
+    last = [p for p in found if p.name == "last.ckpt"]
+    if best is not None and best.is_file():
+        chosen, why = best, "the best"
+    elif len(last) == 1:
+        chosen, why = last[0], "the last"
+    elif len(found) == 1:
+        chosen, why = found[0], "the only"
+    else:
+        chosen = None
+    if chosen is not None:
+        log.info("run folder %s: %s checkpoint, %s", path, why, chosen)
+        return chosen
+    names = ", ".join(str(p.relative_to(path)) for p in found[:4])
+    raise ValueError(
+        f"{path} holds {len(found)} checkpoints and none is recorded as best or last "
+        f"({names}{', ...' if len(found) > 4 else ''}): pass one of them"
+    )
+
+
+def _recorded_best(checkpoint: Path) -> Path | None:
+    """The best checkpoint a ``ModelCheckpoint`` recorded in ``checkpoint``'s callback state."""
+    try:
+        stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when it is loaded
+        return None
+    callbacks = stored.get("callbacks", {}) if isinstance(stored, dict) else {}
+    for key, state in callbacks.items():
+        if str(key).startswith("ModelCheckpoint") and isinstance(state, dict):
+            best = state.get("best_model_path")
+            if best and state.get("monitor"):
+                best = Path(best)
+                # A run folder that was moved: the recorded file by name, beside this one.
+                return best if best.is_file() else checkpoint.parent / best.name
+    return None
+
+
 def load_trained(checkpoint: str | Path) -> tuple[MultiLabelTask, Preprocessing]:
     """Load a training checkpoint (any ``MultiLabelTask`` subclass) on the CPU, in eval mode.
+
+    Args:
+        checkpoint: A ``.ckpt`` file, or a run folder: its best checkpoint
+            (:func:`find_checkpoint`).
 
     Raises:
         FileNotFoundError: ``checkpoint`` does not exist.
         ValueError: It is not a checkpoint of this package's tasks.
     """
-    path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    path = find_checkpoint(checkpoint)
     try:
         # weights_only: a checkpoint from anywhere cannot run code on load. The package's
         # checkpoints hold only tensors and plain Python values (hyperparameters as dicts,
