@@ -327,6 +327,7 @@ def run_config(
                 {"class_path": "cssa_lightning.reporting.callbacks.FitSummary"},
                 {"class_path": "cssa_lightning.reporting.callbacks.EpochHistory"},
                 {"class_path": "cssa_lightning.reporting.callbacks.PerClassTestAP"},
+                {"class_path": "cssa_lightning.reporting.callbacks.ContextAgreement"},
                 *([_best_checkpoint(task, workdir)] if best else []),
             ],
         },
@@ -362,7 +363,12 @@ def run_one(
     import yaml
 
     from cssa_lightning.commands.cli import build_cli
-    from cssa_lightning.reporting.callbacks import EpochHistory, FitSummary, PerClassTestAP
+    from cssa_lightning.reporting.callbacks import (
+        ContextAgreement,
+        EpochHistory,
+        FitSummary,
+        PerClassTestAP,
+    )
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as workdir:
@@ -389,6 +395,7 @@ def run_one(
             fit_metrics = summary.metrics
         test = _floats(cli.trainer.callback_metrics)
         per_class_ap = _callback(cli.trainer, PerClassTestAP).per_class_ap
+        contexts_ari = _callback(cli.trainer, ContextAgreement).ari
     return make_row(
         protocol,
         method,
@@ -400,6 +407,7 @@ def run_one(
         train_seconds=None if summary is None else summary.train_seconds,
         threads=torch.get_num_threads(),
         per_class_ap=per_class_ap,
+        contexts_ari=contexts_ari,
     )
 
 
@@ -415,6 +423,7 @@ def make_row(
     train_seconds: float | None,
     threads: int,
     per_class_ap: dict[str, dict[str, float | None]] | None = None,
+    contexts_ari: float | None = None,
 ) -> dict[str, Any]:
     """The row of one run from its test metrics, fit metrics and per-epoch history (``None``
     for zero-shot, which trains nothing)."""
@@ -449,6 +458,8 @@ def make_row(
         "history": history,
         # Test AP of each class for the headline scores (teacher for mean-teacher methods).
         "test_AP_per_class": (per_class_ap or {}).get(suffix),
+        # Adjusted Rand index of CSSA's identified contexts against the world's true ones.
+        "contexts_ARI": None if contexts_ari is None else round(contexts_ari, 4),
     }
 
 

@@ -21,6 +21,7 @@ from cssa_lightning.synthetic.contexts import (
     CONTEXT_NAMES,
     CONTEXTS,
     NEUTRAL_STYLES,
+    contexts_of,
 )
 from cssa_lightning.synthetic.render import render_background, render_image
 from cssa_lightning.synthetic.shapes import CLASS_NAMES, CONFUSABLE_PAIRS
@@ -424,3 +425,50 @@ def test_world_datamodule_world_version(tmp_path: Path) -> None:
     )
     assert Path(data.val_source) == tmp_path / "v3-val-6-64-s0"
     assert Path(data.train_source) == tmp_path / "v3-train-12-64-s0"
+
+
+def test_true_class_contexts_are_each_class_s_most_frequent_context(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from cssa_lightning.reporting.callbacks import ContextAgreement
+    from cssa_lightning.synthetic import WorldDataModule
+
+    data = WorldDataModule(root=str(tmp_path), num_train=300, num_val=6, num_test=5)
+    truth = data.true_class_contexts()
+    assert len(truth) == len(data.class_names)
+    records = [
+        json.loads(line)
+        for line in (Path(data.train_source) / "metadata.jsonl").read_text().splitlines()
+    ]
+    for name, context in zip(data.class_names, truth, strict=True):
+        # Out-of-context objects do not count: of the class's own contexts, the most frequent.
+        counts = Counter(
+            r["context"]
+            for r in records
+            if name in r["labels"] and r["context"] in contexts_of(name)
+        )
+        if not counts:
+            assert context == "none"
+            continue
+        assert context in contexts_of(name)
+        assert counts[context] == max(counts.values())
+    assert truth.count("none") < len(truth) // 4
+    # The callback scores a task's contexts against them: 1 for the same grouping under
+    # other names, lower for another grouping, nothing for a task without contexts.
+    names = sorted(set(truth))
+    same = torch.tensor([names.index(c) * 7 + 3 for c in truth])
+    other = torch.tensor([i % 3 for i in range(len(truth))])
+    trainer = SimpleNamespace(datamodule=data, loggers=[], global_step=0)
+    for found, expected in ((same, 1.0), (other, None)):
+        task = SimpleNamespace(class_to_context=found, hparams={"use_context": True})
+        callback = ContextAgreement()
+        callback.on_train_start(trainer, task)
+        if expected is None:
+            assert callback.ari < 0.5
+        else:
+            assert callback.ari == pytest.approx(expected)
+    callback = ContextAgreement()
+    callback.on_train_start(trainer, SimpleNamespace(hparams={"use_context": False}))
+    assert callback.ari is None

@@ -132,6 +132,34 @@ def per_class_test_ap(pl_module: LightningModule) -> dict[str, list[float | None
     return per_class
 
 
+class ContextAgreement(Callback):
+    """How well the contexts a task identified agree with the true ones, when the data module
+    knows them (the synthetic world's ``true_class_contexts``: each class's most frequent
+    context).
+
+    At the start of training, once CSSA has clustered the labeled co-occurrence into
+    ``class_to_context``, it computes the adjusted Rand index of the two partitions of the
+    classes (1: the same grouping up to names; about 0: chance), keeps it as ``ari``, logs it
+    as ``contexts/ARI`` and in the run log. Tasks without contexts, and data without true
+    contexts, are left alone (``ari`` stays ``None``).
+    """
+
+    def __init__(self) -> None:
+        self.ari: float | None = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        truth = getattr(trainer.datamodule, "true_class_contexts", None)
+        found = getattr(pl_module, "class_to_context", None)
+        if truth is None or found is None or not pl_module.hparams.get("use_context", False):
+            return
+        from sklearn.metrics import adjusted_rand_score
+
+        self.ari = float(adjusted_rand_score(truth(), found.tolist()))
+        log.info("contexts: adjusted Rand index against the true contexts %.3f", self.ari)
+        for logger in trainer.loggers:
+            logger.log_metrics({"contexts/ARI": self.ari}, step=trainer.global_step)
+
+
 class RunReport(Callback):
     """Per-class tables and figures of a run: in W&B when a logger is a ``WandbLogger``, and as
     files (``report/data.json``, PNGs, ``report.md``) in the run folder for every logger.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 
 from cssa_lightning.data.datamodule import MultiLabelDataModule
+from cssa_lightning.synthetic.contexts import contexts_of
 from cssa_lightning.synthetic.world import WORLD_VERSION, VersionName, ensure_world
 
 
@@ -53,3 +56,25 @@ class WorldDataModule(MultiLabelDataModule):
             test_source=str(test),
             **kwargs,
         )
+
+    def true_class_contexts(self) -> list[str]:
+        """Each class's true context, in ``class_names`` order: of the contexts the world
+        draws the class from (:func:`~cssa_lightning.synthetic.contexts.contexts_of`), the one
+        of the most training images showing it (``"none"``: no training image shows it in
+        one of its contexts). Objects placed out of context do not count.
+
+        The world draws one context per image and most objects from it, so the contexts
+        CSSA identifies from label co-occurrence can be scored against these
+        (:class:`~cssa_lightning.reporting.callbacks.ContextAgreement`)."""
+        counts: dict[str, Counter] = {name: Counter() for name in self.class_names}
+        metadata = Path(self.train_source) / "metadata.jsonl"
+        with metadata.open(encoding="utf-8") as lines:
+            for line in lines:
+                record = json.loads(line)
+                for label in record["labels"]:
+                    if record["context"] in contexts_of(label):
+                        counts[label][record["context"]] += 1
+        return [
+            min(c.items(), key=lambda item: (-item[1], item[0]))[0] if c else "none"
+            for c in (counts[name] for name in self.class_names)
+        ]
