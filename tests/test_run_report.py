@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -92,6 +93,30 @@ def cssa_run(tmp_path_factory, image_folders, tiny_clip_dir) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def run_folder(cssa_run) -> Path:
+    """The run's own folder: ``<save_dir>/<project>/<W&B run id>``."""
+    return cssa_run.parent.parent / "cssa-tests" / cssa_run.name.rsplit("-", 1)[1]
+
+
+def test_one_folder_holds_the_run_s_checkpoints_config_log_report_and_wandb_files(
+    cssa_run, run_folder
+):
+    assert {p.name for p in run_folder.iterdir()} >= {
+        "checkpoints",
+        "cssa-config.yaml",
+        "cssa.log",
+        "report",
+        "wandb",
+    }
+    assert list((run_folder / "checkpoints").glob("*.ckpt"))
+    assert (run_folder / "wandb").is_symlink()
+    assert (run_folder / "wandb").resolve() == cssa_run.resolve()
+    assert (run_folder.parent / "latest-run").resolve() == run_folder.resolve()
+    # Links are relative: the folder can move with its outputs.
+    assert not Path(os.readlink(run_folder / "wandb")).is_absolute()
+
+
 def table(run: Path, value: dict) -> dict:
     assert value["_type"] == "table-file", value
     return json.loads((run / "files" / value["path"]).read_text())
@@ -156,15 +181,16 @@ def test_offline_wandb_run_holds_config_tables_images_and_summaries(cssa_run):
     assert summary["val/mAP"]["max"] == pytest.approx(max(logged["val/mAP"]))
     assert summary["test/mAP"] == pytest.approx(logged["test/mAP"][-1])
     # The run's own files: the config and the log.
-    saved = yaml.safe_load((cssa_run / "files" / "cssa-config.yaml").read_text())
+    folder = cssa_run.parent.parent / "cssa-tests" / cssa_run.name.rsplit("-", 1)[1]
+    saved = yaml.safe_load((folder / "cssa-config.yaml").read_text())
     assert saved["trainer"]["max_epochs"] == 2
-    text = (cssa_run / "files" / "cssa.log").read_text()
+    text = (folder / "cssa.log").read_text()
     assert "contexts from labeled co-occurrence" in text
     assert "calibrated class biases" in text
 
 
-def test_report_data_agrees_with_the_logged_metrics(cssa_run):
-    data = json.loads(find_data_file(cssa_run).read_text())
+def test_report_data_agrees_with_the_logged_metrics(run_folder):
+    data = json.loads(find_data_file(run_folder).read_text())
     assert data["class_names"] == CLASS_NAMES
     assert len(data["priors"]) == len(CLASS_NAMES) and all(0 <= p <= 1 for p in data["priors"])
     test = data["test"]
@@ -186,8 +212,8 @@ def test_report_data_agrees_with_the_logged_metrics(cssa_run):
     assert len(data["contexts"]["affinity"]) == len(CLASS_NAMES)
 
 
-def test_report_files_and_command(cssa_run, tmp_path, capsys):
-    folder = cssa_run / "files" / "report"
+def test_report_files_and_command(run_folder, tmp_path, capsys):
+    folder = run_folder / "report"
     for name in (
         "report.md",
         "test_ap.png",
@@ -199,7 +225,7 @@ def test_report_files_and_command(cssa_run, tmp_path, capsys):
         "examples_epoch1.png",
     ):
         assert (folder / name).is_file(), name
-    main(["report", str(cssa_run), "--output", str(tmp_path / "out")])
+    main(["report", str(run_folder), "--output", str(tmp_path / "out")])
     assert capsys.readouterr().out.strip() == str(tmp_path / "out" / "report.md")
     text = (tmp_path / "out" / "report.md").read_text()
     for name in CLASS_NAMES:

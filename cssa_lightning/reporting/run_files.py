@@ -1,7 +1,8 @@
 """What a run leaves on disk beside its logger: the full config, provenance and a log file.
 
-* :func:`run_directory`: the folder that belongs to one run and no other (the W&B run's files
-  folder, a versioned TensorBoard/CSV folder, or a fresh ``runs/<time>`` folder);
+* :func:`run_directory`: the folder that belongs to one run and no other, beside its
+  checkpoints (``<save_dir>/<project>/<run id>`` for W&B, a versioned TensorBoard/CSV folder,
+  or a fresh ``runs/<time>`` folder);
 * :class:`RunConfigCallback`: the ``SaveConfigCallback`` of the ``cssa`` command. It writes the
   complete parsed config to ``<run dir>/cssa-config.yaml`` (never over an existing file) and
   logs it, with the package version and git commit, as the run's hyper-parameters;
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -39,8 +41,14 @@ _run_dirs: weakref.WeakKeyDictionary[Trainer, Path] = weakref.WeakKeyDictionary(
 def run_directory(trainer: Trainer) -> Path:
     """The folder of this run only, created on first call (call it on global rank 0).
 
-    - with a :class:`~lightning.pytorch.loggers.WandbLogger`: the W&B run's ``files`` folder
-      (``<save_dir>/wandb/<run>/files``), which ``wandb sync`` uploads with the run;
+    It is where the run's checkpoints already go (Lightning's ``<save_dir>/<name>/<version>``
+    of the first logger), so that one folder holds the run's checkpoints, config, log and
+    report:
+
+    - with a :class:`~lightning.pytorch.loggers.WandbLogger`:
+      ``<save_dir>/<project>/<run id>``, with a ``wandb`` link to the W&B run's own folder
+      (``<save_dir>/wandb/<run>``, what ``wandb sync`` uploads), and a ``latest-run`` link
+      beside it naming the newest run;
     - else with a logger that versions its folder (TensorBoard, CSV): its ``log_dir``;
     - else ``<default_root_dir>/runs/<UTC time>`` (suffixed if two runs start in one second).
     """
@@ -48,7 +56,12 @@ def run_directory(trainer: Trainer) -> Path:
         return _run_dirs[trainer]
     logger = trainer.logger
     if isinstance(logger, WandbLogger):
-        folder = Path(logger.experiment.dir)
+        experiment = logger.experiment  # starts the W&B run: its id is the folder's name
+        root = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name)
+        folder = root / str(logger.version)
+        folder.mkdir(parents=True, exist_ok=True)
+        _link(folder / "wandb", Path(experiment.dir).parent)
+        _link(root / "latest-run", folder)
     elif logger is not None and getattr(logger, "version", None) is not None and logger.log_dir:
         # The logger's own folder, not ``trainer.log_dir``: that one is a broadcast, a
         # collective that the other ranks (which never call this) would not join.
@@ -59,6 +72,20 @@ def run_directory(trainer: Trainer) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     _run_dirs[trainer] = folder
     return folder
+
+
+def _link(link: Path, target: Path) -> None:
+    """Point ``link`` at ``target`` (a relative symbolic link, replaced if it exists); where
+    links cannot be made, a text file ``<link>.txt`` holds the target's path."""
+    relative = os.path.relpath(target.resolve(), link.parent.resolve())
+    temporary = link.with_name(f".{link.name}.{os.getpid()}")
+    try:
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(relative, target_is_directory=True)
+        os.replace(temporary, link)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        link.with_name(link.name + ".txt").write_text(str(target.resolve()) + "\n")
 
 
 def unused_path(path: Path) -> Path:
