@@ -621,6 +621,15 @@ def _mfu(step: dict[str, Any]) -> str:
     return "n/a (no peak for this device)" if step.get("mfu") is None else f"{step['mfu']:.1%}"
 
 
+def keep_soak_section(text: str, doc: Path) -> str:
+    """``text`` plus the soak section ``benchmarks/soak.py`` wrote into ``doc``, if any."""
+    begin, end = "<!-- soak:begin -->", "<!-- soak:end -->"
+    old = doc.read_text() if doc.exists() else ""
+    if begin not in old or end not in old:
+        return text
+    return text.rstrip() + "\n\n" + old[old.index(begin) : old.index(end) + len(end)] + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -699,7 +708,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results[key] = entry
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(results, indent=2) + "\n")
-        args.doc.write_text(render(results))
+        args.doc.write_text(keep_soak_section(render(results), args.doc))
 
     if "map" in args.parts:
         print("map ...", flush=True)
