@@ -64,7 +64,9 @@ def one_process(tmp_path_factory, image_folders, tiny_clip_dir) -> Path:
 
 HALF_BATCHES = (
     "--trainer.max_epochs=2",
-    "--trainer.strategy=ddp_find_unused_parameters_true",  # heads idle in warm-up
+    # Plain ddp: cssa fit runs CSSA, whose context head is idle in the warm-up, with
+    # ddp_find_unused_parameters_true (plain ddp would fail at the first step).
+    "--trainer.strategy=ddp",
     "--data.init_args.labeled_batch_size=2",
     "--data.init_args.unlabeled_batch_size=4",
 )
@@ -99,6 +101,10 @@ def test_two_processes_match_one_with_the_same_global_batch(
 ):
     two = fit(tmp_path / "two", image_folders, tiny_clip_dir, *HALF_BATCHES, "--trainer.devices=2")
     assert two.returncode == 0, two.stderr[-3000:]
+    assert (
+        "strategy ddp -> ddp_find_unused_parameters_true: net.context_head get no gradient"
+        in two.stderr + two.stdout
+    )
     assert_same_training(one_process, tmp_path / "two")
 
 

@@ -163,6 +163,17 @@ class CSSALightningCLI(LightningCLI):
                 )
 
     def instantiate_trainer(self, **kwargs):
+        config = self._get(self.config_init, "trainer", default={})
+        idle = getattr(self.model, "modules_idle_in_warmup", list)()
+        warmup = getattr(self.model, "hparams", {}).get("warmup_epochs", 0)
+        if config.get("strategy") == "ddp" and idle and warmup > 0 and "strategy" not in kwargs:
+            # Plain DDP fails at the first warm-up step in which these get no gradient.
+            log.info(
+                "strategy ddp -> ddp_find_unused_parameters_true: %s get no gradient in the "
+                "warm-up, which plain ddp rejects",
+                ", ".join(idle),
+            )
+            kwargs["strategy"] = "ddp_find_unused_parameters_true"
         trainer = super().instantiate_trainer(**kwargs)
         if not trainer.loggers:
             # A learning-rate monitor has nothing to log to without a logger (and Lightning

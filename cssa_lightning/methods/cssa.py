@@ -192,6 +192,10 @@ class CSSATask(MeanTeacherTask):
         # Data-dependent state, filled in on_fit_start and saved in checkpoints.
         self.register_buffer("class_to_context", torch.zeros(len(class_names), dtype=torch.long))
 
+    def modules_idle_in_warmup(self) -> list[str]:
+        # The context head is trained by the context terms only, which start after warm-up.
+        return ["net.context_head"] if self.net.context_head is not None else []
+
     def network_options(self) -> dict[str, Any]:
         hp = self.hparams
         return dict(

@@ -111,6 +111,10 @@ class D2LTask(MeanTeacherTask):
         copy.load_state_dict(head.state_dict())
         return copy
 
+    def modules_idle_in_warmup(self) -> list[str]:
+        # The pseudo-label heads learn from pseudo-labels only, after the warm-up.
+        return ["pseudo_heads"] if self.pseudo_heads is not None else []
+
     def network_options(self) -> dict[str, Any]:
         return {"local_branch": self.hparams.local_branch}
 

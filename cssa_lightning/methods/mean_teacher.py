@@ -160,6 +160,12 @@ class MeanTeacherTask(MultiLabelTask):
         return self.pseudo_labeller.thresholds
 
     # -- the loss table ----------------------------------------------------------------------
+    def modules_idle_in_warmup(self) -> list[str]:
+        """Submodules that no loss term reaches during the warm-up. Plain ``ddp`` rejects a
+        step in which a parameter gets no gradient, so ``cssa fit`` runs such a task with
+        ``ddp_find_unused_parameters_true`` instead."""
+        return []
+
     def check_loss_terms(self) -> None:
         """Refuse a table with a repeated name, a missing method or an unknown weight option.
 
