@@ -210,6 +210,9 @@ def test_report_data_agrees_with_the_logged_metrics(run_folder):
     assert len(data["learning_rates"]) >= 2
     assert any(n.startswith("alignment+") for n in data["learning_rates"][-1]["names"])
     assert len(data["contexts"]["affinity"]) == len(CLASS_NAMES)
+    # The after-fit test used the final weights: those of the last validated epoch.
+    assert data["test"]["epoch"] == 1
+    assert data["run"]["warmup_epochs"] == CSSA_ARGS["warmup_epochs"]
 
 
 def test_report_files_and_command(run_folder, tmp_path, capsys):
@@ -231,6 +234,9 @@ def test_report_files_and_command(run_folder, tmp_path, capsys):
     for name in CLASS_NAMES:
         assert f"| {name} | " in text
     assert "test/mAP_teacher" in text and "![Per-class test AP](test_ap.png)" in text
+    # Thresholds and pseudo-label quality of the tested epoch, which the curves mark too.
+    assert "Tested epoch (0-based): 1." in text
+    assert "Thresholds and pseudo-label quality of epoch 1." in text
     for image in ("test_ap.png", "contexts.png", "examples_epoch1.png"):
         assert (tmp_path / "out" / image).stat().st_size > 1000
 
@@ -266,3 +272,17 @@ def test_run_report_rejects_negative_options():
 
     with pytest.raises(ValueError, match="num_examples"):
         RunReport(num_examples=-1)
+
+
+def test_curves_mark_the_warmup_end_and_the_tested_epoch():
+    from cssa_lightning.reporting.report import figure_curves
+
+    validation = [{"epoch": e, "val/mAP": 40.0 + e} for e in range(4)]
+    epochs = [{"epoch": e, "pseudo/precision": 50.0} for e in range(4)]
+    figure = figure_curves(epochs, validation, warmup_epochs=2, tested_epoch=3)
+    for ax in figure.axes:
+        marks = {line.get_label(): line.get_xdata()[0] for line in ax.lines}
+        assert marks["warm-up end"] == 1.5  # between the last warm-up epoch and the next
+        assert marks["tested (epoch 3)"] == 3
+    unmarked = figure_curves(epochs, validation)
+    assert all(len(ax.lines) <= 2 for ax in unmarked.axes)

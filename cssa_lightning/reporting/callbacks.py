@@ -241,6 +241,7 @@ class RunReport(Callback):
         info = {
             "task": type(pl_module).__name__,
             "max_epochs": trainer.max_epochs,
+            "warmup_epochs": getattr(pl_module, "hparams", {}).get("warmup_epochs"),
             "labeled_ratio": hp.get("labeled_ratio"),
             "seed": os.environ.get("PL_GLOBAL_SEED"),
         }
@@ -472,6 +473,18 @@ class RunReport(Callback):
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._test_ap.update(per_class_test_ap(pl_module))
 
+    def _tested_epoch(self, trainer: Trainer) -> int | None:
+        """The 0-based epoch of the tested weights: the checkpoint's, else (the weights in
+        memory after fit) the last validated epoch."""
+        if trainer.ckpt_path:
+            try:
+                stored = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=True)
+                return int(stored["epoch"])
+            except Exception:  # noqa: BLE001 - a report without the epoch, not a failed test
+                return None
+        validation = self.data.get("validation") or []
+        return validation[-1]["epoch"] if validation else None
+
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         test_metrics = {
             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")
@@ -480,6 +493,7 @@ class RunReport(Callback):
             "metrics": test_metrics,
             "per_class_ap": self._test_ap,
             "checkpoint": trainer.ckpt_path,
+            "epoch": self._tested_epoch(trainer),
         }
         loggers = self.wandb_loggers(trainer) if trainer.is_global_zero else []
         if loggers and self._test_ap:

@@ -125,10 +125,23 @@ def figure_affinity(
     return fig
 
 
-def figure_curves(epochs: Sequence[dict[str, Any]], validation: Sequence[dict[str, Any]]) -> Figure:
-    """Validation mAP and pseudo-label precision / recall (all classes) per epoch."""
+def figure_curves(
+    epochs: Sequence[dict[str, Any]],
+    validation: Sequence[dict[str, Any]],
+    warmup_epochs: int | None = None,
+    tested_epoch: int | None = None,
+) -> Figure:
+    """Validation mAP and pseudo-label precision / recall (all classes) per epoch, with the
+    end of the warm-up (dotted) and the epoch whose weights were tested (dashed) marked."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
+    for ax in (left, right):
+        if warmup_epochs:
+            ax.axvline(warmup_epochs - 0.5, color="grey", linestyle=":", label="warm-up end")
+        if tested_epoch is not None:
+            ax.axvline(
+                tested_epoch, color="black", linestyle="--", label=f"tested (epoch {tested_epoch})"
+            )
     _plot_per_epoch(left, validation, ("val/mAP", "val/mAP_teacher"), "mAP (%)", "validation")
     _plot_per_epoch(
         right,
@@ -138,6 +151,14 @@ def figure_curves(epochs: Sequence[dict[str, Any]], validation: Sequence[dict[st
         "pseudo-labels vs hidden labels, all classes",
     )
     return fig
+
+
+def tested_epoch_record(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The per-epoch record (thresholds, pseudo-label quality) of the epoch whose weights the
+    test used, else of the last epoch that has thresholds."""
+    epochs = [e for e in data.get("epochs") or [] if e.get("thresholds")]
+    tested = (data.get("test") or {}).get("epoch")
+    return next((e for e in epochs if e["epoch"] == tested), epochs[-1] if epochs else None)
 
 
 def _plot_per_epoch(
@@ -270,9 +291,9 @@ def write_figures(data: dict[str, Any], out_dir: Path) -> dict[str, str]:
             figure_test_ap(names, priors, test["per_class_ap"]),
         )
     epochs = data.get("epochs") or []
-    last = next((e for e in reversed(epochs) if e.get("thresholds")), None)
+    last = tested_epoch_record(data)
     if last is not None:
-        figures["Pseudo-labels per class (last epoch)"] = (
+        figures[f"Pseudo-labels per class (epoch {last['epoch']})"] = (
             "pseudo_labels.png",
             figure_pseudo_labels(
                 names, priors, last["thresholds"], last["precision"], last["recall"], last["epoch"]
@@ -281,7 +302,12 @@ def write_figures(data: dict[str, Any], out_dir: Path) -> dict[str, str]:
     if epochs or data.get("validation"):
         figures["Validation and pseudo-label curves"] = (
             "curves.png",
-            figure_curves(epochs, data.get("validation") or []),
+            figure_curves(
+                epochs,
+                data.get("validation") or [],
+                (data.get("run") or {}).get("warmup_epochs"),
+                test.get("epoch"),
+            ),
         )
     contexts = data.get("contexts")
     if contexts:
@@ -311,7 +337,7 @@ def markdown(data: dict[str, Any], figures: dict[str, str]) -> str:
     names = data["class_names"]
     run = data.get("run") or {}
     lines = [f"# Run report: {run.get('name') or run.get('folder') or 'run'}", ""]
-    for key in ("folder", "task", "seed", "labeled_ratio", "max_epochs", "commit"):
+    for key in ("folder", "task", "seed", "labeled_ratio", "max_epochs", "warmup_epochs", "commit"):
         if run.get(key) is not None:
             lines.append(f"- {key.replace('_', ' ')}: `{run[key]}`")
     lines.append("")
@@ -325,6 +351,8 @@ def markdown(data: dict[str, Any], figures: dict[str, str]) -> str:
         lines += ["## Test", ""]
         if test.get("checkpoint"):
             lines += [f"Weights: `{test['checkpoint']}`", ""]
+        if test.get("epoch") is not None:
+            lines += [f"Tested epoch (0-based): {test['epoch']}.", ""]
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(test["metrics"].items())]
         lines.append("")
@@ -358,7 +386,7 @@ def _class_table(data: dict[str, Any]) -> list[str]:
         columns["context"] = contexts["class_to_context"]
     for suffix, values in ((data.get("test") or {}).get("per_class_ap") or {}).items():
         columns[f"test AP {SCORE_LABELS.get(suffix, suffix)}"] = values
-    last = next((e for e in reversed(data.get("epochs") or []) if e.get("thresholds")), None)
+    last = tested_epoch_record(data)
     if last is not None:
         columns["threshold"] = last["thresholds"]
         columns["pseudo precision"] = last["precision"]
