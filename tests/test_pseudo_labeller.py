@@ -384,3 +384,71 @@ def test_thresholds_from_a_masked_memory_equal_those_from_the_seen_rows():
     assert not labeller.refresh(priors)
     torch.testing.assert_close(labeller.thresholds, before)
     assert labeller.ready
+
+
+# -- a memory of the latest rows (score_memory) -------------------------------------------------
+def test_a_ring_memory_holds_the_latest_rows_and_resumes_where_it_left():
+    torch.manual_seed(0)
+    steps = [torch.rand(3, 2) for _ in range(5)]  # a pool of 15 images, a ring of 4 rows
+    ring = PseudoLabeller(2, memory_size=4)
+    ring.allocate(15)
+    assert ring.scores.shape == (4, 2)
+    for step, probs in enumerate(steps):
+        ring.record(torch.arange(3 * step, 3 * step + 3), probs)
+        if step == 2:  # a checkpoint mid-run, restored into a fresh labeller
+            state = {k: v.clone() for k, v in ring.state_dict().items()}
+            resumed = PseudoLabeller(2, memory_size=4)
+            resumed.load_state_dict(state)
+            resumed.allocate(15)  # a restored memory of that size is kept
+    for probs in steps[3:]:
+        resumed.record(torch.zeros(3, dtype=torch.long), probs)
+    latest = torch.cat(steps)[-4:]
+    for labeller in (ring, resumed):
+        assert labeller.seen.all() and int(labeller.cursor) == 15 % 4
+        # The rows are the four latest, whatever their place in the ring.
+        held = sorted(map(tuple, labeller.scores.tolist()))
+        assert held == sorted(map(tuple, latest.tolist()))
+        priors = torch.tensor([0.25, 0.5])
+        labeller.refresh(priors)
+        torch.testing.assert_close(labeller.thresholds, cat_thresholds(latest, priors))
+    torch.testing.assert_close(resumed.scores, ring.scores)
+    # More rows in one record than the ring holds: the latest ones.
+    ring.record(torch.arange(6), torch.arange(12.0).reshape(6, 2))
+    assert sorted(ring.scores[:, 0].tolist()) == [4.0, 6.0, 8.0, 10.0]
+    assert len(ring.last_rows) == 4
+    with pytest.raises(RuntimeError, match="no row per image"):
+        ring.recorded(torch.tensor([0]))
+    with pytest.raises(ValueError, match="memory_size must be None"):
+        PseudoLabeller(2, refresh="pass", memory_size=4)
+
+
+def test_a_fit_with_a_ring_smaller_than_the_pool(image_folders, tiny_clip_dir):
+    from cssa_lightning.methods.mean_teacher import MeanTeacherTask
+
+    torch.manual_seed(0)
+    data = make_datamodule(image_folders)
+    model = MeanTeacherTask(
+        data.class_names,
+        clip_checkpoint=str(tiny_clip_dir),
+        warmup_epochs=1,
+        rampup_epochs=0.5,
+        score_memory=5,
+        threshold_refresh="step",
+    )
+    trainer = quiet_trainer(max_epochs=2, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    pool = len(data.unlabeled_indices)
+    assert pool > 2 * 5  # several times the ring
+    labeller = model.pseudo_labeller
+    assert labeller.scores.shape == (5, len(CLASS_NAMES)) and labeller.seen.all()
+    assert torch.isfinite(labeller.thresholds).any()
+    metrics = trainer.callback_metrics
+    for key in ("pseudo/precision", "pseudo/precision@50", "train/loss_cons"):
+        assert torch.isfinite(metrics[key]), key
+    with pytest.raises(ValueError, match="score_memory keeps the latest rows only"):
+        MeanTeacherTask(
+            data.class_names,
+            clip_checkpoint=str(tiny_clip_dir),
+            score_memory=5,
+            threshold_refresh="pass",
+        )

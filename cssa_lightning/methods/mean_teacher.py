@@ -88,6 +88,11 @@ class MeanTeacherTask(MultiLabelTask):
             distance of the threshold (0 keeps all): the entries most likely to be wrong.
         negative_keep: Fraction of each class's pseudo-negatives used, lowest scores first
             (CAP: 0.998 drops the negatives just under the threshold); 1 uses all.
+        score_memory: ``None``: the pseudo-labeller remembers the latest teacher score of
+            every unlabeled image (``N x C`` floats on every process). A number ``W``: the ``W``
+            latest score rows only, so that the memory (and the CAT thresholds' data) does not
+            grow with the unlabeled pool; not with ``threshold_refresh="pass"`` or
+            ``pseudo_label_scores="pass"``, which need every image's row.
         ema_decay: Decay of the teacher's exponential moving average: closer to 1, a slower
             and smoother teacher.
         **kwargs: Options of :class:`~cssa_lightning.methods.multilabel.MultiLabelTask`.
@@ -126,6 +131,7 @@ class MeanTeacherTask(MultiLabelTask):
         pseudo_label_scores: Literal["step", "pass"] = "step",
         reliability_margin: float = 0.0,
         negative_keep: float = 1.0,
+        score_memory: int | None = None,
         ema_decay: float = 0.999,
         **kwargs: Any,
     ):
@@ -135,6 +141,11 @@ class MeanTeacherTask(MultiLabelTask):
             )
         if pseudo_label_scores == "pass" and threshold_refresh != "pass":
             raise ValueError("pseudo_label_scores='pass' needs threshold_refresh='pass'")
+        if score_memory is not None and threshold_refresh == "pass":
+            raise ValueError(
+                "score_memory keeps the latest rows only: threshold_refresh='pass' and "
+                "pseudo_label_scores='pass' need a row per unlabeled image (score_memory=None)"
+            )
         super().__init__(class_names, **kwargs)
         self.check_loss_terms()
         num_classes = len(class_names)
@@ -150,6 +161,7 @@ class MeanTeacherTask(MultiLabelTask):
             fbeta=fbeta,
             reliability_margin=reliability_margin,
             negative_keep=negative_keep,
+            memory_size=score_memory,
         )
         # Data-dependent state, filled in on_fit_start and saved in checkpoints.
         self.register_buffer("class_priors", torch.zeros(num_classes))

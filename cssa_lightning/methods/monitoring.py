@@ -81,9 +81,19 @@ class PseudoLabelMonitor(Callback):
         if trainer.world_size > 1:  # every process keeps every process's hidden labels
             index = pl_module.all_gather(index).reshape(-1)
             target = pl_module.all_gather(target).reshape(-1, target.shape[-1])
-        if self._hidden is not None:
-            self._hidden = self._hidden.to(target.device)
-            self._hidden[index] = target
+        labeller = _labeller(pl_module)
+        if self._hidden is None or labeller is None:
+            return
+        rows = index
+        if labeller.memory_size is not None:
+            # A ring of the latest rows: the rows this step's record wrote (the latest ones
+            # when more arrived than it holds), so hidden labels and scores stay aligned.
+            rows = labeller.last_rows
+            target = target[-len(rows) :]
+        if self._hidden.shape != labeller.scores.shape:
+            self._hidden = torch.zeros_like(labeller.scores)
+        self._hidden = self._hidden.to(target.device)
+        self._hidden[rows] = target
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Before the task's own on_train_epoch_end (Lightning's order): the score memory is the

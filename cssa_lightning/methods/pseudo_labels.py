@@ -169,6 +169,11 @@ class PseudoLabeller(nn.Module):
             threshold (0 keeps all).
         negative_keep: Fraction of each class's pseudo-negatives the mask keeps, lowest scores
             first (CAP: 0.998 drops the negatives just under the threshold); 1 keeps all.
+        memory_size: ``None``: the memory holds the latest teacher score of every unlabeled
+            image (``N x C`` floats on every process). A number ``W``: it holds the ``W``
+            latest recorded score rows, whatever the pool's size (a ring; thresholds then come
+            from the most recent ``W`` unlabeled images), for pools too large to keep a row
+            per image. Not with ``refresh="pass"``, which needs every image's row.
     """
 
     def __init__(
@@ -180,10 +185,19 @@ class PseudoLabeller(nn.Module):
         fbeta: float = 1.0,
         reliability_margin: float = 0.0,
         negative_keep: float = 1.0,
+        memory_size: int | None = None,
     ):
         super().__init__()
         if not 0.0 < negative_keep <= 1.0:
             raise ValueError(f"negative_keep must be in (0, 1], got {negative_keep}")
+        if memory_size is not None and memory_size < 1:
+            raise ValueError(
+                f"memory_size must be a positive number of rows or None, got {memory_size}"
+            )
+        if memory_size is not None and refresh == "pass":
+            raise ValueError(
+                "refresh='pass' keeps a row per unlabeled image: memory_size must be None"
+            )
         if rule == "fbeta" and refresh == "pass":
             raise ValueError("rule='fbeta' uses labeled scores: refresh='pass' does not apply")
         self.num_classes = num_classes
@@ -193,6 +207,7 @@ class PseudoLabeller(nn.Module):
         self.fbeta = fbeta
         self.reliability_margin = reliability_margin
         self.negative_keep = negative_keep
+        self.memory_size = memory_size
         self.register_buffer("thresholds", torch.full((num_classes,), float("inf")))
         self.register_buffer("negative_cuts", torch.full((num_classes,), float("inf")))
         self.register_buffer("ready", torch.tensor(False))
@@ -200,6 +215,10 @@ class PseudoLabeller(nn.Module):
         # ``allocate`` (or by a checkpoint) since the unlabeled count is known only from data.
         self.register_buffer("scores", torch.zeros(0, num_classes))
         self.register_buffer("seen", torch.zeros(0, dtype=torch.bool))
+        # The ring's next row (memory_size only), saved so a resumed run writes where it left.
+        self.register_buffer("cursor", torch.tensor(0, dtype=torch.long))
+        # The memory rows the last ``record`` wrote (every process's, in gather order).
+        self.last_rows: Tensor | None = None
         self._labeled: list[tuple[Tensor, Tensor]] = []  # (scores, targets) for F-beta
         self.provisional = True  # until the first refresh at an epoch boundary
 
@@ -211,11 +230,14 @@ class PseudoLabeller(nn.Module):
 
     # -- memory ------------------------------------------------------------------------------
     def allocate(self, num_unlabeled: int) -> None:
-        """Size the score memory; a memory of that size (e.g. restored) is kept as it is."""
-        if self.scores.shape[0] != num_unlabeled:
+        """Size the score memory (``memory_size`` rows, else one per unlabeled image); a memory
+        of that size (e.g. restored) is kept as it is."""
+        rows = self.memory_size or num_unlabeled
+        if self.scores.shape[0] != rows:
             device = self.thresholds.device
-            self.scores = torch.zeros(num_unlabeled, self.num_classes, device=device)
-            self.seen = torch.zeros(num_unlabeled, dtype=torch.bool, device=device)
+            self.scores = torch.zeros(rows, self.num_classes, device=device)
+            self.seen = torch.zeros(rows, dtype=torch.bool, device=device)
+            self.cursor.zero_()
         self.provisional = not bool(self.ready)
 
     def record(self, index: Tensor, probs: Tensor, gather: Gather | None = None) -> None:
@@ -229,8 +251,15 @@ class PseudoLabeller(nn.Module):
         if gather is not None:
             index = gather(index).reshape(-1)
             probs = gather(probs).reshape(-1, self.num_classes)
-        self.scores[index] = probs
-        self.seen[index] = True
+        if self.memory_size is None:
+            rows = index
+        else:  # the ring: the next rows after the cursor, the latest W if more arrive
+            probs = probs[-self.memory_size :]
+            rows = (self.cursor + torch.arange(len(probs), device=probs.device)) % self.memory_size
+            self.cursor.copy_((self.cursor + len(probs)) % self.memory_size)
+        self.scores[rows] = probs
+        self.seen[rows] = True
+        self.last_rows = rows
 
     def record_labeled(self, probs: Tensor, targets: Tensor, gather: Gather | None = None) -> None:
         """Remember labeled teacher scores (only ``rule="fbeta"`` uses them); ``gather`` as in
@@ -243,10 +272,15 @@ class PseudoLabeller(nn.Module):
             self._labeled.append((probs, targets))
 
     def recorded(self, index: Tensor) -> Tensor:
-        """The remembered probabilities of the unlabeled images at ``index``."""
+        """The remembered probabilities of the unlabeled images at ``index`` (a memory with a
+        row per image only)."""
+        if self.memory_size is not None:
+            raise RuntimeError("a memory of the latest rows (memory_size) has no row per image")
         return self.scores[index]
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Checkpoints from before the ring have no cursor: the memory they hold is per image.
+        state_dict.setdefault(prefix + "cursor", torch.zeros_like(self.cursor))
         # The memory's size comes from the data: take the stored one instead of failing.
         for name in ("scores", "seen"):
             stored = state_dict.get(prefix + name)
