@@ -133,6 +133,8 @@ def test_offline_wandb_run_holds_config_tables_images_and_summaries(cssa_run):
     assert config["data"]["init_args"]["labeled_ratio"] == 0.25
     assert config["cssa_lightning"]["version"]
     assert config["test_after_fit"] is True
+    # Once: no flat copy of the model's and data's options beside their sections.
+    assert not {"num_contexts", "lr", "class_names", "labeled_ratio"} & set(config)
 
     logged: dict[str, list] = {}
     for row in run["history"]:

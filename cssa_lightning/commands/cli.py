@@ -204,6 +204,9 @@ def build_cli(args: ArgsType = None, run: bool = True) -> CSSALightningCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=RunConfigCallback,
+        # RunConfigCallback logs the whole config (model and data options under their
+        # sections): Lightning's own copy of the model's options would repeat them flat.
+        trainer_defaults={"enable_autolog_hparams": False},
         args=args,
         run=run,
     )
