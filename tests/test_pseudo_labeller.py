@@ -452,3 +452,23 @@ def test_a_fit_with_a_ring_smaller_than_the_pool(image_folders, tiny_clip_dir):
             score_memory=5,
             threshold_refresh="pass",
         )
+
+
+def test_the_test_after_fit_attaches_the_task_callbacks_once_and_quietly(
+    image_folders, tiny_clip_dir, caplog
+):
+    import logging
+
+    from cssa_lightning.methods.mean_teacher import MeanTeacherTask
+    from cssa_lightning.methods.monitoring import PseudoLabelMonitor
+
+    data = make_datamodule(image_folders)
+    model = MeanTeacherTask(data.class_names, clip_checkpoint=str(tiny_clip_dir), warmup_epochs=1)
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0, limit_test_batches=1)
+    with caplog.at_level(logging.INFO):
+        trainer.fit(model, datamodule=data)
+        monitor = next(c for c in trainer.callbacks if isinstance(c, PseudoLabelMonitor))
+        trainer.test(model, datamodule=data, verbose=False)
+    assert "will override existing callbacks" not in caplog.text
+    monitors = [c for c in trainer.callbacks if isinstance(c, PseudoLabelMonitor)]
+    assert monitors == [monitor]  # the fit's own, kept

@@ -301,10 +301,10 @@ class MeanTeacherTask(MultiLabelTask):
         num_unlabeled = len(datamodule.unlabeled_indices)
         self.pseudo_labeller.allocate(num_unlabeled)  # a restored memory is kept
 
-    def configure_callbacks(self) -> list[Callback]:
+    def task_callbacks(self) -> list[Callback]:
         """The guards, and the pseudo-label quality against the hidden labels
         (:class:`~cssa_lightning.methods.monitoring.PseudoLabelMonitor`, monitoring only)."""
-        return [*super().configure_callbacks(), PseudoLabelMonitor()]
+        return [*super().task_callbacks(), PseudoLabelMonitor()]
 
     def learn_label_statistics(self, labeled: Tensor) -> None:
         """What the task takes from the labeled split's ``(N, C)`` labels when a fit starts:

@@ -238,6 +238,14 @@ class MultiLabelTask(LightningModule):
 
     # -- training ----------------------------------------------------------------------------
     def configure_callbacks(self) -> list[Callback]:
+        """The task's own callbacks (:meth:`task_callbacks`), each once: a later stage with the
+        same trainer (the test after fit) keeps those already attached, so that Lightning has
+        nothing to override and says nothing."""
+        trainer = self._trainer
+        attached = {type(c) for c in trainer.callbacks} if trainer is not None else set()
+        return [c for c in self.task_callbacks() if type(c) not in attached]
+
+    def task_callbacks(self) -> list[Callback]:
         """What every fit needs: the guards (:mod:`cssa_lightning.guards`) and the global random
         state in checkpoints (:mod:`cssa_lightning.data.resume`)."""
         return [
