@@ -27,18 +27,25 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 from PIL import Image, UnidentifiedImageError
 
-from cssa_lightning.data.records import read_source
+if TYPE_CHECKING:  # datasets loads when images are prepared: `cssa prepare --help` stays fast
+    import datasets
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # bump when the stored bytes would change for the same options
 DATA_FILE = "images.arrow"
 INFO_FILE = "info.json"
-FEATURES = datasets.Features({"image": datasets.Image(decode=False)})
+
+
+def _features() -> datasets.Features:
+    """The cache's one column: image bytes (and path), not decoded."""
+    import datasets
+
+    return datasets.Features({"image": datasets.Image(decode=False)})
 
 
 def prepare_image(path: str, size: int, quality: int = 95) -> bytes:
@@ -106,6 +113,8 @@ def prepare_images(
     Returns:
         A memory-mapped dataset with one ``image`` column (``{"bytes", "path"}``).
     """
+    import datasets
+
     if size <= 0:
         raise ValueError(f"image cache size must be positive, got {size}")
     paths = [str(p) for p in paths]
@@ -118,14 +127,14 @@ def prepare_images(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     source = datasets.Dataset.from_dict(
-        {"image": [{"path": p, "bytes": None} for p in paths]}, features=FEATURES
+        {"image": [{"path": p, "bytes": None} for p in paths]}, features=_features()
     )
     source.map(
         _prepare_batch,
         fn_kwargs={"size": size, "quality": quality},
         batched=True,
         batch_size=64,
-        features=FEATURES,
+        features=_features(),
         num_proc=num_proc if num_proc and num_proc > 1 else None,
         cache_file_name=str(partial / DATA_FILE),
         desc=f"Preparing {len(paths)} images (shorter side {size})",
@@ -146,6 +155,8 @@ def prepare_images(
 
 
 def _load(entry: Path) -> datasets.Dataset:
+    import datasets
+
     info = json.loads((entry / INFO_FILE).read_text())
     shards = [datasets.Dataset.from_file(str(entry / name)) for name in info["files"]]
     return shards[0] if len(shards) == 1 else datasets.concatenate_datasets(shards)
@@ -159,6 +170,8 @@ def with_prepared_images(
     num_proc: int | None = None,
 ) -> datasets.Dataset:
     """A record table whose ``image`` cells hold the prepared bytes; ``target`` is unchanged."""
+    import datasets
+
     paths = [cell["path"] for cell in table["image"]]
     images = prepare_images(paths, cache_dir, size, quality, num_proc)
     return datasets.concatenate_datasets([images, table.remove_columns("image")], axis=1)
@@ -172,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num_proc", type=int, default=1, help="preparing processes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from cssa_lightning.data.records import read_source
+
     try:
         for source in args.sources:
             paths = [str(record.path) for record in read_source(source)]

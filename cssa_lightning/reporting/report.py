@@ -21,12 +21,14 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from PIL import Image
+
+if TYPE_CHECKING:  # matplotlib loads when a figure is drawn: `cssa report --help` stays fast
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 REPORT_DIR = "report"
 DATA_FILE = "data.json"
@@ -35,6 +37,12 @@ SCORE_LABELS = {"": "student", "_teacher": "teacher"}
 
 
 # -- figures (pure: data in, matplotlib Figure out) ---------------------------------------------
+def _figure(**kwargs: Any) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
 def _order_by(values: Sequence[float | None]) -> np.ndarray:
     return np.argsort([-(v if v is not None else -math.inf) for v in values], kind="stable")
 
@@ -52,7 +60,7 @@ def figure_test_ap(
     order = _order_by(priors)
     names = [class_names[i] for i in order]
     y = np.arange(len(names))
-    fig = Figure(figsize=(8, 1.5 + 0.2 * len(names)), layout="constrained")
+    fig = _figure(figsize=(8, 1.5 + 0.2 * len(names)), layout="constrained")
     ax = fig.add_subplot()
     height = 0.8 / max(len(ap), 1)
     for k, (suffix, values) in enumerate(ap.items()):
@@ -81,7 +89,7 @@ def figure_pseudo_labels(
     epoch: int,
 ) -> Figure:
     """Thresholds against priors, and per-class pseudo-label precision / recall of one epoch."""
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    fig = _figure(figsize=(12, 4.5), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=(1, 2))
     t = _array(thresholds)
     left.scatter(priors, t, s=12)
@@ -111,7 +119,7 @@ def figure_affinity(
     matrix = np.asarray(affinity, dtype=float)[np.ix_(order, order)]
     names = [f"{class_names[i]} ({class_to_context[i]})" for i in order]
     side = 3 + 0.16 * len(names)
-    fig = Figure(figsize=(side + 1, side), layout="constrained")
+    fig = _figure(figsize=(side + 1, side), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="viridis")
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
@@ -133,7 +141,7 @@ def figure_curves(
 ) -> Figure:
     """Validation mAP and pseudo-label precision / recall (all classes) per epoch, with the
     end of the warm-up (dotted) and the epoch whose weights were tested (dashed) marked."""
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = _figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
     for ax in (left, right):
         if warmup_epochs:
@@ -178,7 +186,7 @@ def _plot_per_epoch(
 
 def figure_learning_rates(learning_rates: Sequence[dict[str, Any]]) -> Figure:
     """Learning rate of each optimizer parameter group against the step."""
-    fig = Figure(figsize=(7, 3.5), layout="constrained")
+    fig = _figure(figsize=(7, 3.5), layout="constrained")
     ax = fig.add_subplot()
     if learning_rates:
         steps = [r["step"] for r in learning_rates]
@@ -204,7 +212,7 @@ def figure_examples(
 ) -> Figure:
     """Unlabeled images (weak and strong view) with teacher pseudo-labels vs hidden labels."""
     n = len(weak)
-    fig = Figure(figsize=(2.2 * n, 5.6), layout="constrained")
+    fig = _figure(figsize=(2.2 * n, 5.6), layout="constrained")
     axes = fig.subplots(2, n, squeeze=False)
     for i in range(n):
         for row, view in enumerate((weak, strong)):
