@@ -63,8 +63,10 @@ def test_predict_folder_writes_csv_and_jsonl(tmp_path, bare_images, trained_cssa
     skipped = list(csv.DictReader((out / "skipped.csv").open()))
     assert [s["path"] for s in skipped] == [str(bare_images / "broken.png")]
     assert "cannot read image" in skipped[0]["error"]
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "1 unreadable images skipped" in printed and "thresholds: trained" in printed
+    assert "Tip:" not in printed + captured.err  # no product advertisement
     # Probabilities of the student and the teacher, equal to the model's on the same images.
     paths = [bare_images / "sub" / p.name for p in sorted((bare_images / "sub").iterdir())]
     assert [line["path"] for line in lines] == [str(p) for p in paths]

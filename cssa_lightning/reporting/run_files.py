@@ -247,6 +247,12 @@ def configure_logging(level: int = logging.INFO) -> None:
         logger.addHandler(console)
     if _buffer not in logger.handlers:
         logger.addHandler(_buffer)
+    quiet_advertisements()
+
+
+def quiet_advertisements() -> None:
+    """Drop Lightning's product tips from its console messages (every ``cssa`` command that
+    builds a Trainer: fit and the others, predict)."""
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if _no_advertisements not in rank_zero.filters:
         rank_zero.addFilter(_no_advertisements)
