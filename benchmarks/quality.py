@@ -188,7 +188,9 @@ CSSA = "cssa_lightning.CSSATask"
 MEAN_TEACHER = "cssa_lightning.MeanTeacherTask"
 MULTILABEL = "cssa_lightning.MultiLabelTask"
 D2L = "cssa_lightning.D2LTask"
-MEAN_TEACHER_TASKS = (MEAN_TEACHER, CSSA, D2L)
+# A diagnostic (benchmarks/oracle.py, importable beside this script): CAP on hidden labels.
+HIDDEN_LABELS_CAP = "oracle.HiddenLabelsCAP"
+MEAN_TEACHER_TASKS = (MEAN_TEACHER, CSSA, D2L, HIDDEN_LABELS_CAP)
 # D2L's own schedule choices (configs/d2l.yaml): teacher and learning-rate schedule restarted
 # after the warm-up, no ramp, unlabeled images weighed per image.
 D2L_OPTIONS = {
@@ -225,6 +227,8 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "CSSA w/o context": (CSSA, {"use_context": False}, {}),
     "CSSA w/o consistency": (CSSA, {"use_consistency": False}, {}),
     NOISE_METHOD: (MEAN_TEACHER, {}, {}),
+    # Not a method: CAP with the hidden labels as pseudo-labels, its ceiling under this protocol.
+    "CAP, hidden labels as pseudo-labels (oracle)": (HIDDEN_LABELS_CAP, {}, {}),
 }
 UNTRAINED = {"zero-shot"}
 # No EMA teacher: the headline ("teacher") value of these is the model's own (the student's).

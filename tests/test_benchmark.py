@@ -676,3 +676,20 @@ def test_ablation_without_label_specific_features_switches_the_alignment_off_too
     new = {"method": "CSSA w/o label-specific", "method_options": {"label_specific": False}}
     path.write_text(json.dumps({"rows": [new]}))
     assert quality.load_results(path)[1][0]["method"] == "CSSA w/o label-specific"
+
+
+def test_the_oracle_row_trains_cap_on_the_hidden_labels(tiny_clip_dir):
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "oracle.py"
+    spec = importlib.util.spec_from_file_location("oracle", path)
+    oracle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(oracle)
+    assert quality.METHODS["CAP, hidden labels as pseudo-labels (oracle)"][0] == (
+        "oracle.HiddenLabelsCAP"
+    )
+    task = oracle.HiddenLabelsCAP(["a", "b"], clip_checkpoint=str(tiny_clip_dir))
+    probs = torch.tensor([[0.1, 0.9], [0.8, 0.2]])
+    task._hidden = torch.tensor([[1, 0], [0, 1]])
+    pseudo = task.pseudo_labels(probs)
+    assert pseudo.labels.tolist() == [[1.0, 0.0], [0.0, 1.0]] and bool(pseudo.mask.all())
+    task._hidden = None  # a labeled-only batch: CAP's own rule
+    torch.testing.assert_close(task.pseudo_labels(probs).labels, task.pseudo_labeller(probs).labels)
