@@ -229,6 +229,9 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     NOISE_METHOD: (MEAN_TEACHER, {}, {}),
     # Not a method: CAP with the hidden labels as pseudo-labels, its ceiling under this protocol.
     "CAP, hidden labels as pseudo-labels (oracle)": (HIDDEN_LABELS_CAP, {}, {}),
+    # The same with 20 % / 45 % of the hidden labels wrong (precision ≈ recall ≈ 80 % / 55 %).
+    "CAP, hidden labels 80 % right (oracle)": (HIDDEN_LABELS_CAP, {"wrong_fraction": 0.2}, {}),
+    "CAP, hidden labels 55 % right (oracle)": (HIDDEN_LABELS_CAP, {"wrong_fraction": 0.45}, {}),
 }
 UNTRAINED = {"zero-shot"}
 # No EMA teacher: the headline ("teacher") value of these is the model's own (the student's).

@@ -691,5 +691,11 @@ def test_the_oracle_row_trains_cap_on_the_hidden_labels(tiny_clip_dir):
     task._hidden = torch.tensor([[1, 0], [0, 1]])
     pseudo = task.pseudo_labels(probs)
     assert pseudo.labels.tolist() == [[1.0, 0.0], [0.0, 1.0]] and bool(pseudo.mask.all())
+    # With errors: precision and recall both near 1 - wrong_fraction.
+    hidden = (torch.rand(4000, 6, generator=torch.Generator().manual_seed(0)) < 0.1).float()
+    noisy = oracle.with_errors(hidden, 0.45, seed=3)
+    hits = (noisy * hidden).sum()
+    assert abs(hits / noisy.sum() - 0.55) < 0.03 and abs(hits / hidden.sum() - 0.55) < 0.03
+    torch.testing.assert_close(noisy, oracle.with_errors(hidden, 0.45, seed=3))  # seeded
     task._hidden = None  # a labeled-only batch: CAP's own rule
     torch.testing.assert_close(task.pseudo_labels(probs).labels, task.pseudo_labeller(probs).labels)
