@@ -88,10 +88,6 @@ def main(args: Sequence[str] | dict[str, Any] | None = None) -> None:
 
             getattr(parsers, LIGHT_PARSERS[argv[0]])().parse_args(argv[1:])
         module = importlib.import_module(OWN_MODULES[argv[0]])
-        if argv[0] == "predict":  # the one own command that runs a Lightning Trainer
-            from cssa_lightning.reporting.run_files import quiet_advertisements
-
-            quiet_advertisements()
         return _run(lambda: module.main(argv[1:]))
     if args is None:
         # LightningCLI warns when given args while sys.argv has some: hand it sys.argv.

@@ -34,6 +34,7 @@ from cssa_lightning.commands.parsers import predict_parser
 from cssa_lightning.commands.trained import Preprocessing, load_trained
 from cssa_lightning.data.records import build_record_table, load_image, read_source
 from cssa_lightning.methods.multilabel import MultiLabelTask
+from cssa_lightning.reporting.run_files import quiet_advertisements
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +220,7 @@ def load_for_prediction(path: str | Path) -> tuple[MultiLabelTask | ExportedTask
     directory = Path(path).expanduser()
     if (directory / CONFIG_FILE).is_file():
         task = ExportedTask(directory)
-        p = task.model.config["preprocessing"]
-        return task, Preprocessing(int(p["image_size"]), tuple(p["mean"]), tuple(p["std"]))
+        return task, Preprocessing.from_dict(task.model.config["preprocessing"])
     return load_trained(directory)
 
 
@@ -377,6 +377,7 @@ def predict(
 def main(args: Sequence[str] | None = None) -> None:
     """``cssa predict`` with command-line ``args``."""
     options = predict_parser().parse_args(args)
+    quiet_advertisements()  # its Trainer would print Lightning's product tips
     predict(
         options.ckpt_path,
         options.images,

@@ -35,6 +35,11 @@ class Preprocessing:
     def to_dict(self) -> dict:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
+    @classmethod
+    def from_dict(cls, stored: dict) -> Preprocessing:
+        """The inverse of :meth:`to_dict` (a checkpoint's or an export's ``preprocessing``)."""
+        return cls(int(stored["image_size"]), tuple(stored["mean"]), tuple(stored["std"]))
+
 
 def find_checkpoint(path: str | Path) -> Path:
     """The checkpoint ``path`` names: a ``.ckpt`` file, or a run folder (any folder a fit
@@ -79,7 +84,8 @@ def find_checkpoint(path: str | Path) -> Path:
 def _recorded_best(checkpoint: Path) -> Path | None:
     """The best checkpoint a ``ModelCheckpoint`` recorded in ``checkpoint``'s callback state."""
     try:
-        stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        # Memory-mapped: only the callback state is read, not the weights.
+        stored = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - an unreadable file is reported when it is loaded
         return None
     callbacks = stored.get("callbacks", {}) if isinstance(stored, dict) else {}
@@ -137,14 +143,11 @@ def _task_class(stored: dict, path: Path) -> type[MultiLabelTask]:
         )
     module, _, attribute = name.rpartition(".")
     try:
+        # Checkpoints written before the package had folders name the flat modules
+        # (``cssa_lightning.cssa.CSSATask``): they import as aliases (cssa_lightning._moved).
         task_class = getattr(importlib.import_module(module), attribute)
     except (ImportError, AttributeError) as error:
-        # Checkpoints written before the package had folders name the flat modules
-        # (``cssa_lightning.cssa.CSSATask``): the package exports every task by name.
-        package = importlib.import_module("cssa_lightning")
-        if module.split(".")[0] != "cssa_lightning" or attribute not in package.__all__:
-            raise ValueError(f"{path}: task class {name} cannot be imported ({error})") from error
-        task_class = getattr(package, attribute)
+        raise ValueError(f"{path}: task class {name} cannot be imported ({error})") from error
     if not (isinstance(task_class, type) and issubclass(task_class, MultiLabelTask)):
         raise ValueError(f"{path}: {name} is not a MultiLabelTask")
     return task_class
@@ -152,8 +155,7 @@ def _task_class(stored: dict, path: Path) -> type[MultiLabelTask]:
 
 def _preprocessing(stored: dict, task: MultiLabelTask) -> Preprocessing:
     if "preprocessing" in stored:
-        p = stored["preprocessing"]
-        return Preprocessing(int(p["image_size"]), tuple(p["mean"]), tuple(p["std"]))
+        return Preprocessing.from_dict(stored["preprocessing"])
     # Older checkpoints: the data module's hyperparameters, else the CLIP's own processor.
     from cssa_lightning.data.datamodule import _normalisation
 

@@ -90,8 +90,6 @@ class PseudoLabelMonitor(Callback):
             # when more arrived than it holds), so hidden labels and scores stay aligned.
             rows = labeller.last_rows
             target = target[-len(rows) :]
-        if self._hidden.shape != labeller.scores.shape:
-            self._hidden = torch.zeros_like(labeller.scores)
         self._hidden = self._hidden.to(target.device)
         self._hidden[rows] = target
 

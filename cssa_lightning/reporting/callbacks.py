@@ -478,7 +478,10 @@ class RunReport(Callback):
         memory after fit) the last validated epoch."""
         if trainer.ckpt_path:
             try:
-                stored = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=True)
+                # Memory-mapped: the epoch is read, not the weights.
+                stored = torch.load(
+                    trainer.ckpt_path, map_location="cpu", weights_only=True, mmap=True
+                )
                 return int(stored["epoch"])
             except Exception:  # noqa: BLE001 - a report without the epoch, not a failed test
                 return None
