@@ -102,6 +102,7 @@ class Protocol:
     # Mean-teacher consistency options (CAP's and CSSA's); None: the task's own default.
     consistency_target: str | None = None
     reliability_margin: float | None = None
+    teacher_prior_weight: float | None = None
     # The CLIP checkpoint of the model and the image processor of the data module.
     clip: str = "tiny-clip"
     world_version: str = "v2"
@@ -136,6 +137,7 @@ OPTIONAL_MEAN_TEACHER_OPTIONS = (
     "unlabeled_weighting",
     "consistency_target",
     "reliability_margin",
+    "teacher_prior_weight",
 )
 # Protocol fields passed to every CSSATask run when set.
 OPTIONAL_CSSA_OPTIONS = (

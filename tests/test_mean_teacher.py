@@ -261,3 +261,45 @@ def test_alignment_in_the_warmup_is_an_option_of_the_align_row(tiny_clip_dir):
     weights = early.loss_weights(2, 8, 56)
     assert weights["align"] == early.hparams.alignment_weight
     assert weights["align_u"] == pytest.approx(early.hparams.alignment_weight * 0.4)
+
+
+# -- the prior of teacher_prior_weight ---------------------------------------------------------
+def test_pseudo_label_probs_blend_the_teacher_with_the_frozen_prior(tiny_clip_dir):
+    plain = MeanTeacherTask(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir))
+    assert plain.prior is None and not any(k.startswith("prior.") for k in plain.state_dict())
+    task = MeanTeacherTask(
+        CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), teacher_prior_weight=0.25
+    )
+    with torch.no_grad():  # a teacher that has moved away from the start network
+        for parameter in task.teacher.module.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    images = torch.randn(4, 3, 32, 32)
+    teacher, prior = task.teacher_probs(images), torch.sigmoid(task.prior(images).logits)
+    assert (teacher - prior).abs().max() > 1e-3
+    torch.testing.assert_close(task.pseudo_label_probs(images), 0.75 * teacher + 0.25 * prior)
+    # The evaluated teacher is never blended.
+    torch.testing.assert_close(task.evaluation_scores(images)["_teacher"], teacher)
+    with pytest.raises(ValueError, match="teacher_prior_weight"):
+        MeanTeacherTask(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), teacher_prior_weight=2)
+
+
+def test_the_prior_is_the_calibrated_start_network_and_is_checkpointed(
+    tmp_path, image_folders, tiny_clip_dir
+):
+    options = {**FAST, "teacher_prior_weight": 1.0}
+    cli, metrics = fit(tmp_path, image_folders, tiny_clip_dir, MT, options)
+    model = cli.model
+    assert metrics["train/loss_cons_epoch"] > 0
+    start = MeanTeacherTask(CLASS_NAMES, clip_checkpoint=str(tiny_clip_dir)).net.state_dict()
+    prior, student = model.prior.state_dict(), model.net.state_dict()
+    moved = [name for name in start if not torch.equal(student[name], start[name])]
+    assert len(moved) > 10  # the student trained
+    for name, value in start.items():
+        if name == "alignment.bias":  # calibrated on the labeled images at fit start
+            assert not torch.equal(prior[name], value)
+        else:
+            assert torch.equal(prior[name], value), name
+    assert not any(p.requires_grad for p in model.prior.parameters())
+    restored = MeanTeacherTask.load_from_checkpoint(next((tmp_path / "run").rglob("*.ckpt")))
+    for name, value in restored.prior.state_dict().items():
+        assert torch.equal(value, prior[name]), name

@@ -14,6 +14,7 @@ a method built on it (CSSA: :mod:`cssa_lightning.methods.cssa`) adds rows. Its c
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any, Literal
 
@@ -95,6 +96,14 @@ class MeanTeacherTask(MultiLabelTask):
             ``pseudo_label_scores="pass"``, which need every image's row.
         ema_decay: Decay of the teacher's exponential moving average: closer to 1, a slower
             and smoother teacher.
+        teacher_prior_weight: Make the pseudo-labels from ``(1 - w) * teacher + w * prior``
+            probabilities, where the prior is a frozen copy of the network as the fit starts
+            (the zero-shot CLIP with its calibrated biases). The EMA teacher's errors are the
+            student's own (it is the student's average), so the consistency loss confirms
+            them; the prior's errors are not, and it keeps what pre-training knew and the
+            fine-tuning forgets. ``0`` (default): the teacher alone, and no copy is kept; above
+            0 the copy is a third network in memory and in checkpoints. The teacher that is
+            evaluated (``*_teacher`` metrics) is never blended.
         **kwargs: Options of :class:`~cssa_lightning.methods.multilabel.MultiLabelTask`.
     """
 
@@ -133,6 +142,7 @@ class MeanTeacherTask(MultiLabelTask):
         negative_keep: float = 1.0,
         score_memory: int | None = None,
         ema_decay: float = 0.999,
+        teacher_prior_weight: float = 0.0,
         **kwargs: Any,
     ):
         if consistency_target not in ("hard", "soft"):
@@ -146,6 +156,8 @@ class MeanTeacherTask(MultiLabelTask):
                 "score_memory keeps the latest rows only: threshold_refresh='pass' and "
                 "pseudo_label_scores='pass' need a row per unlabeled image (score_memory=None)"
             )
+        if not 0.0 <= teacher_prior_weight <= 1.0:
+            raise ValueError(f"teacher_prior_weight must be in [0, 1], got {teacher_prior_weight}")
         super().__init__(class_names, **kwargs)
         self.check_loss_terms()
         num_classes = len(class_names)
@@ -153,6 +165,11 @@ class MeanTeacherTask(MultiLabelTask):
             self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
         )
         self.teacher.requires_grad_(False)
+        # The frozen start network of teacher_prior_weight (set from the student in
+        # on_fit_start; a resumed fit restores it from the checkpoint).
+        self.prior = None
+        if teacher_prior_weight > 0:
+            self.prior = copy.deepcopy(self.net).requires_grad_(False)
         self.pseudo_labeller = PseudoLabeller(
             num_classes,
             rule=pseudo_threshold,
@@ -264,12 +281,16 @@ class MeanTeacherTask(MultiLabelTask):
     # -- teacher and pseudo-labels (override one to change what the losses receive) -----------
     def teacher_probs(self, images: Tensor) -> Tensor:
         """Teacher probabilities on (weak-view) images."""
-        self.teacher.eval()
-        with torch.inference_mode():  # no autograd bookkeeping at all for the teacher
-            probs = torch.sigmoid(self.teacher(images).logits.float())
-        # Cloned outside inference mode into a normal tensor: the losses use the probabilities
-        # as weights, and inference tensors cannot be saved for a backward pass.
-        return probs.clone()
+        return frozen_probs(self.teacher, images)
+
+    def pseudo_label_probs(self, images: Tensor) -> Tensor:
+        """The probabilities pseudo-labels are made from: the teacher's, blended with the
+        frozen start network's by ``teacher_prior_weight``."""
+        probs = self.teacher_probs(images)
+        weight = self.hparams.get("teacher_prior_weight", 0.0)
+        if weight > 0 and self.prior is not None:
+            probs = (1.0 - weight) * probs + weight * frozen_probs(self.prior, images)
+        return probs
 
     def pseudo_labels(self, probs: Tensor) -> PseudoLabels:
         """Hard pseudo-labels and the mask of usable entries. The consistency targets (by
@@ -296,8 +317,11 @@ class MeanTeacherTask(MultiLabelTask):
         datamodule = self.trainer.datamodule
         self.learn_label_statistics(torch.as_tensor(datamodule.labeled_targets()))
         if int(self.teacher.n_averaged) == 0:
-            # Start the teacher from the (bias-calibrated) student, not from __init__'s copy.
+            # Start the teacher (and the prior) from the (bias-calibrated) student, not from
+            # __init__'s copy.
             self.teacher.module.load_state_dict(self.net.state_dict())
+            if self.prior is not None:
+                self.prior.load_state_dict(self.net.state_dict())
         num_unlabeled = len(datamodule.unlabeled_indices)
         self.pseudo_labeller.allocate(num_unlabeled)  # a restored memory is kept
 
@@ -363,7 +387,7 @@ class MeanTeacherTask(MultiLabelTask):
         losses = self.labeled_losses(student, labeled["target"])
         if self.pseudo_labeller.uses_labeled_scores:
             self.pseudo_labeller.record_labeled(
-                self.teacher_probs(labeled["image"]), labeled["target"], self.step_gather()
+                self.pseudo_label_probs(labeled["image"]), labeled["target"], self.step_gather()
             )
 
         num_unlabeled, mask_ratio, outputs = 0, None, {}
@@ -398,7 +422,7 @@ class MeanTeacherTask(MultiLabelTask):
         passed = labeller.refresh_mode == "pass" and not self.in_warmup()
         if passed and self.hparams.pseudo_label_scores == "pass":
             return labeller.recorded(unlabeled["index"])
-        probs = self.teacher_probs(unlabeled["image_weak"])
+        probs = self.pseudo_label_probs(unlabeled["image_weak"])
         if not passed:  # the pass's scores stay as they are for the epoch
             labeller.record(unlabeled["index"], probs, self.step_gather())
             labeller.step_refresh(self.class_priors)
@@ -419,7 +443,7 @@ class MeanTeacherTask(MultiLabelTask):
         no gathering is needed."""
         loader = self.trainer.datamodule.unlabeled_eval_dataloader()
         for batch in loader:
-            probs = self.teacher_probs(batch["image"].to(self.device))
+            probs = self.pseudo_label_probs(batch["image"].to(self.device))
             self.pseudo_labeller.record(batch["index"].to(self.device), probs)
         self.pseudo_labeller.refresh_from_pass(self.class_priors)
         log.info("teacher pass over %d unlabeled images", len(loader.dataset))
@@ -446,3 +470,13 @@ class MeanTeacherTask(MultiLabelTask):
     # -- evaluation --------------------------------------------------------------------------
     def evaluation_scores(self, images: Tensor) -> dict[str, Tensor]:
         return {"": torch.sigmoid(self(images)), "_teacher": self.teacher_probs(images)}
+
+
+def frozen_probs(model: torch.nn.Module, images: Tensor) -> Tensor:
+    """Probabilities of a network that does not train (the teacher, the prior), in eval mode."""
+    model.eval()
+    with torch.inference_mode():  # no autograd bookkeeping at all
+        probs = torch.sigmoid(model(images).logits.float())
+    # Cloned outside inference mode into a normal tensor: the losses use the probabilities
+    # as weights, and inference tensors cannot be saved for a backward pass.
+    return probs.clone()
