@@ -190,6 +190,13 @@ def unreadable_checkpoint(path: str | Path, error: BaseException) -> ValueError:
     )
 
 
+def current_umask() -> int:
+    """The process's file-mode creation mask (read by setting it and setting it back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local writes are atomic and whose read errors are one line.
 
@@ -227,6 +234,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, stream)
                 stream.flush()
                 os.fsync(stream.fileno())
+            # mkstemp makes the file 0600: give it the mode any other written file gets.
+            os.chmod(temporary, 0o666 & ~current_umask())
             os.replace(temporary, path)
         except BaseException as error:
             Path(temporary).unlink(missing_ok=True)

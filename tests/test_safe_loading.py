@@ -76,6 +76,21 @@ def test_a_clean_checkpoint_still_loads_weights_only(trained_cssa):
     assert AtomicCheckpointIO().load_checkpoint(trained_cssa)["state_dict"]
 
 
+def test_checkpoints_are_written_with_the_umask_mode_not_0600(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, tmp_path / "a.ckpt")
+        os.umask(0o027)
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, tmp_path / "b.ckpt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.ckpt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.ckpt").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "b.ckpt"]  # no temporary
+
+
 def _damaged(original: bytes, rng: random.Random, kind: str) -> bytes:
     if kind == "random":
         return rng.randbytes(rng.choice([1, 10, 300, 3000, 30000]))
