@@ -103,6 +103,7 @@ class Protocol:
     consistency_target: str | None = None
     reliability_margin: float | None = None
     teacher_prior_weight: float | None = None
+    teacher_prior_weighting: str | None = None
     # The CLIP checkpoint of the model and the image processor of the data module.
     clip: str = "tiny-clip"
     world_version: str = "v2"
@@ -111,6 +112,7 @@ class Protocol:
     strong_num_ops: int | None = None
     strong_magnitude: float | None = None
     strong_translate: float | None = None
+    strong_op_names: str | None = None  # comma-separated ops of the pool, e.g. "rotate"
     threads: int = 1  # torch.set_num_threads before every run (two grids run side by side)
     accelerator: str = "cpu"
     precision: str = "32-true"
@@ -138,7 +140,13 @@ OPTIONAL_MEAN_TEACHER_OPTIONS = (
     "consistency_target",
     "reliability_margin",
     "teacher_prior_weight",
+    "teacher_prior_weighting",
 )
+# Protocol fields of group options that have no flat name of 0.2 (FLAT_NAMES maps those).
+PROTOCOL_GROUP_NAMES = {
+    "teacher_prior_weight": ("pseudo", "prior_weight"),
+    "teacher_prior_weighting": ("pseudo", "prior_weighting"),
+}
 # Protocol fields passed to every CSSATask run when set.
 OPTIONAL_CSSA_OPTIONS = (
     "alignment_unlabeled",
@@ -288,6 +296,8 @@ def run_config(
         **_set_options(p, OPTIONAL_DATA_OPTIONS),
         **data_options,
     }
+    if p.strong_op_names is not None:
+        data["strong_op_names"] = p.strong_op_names.split(",")
     if ratio == 1.0:  # same images per step as the semi-supervised methods
         data["labeled_batch_size"] = p.labeled_batch_size + p.unlabeled_batch_size
     model: dict[str, Any] = {
@@ -315,6 +325,7 @@ def run_config(
         model.update(_set_options(p, OPTIONAL_CSSA_OPTIONS))
     model.update(_set_options(p, ("asl_detach_focus",)))
     model.update(model_options)
+    model = grouped_options(model)
     if p.test_weights not in ("final", "best"):
         raise ValueError(f"test_weights must be 'final' or 'best', got {p.test_weights!r}")
     best = p.test_weights == "best" and method not in UNTRAINED
@@ -343,6 +354,23 @@ def run_config(
         "model": {"class_path": task, "init_args": model},
         "data": {"class_path": DATA_MODULE, "init_args": data},
     }
+
+
+def grouped_options(model: dict[str, Any]) -> dict[str, Any]:
+    """The task options of a run with the benchmark's flat names (the protocol's and the
+    methods' vocabulary, as recorded in every results file) put into the tasks' option groups
+    (``alignment_weight`` -> ``alignment: {weight: ...}``)."""
+    from cssa_lightning.methods.options import FLAT_NAMES
+
+    names = {**FLAT_NAMES, **PROTOCOL_GROUP_NAMES}
+    grouped: dict[str, Any] = {}
+    for name, value in model.items():
+        if name in names:
+            group, field = names[name]
+            grouped.setdefault(group, {})[field] = value
+        else:
+            grouped[name] = value
+    return grouped
 
 
 def _set_options(protocol: Protocol, names: Iterable[str]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ __all__ = [
     "MultiLabelTask",
     "load_exported",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # The flat module paths of 0.1.0 (cssa_lightning.cssa, cssa_lightning.callbacks, ...) import
 # as deprecated aliases of the folders' modules.

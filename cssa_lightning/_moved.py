@@ -3,7 +3,7 @@
 Run folders, configs and notebooks written before name ``cssa_lightning.cssa.CSSATask`` or
 ``cssa_lightning.callbacks.RunReport``. For one release those paths still import: the old
 name is the new module itself (the same classes, so checkpoints and ``isinstance`` agree),
-with a :class:`DeprecationWarning` that names the new path. 0.3.0 drops them.
+with a :class:`DeprecationWarning` that names the new path. 0.4.0 drops them.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class _MovedModuleLoader(importlib.abc.Loader):
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         warnings.warn(
-            f"{spec.name} moved to {self.new_name}; the old path goes in 0.3.0",
+            f"{spec.name} moved to {self.new_name}; the old path goes in 0.4.0",
             DeprecationWarning,
             stacklevel=2,
         )

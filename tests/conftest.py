@@ -106,7 +106,12 @@ def trained_cssa(tmp_path_factory, image_folders, tiny_clip_dir) -> Path:
     from cssa_lightning.commands.cli import build_cli
 
     out = tmp_path_factory.mktemp("trained")
-    fast = {"warmup_epochs": 1, "rampup_epochs": 0.5, "num_contexts": 2, "attention_heads": 4}
+    fast = {
+        "warmup_epochs": 1,
+        "rampup_epochs": 0.5,
+        "context": {"num_contexts": 2},
+        "attention_heads": 4,
+    }
     config = fit_config(out, image_folders, tiny_clip_dir, "cssa_lightning.CSSATask", fast)
     build_cli(["fit", "--config", str(config), "--test_after_fit=false", "--trainer.logger=false"])
     return next(out.rglob("*.ckpt"))

@@ -259,7 +259,7 @@ def test_run_configs():
     assert data["split_seed"] == config["seed_everything"] == 3
     # A MeanTeacherTask (EMA teacher) without the consistency term: no CSSA option at all.
     assert config["model"]["class_path"] == "cssa_lightning.MeanTeacherTask"
-    assert not any(k in model for k in ["label_specific", "use_alignment", "num_contexts"])
+    assert not any(k in model for k in ["label_specific", "alignment", "context"])
     assert model["use_consistency"] is False and "teacher_restart" not in model
     # Default protocol: the best validation epoch is tested, so every epoch is validated.
     assert config["trainer"]["check_val_every_n_epoch"] == 1
@@ -271,7 +271,7 @@ def test_run_configs():
     assert config["model"]["class_path"] == "cssa_lightning.MeanTeacherTask"
     cap = quality.run_config(protocol, "CAP", 0.05, 1, Path("/tmp/x"), "world")["model"]
     assert cap["class_path"] == "cssa_lightning.MeanTeacherTask"
-    assert "alignment_weight" not in cap["init_args"] and "ema_decay" in cap["init_args"]
+    assert "alignment" not in cap["init_args"] and "ema_decay" in cap["init_args"]
     restart = quality.Protocol(teacher_restart=False)
     config = quality.run_config(restart, "CAP", 0.05, 1, Path("/tmp/x"), "world")
     assert config["model"]["init_args"]["teacher_restart"] is False
@@ -306,7 +306,7 @@ def test_d2l_runs_with_its_shipped_overlay_options():
     cap = quality.run_config(protocol, "CAP", 0.05, 1, Path("/tmp/x"), "world")["model"]
     assert options["warmup_epochs"] == cap["init_args"]["warmup_epochs"]
     assert options["ema_decay"] == cap["init_args"]["ema_decay"]
-    assert "num_contexts" not in options and "D2L" in quality.MAIN_METHODS
+    assert "context" not in options and "D2L" in quality.MAIN_METHODS
 
 
 def test_labeled_only_controls_configs():
@@ -320,7 +320,8 @@ def test_labeled_only_controls_configs():
     # CSSA's architecture (label-specific features, EMA teacher), no unlabeled image or loss.
     assert task == "cssa_lightning.CSSATask"
     assert model["label_specific"] is True
-    assert not any(model[k] for k in ["use_alignment", "use_context", "use_consistency"])
+    assert not model["alignment"]["enabled"] and not model["context"]["enabled"]
+    assert not model["use_consistency"]
     assert data["init_args"]["load_unlabeled"] is False
     assert data["init_args"]["labeled_ratio"] == 0.05
     assert model["warmup_epochs"] == protocol.warmup_epochs
@@ -338,8 +339,7 @@ def test_labeled_only_controls_configs():
     # by that switch only, besides CSSA's options that are inert with its terms off.
     _, ema, _ = parts("supervised+EMA")
     _, control, _ = parts("supervised+EMA+label-specific")
-    inert = {"num_contexts", "alignment_weight", "context_weight", "use_alignment", "use_context"}
-    inert |= {"alignment_unlabeled", "alignment_target"}
+    inert = {"alignment", "context"}
     differing = {k for k in control.keys() | ema.keys() if control.get(k) != ema.get(k)}
     assert differing - inert == {"label_specific"}
     assert control["label_specific"] is True and "label_specific" not in ema
@@ -350,6 +350,7 @@ NEW_OPTIONS = {
     "pct_start": 0.1,
     "consistency_target": "hard",
     "reliability_margin": 0.05,
+    "teacher_prior_weight": 0.5,
     "strong_ops": "color,geometry",
     "strong_num_ops": 3,
     "strong_magnitude": 9.0,
@@ -358,9 +359,16 @@ NEW_OPTIONS = {
 
 
 def test_protocol_options_are_passed_only_when_set():
+    from cssa_lightning.methods.options import FLAT_NAMES
+
     def init_args(protocol, method):
+        """The run's model options, its groups' fields under the benchmark's flat names too."""
         config = quality.run_config(protocol, method, 0.1, 1, Path("/tmp/x"), "world")
-        return config["model"]["init_args"], config["data"]["init_args"]
+        model = dict(config["model"]["init_args"])
+        for name, (group, field) in {**FLAT_NAMES, **quality.PROTOCOL_GROUP_NAMES}.items():
+            if field in model.get(group, {}):
+                model[name] = model[group][field]
+        return model, config["data"]["init_args"]
 
     default = quality.Protocol()
     for method in ["zero-shot", "supervised", "CAP", "CSSA"]:
@@ -586,7 +594,7 @@ def test_epoch_history_in_a_cssa_fit(tmp_path, image_folders, tiny_clip_dir):
         clip_checkpoint=str(tiny_clip_dir),
         warmup_epochs=1,
         rampup_epochs=0.5,
-        num_contexts=2,
+        context={"num_contexts": 2},
         attention_heads=4,
     )
     history, class_ap = EpochHistory(), PerClassTestAP()
@@ -664,10 +672,10 @@ def test_ablation_without_label_specific_features_switches_the_alignment_off_too
     honest = quality.run_config(
         quality.Protocol(), "CSSA w/o label-specific", 0.1, 1, Path("/tmp/x"), "world"
     )["model"]["init_args"]
-    assert honest["label_specific"] is False and honest["use_alignment"] is False
+    assert honest["label_specific"] is False and honest["alignment"]["enabled"] is False
     kept = quality.run_config(quality.Protocol(), quality.MANY_TO_ONE, 0.1, 1, Path("/x"), "w")
     assert kept["model"]["init_args"]["label_specific"] is False
-    assert "use_alignment" not in kept["model"]["init_args"]  # CSSA's default: on
+    assert "enabled" not in kept["model"]["init_args"]["alignment"]  # CSSA's default: on
     # Rows written before the split kept the alignment: read back as the many-to-one row.
     path = tmp_path / "old.json"
     path.write_text(json.dumps({"rows": [{"method": "CSSA w/o label-specific", "seed": 1}]}))
@@ -699,3 +707,12 @@ def test_the_oracle_row_trains_cap_on_the_hidden_labels(tiny_clip_dir):
     torch.testing.assert_close(noisy, oracle.with_errors(hidden, 0.45, seed=3))  # seeded
     task._hidden = None  # a labeled-only batch: CAP's own rule
     torch.testing.assert_close(task.pseudo_labels(probs).labels, task.pseudo_labeller(probs).labels)
+
+
+def test_a_strong_view_of_some_ops_only_reaches_the_data_module():
+    protocol = quality.Protocol(strong_op_names="rotate,blur", strong_num_ops=1)
+    config = quality.run_config(protocol, "supervised+EMA", 0.05, 1, Path("/tmp/x"), "world")
+    data = config["data"]["init_args"]
+    assert data["strong_op_names"] == ["rotate", "blur"] and data["strong_num_ops"] == 1
+    default = quality.run_config(quality.Protocol(), "CAP", 0.05, 1, Path("/tmp/x"), "world")
+    assert "strong_op_names" not in default["data"]["init_args"]

@@ -144,7 +144,7 @@ def test_layer_lr_decay_of_the_vision_tower(three_block_clip_dir, task_class):
 
     options = dict(clip_checkpoint=str(three_block_clip_dir), lr=1e-3, head_lr=5e-3)
     if task_class == "CSSATask":
-        options.update(num_contexts=2, attention_heads=4)
+        options.update(context={"num_contexts": 2}, attention_heads=4)
     build = getattr(cssa_lightning, task_class)
     lrs = _peak_lr_by_name(build(CLASS_NAMES[:3], layer_lr_decay=0.5, **options))
     seen = set()

@@ -39,10 +39,10 @@ def test_config_combination_parses(subcommand, names, model, capsys):
     options = printed["model"]["init_args"]
     if "cap" in names or "supervised_ema" in names:
         # CAP and supervised+EMA are the mean-teacher task: none of CSSA's parts (coco's
-        # num_contexts is dropped with them).
-        assert not {"label_specific", "use_alignment", "use_context", "num_contexts"} & set(options)
+        # context options are dropped with them).
+        assert not {"label_specific", "alignment", "context"} & set(options)
     if "d2l" in names:
-        assert not {"label_specific", "use_alignment", "num_contexts"} & set(options)
+        assert not {"label_specific", "alignment", "context"} & set(options)
         assert options["teacher_restart"] and options["schedule_restart"]
     if "supervised_ema" in names:
         assert options["use_consistency"] is False
@@ -50,7 +50,7 @@ def test_config_combination_parses(subcommand, names, model, capsys):
     if "coco" in names:
         assert printed["data"]["init_args"]["val_fraction"] == 0.05
         if subcommand == "fit" and model == "cssa_lightning.CSSATask":
-            assert options["num_contexts"] == 8
+            assert options["context"]["num_contexts"] == 8
 
 
 def test_every_config_is_used_in_a_combination():

@@ -16,7 +16,13 @@ from cssa_lightning.methods.cssa import CSSATask
 from .conftest import fit_config
 from .test_cli import RecordMetrics
 
-FAST = {"warmup_epochs": 1, "rampup_epochs": 0.5, "num_contexts": 2, "attention_heads": 4}
+FAST = {
+    "warmup_epochs": 1,
+    "rampup_epochs": 0.5,
+    "context": {"num_contexts": 2},
+    "attention_heads": 4,
+}
+WEIGHTED = {"unlabeled": "weighted"}  # every pseudo-positive aligned: never 0 here
 LOSS_KEYS = [
     "train/loss_sup",
     "train/loss_align",
@@ -48,7 +54,7 @@ def run_fit(tmp_path, folders, clip_dir, model_args, name="run", extra=()):
 def test_cssa_fit_logs_every_term(tmp_path, image_folders, tiny_clip_dir):
     # "weighted": every pseudo-positive aligns, so the unlabeled alignment term is never 0 here
     # (the default, "confident", may keep none on this tiny data).
-    options = {**FAST, "alignment_unlabeled": "weighted"}
+    options = {**FAST, "alignment": WEIGHTED}
     cli, metrics = run_fit(tmp_path, image_folders, tiny_clip_dir, options)
     model = cli.model
     assert isinstance(model, CSSATask)
@@ -87,7 +93,12 @@ def test_cssa_fit_logs_every_term(tmp_path, image_folders, tiny_clip_dir):
 
 
 def test_cap_baseline_fit(tmp_path, image_folders, tiny_clip_dir):
-    cap = {**FAST, "label_specific": False, "use_alignment": False, "use_context": False}
+    cap = {
+        **FAST,
+        "label_specific": False,
+        "alignment": {"enabled": False},
+        "context": {"enabled": False},
+    }
     cli, metrics = run_fit(tmp_path, image_folders, tiny_clip_dir, cap)
     assert cli.model.net.cross_attention is None and cli.model.net.context_head is None
     assert metrics["train/loss_cons_epoch"] > 0
@@ -101,14 +112,11 @@ def test_cap_baseline_fit(tmp_path, image_folders, tiny_clip_dir):
     "options",
     [
         {
-            "pseudo_threshold": "fbeta",
-            "context_target": "single",
-            "context_input": "label_mean",
-            "reliability_margin": 0.05,
+            "pseudo": {"threshold": "fbeta", "reliability_margin": 0.05},
+            "context": {"num_contexts": 2, "target": "single", "input": "label_mean"},
         },
         {
-            "pseudo_threshold": "fixed",
-            "threshold_refresh": "step",
+            "pseudo": {"threshold": "fixed", "refresh": "step"},
             "loss": "bce",
             "warmup_epochs": 0,
         },
@@ -125,8 +133,13 @@ def test_soft_consistency_with_a_reliability_margin_fit(tmp_path, image_folders,
     # exactly 1 without a margin or negative_keep), soft targets train the consistency term.
     # (The tiny model's teacher scores lie within about 0.1 of their thresholds: a wider
     # margin masks every entry.)
-    cap = {**FAST, "label_specific": False, "use_alignment": False, "use_context": False}
-    options = {**cap, "reliability_margin": 0.05, "consistency_target": "soft"}
+    cap = {
+        **FAST,
+        "label_specific": False,
+        "alignment": {"enabled": False},
+        "context": {"enabled": False},
+    }
+    options = {**cap, "pseudo": {"reliability_margin": 0.05}, "consistency_target": "soft"}
     cli, metrics = run_fit(tmp_path, image_folders, tiny_clip_dir, options)
     assert cli.model.hparams.consistency_target == "soft"
     assert cli.model.pseudo_labeller.reliability_margin == 0.05
@@ -176,7 +189,7 @@ def test_thresholds_follow_the_first_epoch_then_refresh_per_epoch(
     tmp_path, image_folders, tiny_clip_dir
 ):
     ThresholdTrace.trace = []
-    options = {**FAST, "warmup_epochs": 0, "threshold_refresh": "epoch"}
+    options = {**FAST, "warmup_epochs": 0, "pseudo": {"refresh": "epoch"}}
     trace_callback = "--trainer.callbacks+=tests.test_cssa_fit.ThresholdTrace"
     run_fit(tmp_path, image_folders, tiny_clip_dir, options, extra=[trace_callback])
     first = [t for epoch, t in ThresholdTrace.trace if epoch == 0]
@@ -223,8 +236,7 @@ def test_teacher_restarts_from_the_student_when_warmup_ends(
 def test_alignment_target_and_auxiliary_ramp_run(
     tmp_path, image_folders, tiny_clip_dir, target, ramp
 ):
-    options = {**FAST, "alignment_target": target, "ramp_auxiliary": ramp}
-    options["alignment_unlabeled"] = "weighted"  # never 0 here (see above)
+    options = {**FAST, "alignment": {**WEIGHTED, "target": target}, "ramp_auxiliary": ramp}
     _, metrics = run_fit(tmp_path, image_folders, tiny_clip_dir, options)
     for key in LOSS_KEYS:
         assert torch.isfinite(metrics[key]) and metrics[key + "_epoch"] > 0, key
@@ -263,10 +275,8 @@ def test_the_training_step_never_waits_for_the_device(tmp_path, image_folders, t
     # step runs without reading a tensor's value on the host.
     options = {
         **FAST,
-        "threshold_refresh": "step",
-        "alignment_unlabeled": "weighted",
-        "absent_push_weight": 0.5,
-        "negative_keep": 0.99,
+        "pseudo": {"refresh": "step", "negative_keep": 0.99},
+        "alignment": {**WEIGHTED, "absent_push_weight": 0.5},
     }
     out = tmp_path / "run"
     out.mkdir()
@@ -303,7 +313,7 @@ def test_compile_network_compiles_student_and_teacher_in_place(
 
 def test_bf16_mixed_precision_fit(tmp_path, image_folders, tiny_clip_dir):
     # The shipped configs train in bf16-mixed: every loss term under autocast, finite.
-    options = {**FAST, "alignment_unlabeled": "weighted", "absent_push_weight": 0.5}
+    options = {**FAST, "alignment": {**WEIGHTED, "absent_push_weight": 0.5}}
     cli, metrics = run_fit(
         tmp_path, image_folders, tiny_clip_dir, options, extra=["--trainer.precision=bf16-mixed"]
     )

@@ -47,7 +47,7 @@ def test_the_label_score_is_the_mean_of_the_global_and_local_branch(tiny_clip_di
 def test_the_loss_table_and_mat_defaults(tiny_clip_dir):
     task = small_task(tiny_clip_dir)
     assert task.loss_names() == ["sup", "sup_local", "cons", "cons_local"]
-    assert task.pseudo_labeller.rule == "fbeta" and task.hparams.fbeta == 0.5
+    assert task.pseudo_labeller.rule == "fbeta" and task.hparams.pseudo["fbeta"] == 0.5
     assert task.pseudo_labeller.uses_labeled_scores  # MAT reads the labeled teacher scores
     assert small_task(tiny_clip_dir, local_branch=False).loss_names() == ["sup", "cons"]
     assert small_task(tiny_clip_dir, use_consistency=False).loss_names() == ["sup", "sup_local"]

@@ -157,7 +157,7 @@ def test_the_nan_guard_stop_is_one_line(tmp_path, image_folders, tiny_clip_dir, 
         (
             "--model.init_args.consistency_wieght=0.3",
             "error: --model.consistency_wieght: CSSATask has no option 'consistency_wieght'; "
-            "did you mean consistency_weight, consistency_target, context_weight? "
+            "did you mean consistency_weight, consistency_target, use_consistency? "
             "all: cssa fit --model.help CSSATask",
         ),
         (  # an abbreviation counts as close
@@ -168,6 +168,11 @@ def test_the_nan_guard_stop_is_one_line(tmp_path, image_folders, tiny_clip_dir, 
         (
             "--model.init_args.lr=fast",
             "error: --model.lr (CSSATask): Expected a <class 'float'>. Got value: fast",
+        ),
+        (  # a flat name of 0.2 names its group's option
+            "--model.init_args.alignment_weight=0.3",
+            "error: --model.alignment_weight: CSSATask has no option 'alignment_weight' since "
+            "0.3.0; it is --model.alignment.weight (in a config: alignment: {weight: ...})",
         ),
         (
             "--data.init_args.batchsize=4",

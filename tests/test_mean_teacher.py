@@ -11,6 +11,7 @@ from cssa_lightning import CSSATask, MeanTeacherTask
 from cssa_lightning.commands.cli import build_cli
 from cssa_lightning.commands.trained import load_trained
 from cssa_lightning.methods.loss_terms import LossTerm, option
+from cssa_lightning.methods.mean_teacher import frozen_probs, prior_skill
 
 from .conftest import CLASS_NAMES, fit_config
 from .test_cli import RecordMetrics
@@ -18,8 +19,12 @@ from .test_cli import RecordMetrics
 MT = "cssa_lightning.MeanTeacherTask"
 # The mean-teacher options of the tiny fits; CSSA adds its own.
 FAST = {"warmup_epochs": 1, "rampup_epochs": 0.5}
-CSSA_FAST = {**FAST, "num_contexts": 2, "attention_heads": 4}
-CAP_SWITCHES = {"label_specific": False, "use_alignment": False, "use_context": False}
+CSSA_FAST = {**FAST, "context": {"num_contexts": 2}, "attention_heads": 4}
+CAP_SWITCHES = {
+    "label_specific": False,
+    "alignment": {"enabled": False},
+    "context": {"num_contexts": 2, "enabled": False},
+}
 OLD_LAYOUT = Path(__file__).parent / "data" / "old_layout"
 
 
@@ -36,6 +41,16 @@ class EntropyCAP(MeanTeacherTask):
     def entropy_term(self, strong, probs, pseudo):
         p = torch.sigmoid(strong.logits.float()).clamp(1e-6, 1 - 1e-6)
         return -(p * p.log() + (1 - p) * (1 - p).log()).mean()
+
+
+class EntropyCSSA(CSSATask):
+    """The same row on CSSA (the notebook's example), with a constructor of its own."""
+
+    loss_terms = CSSATask.loss_terms + EntropyCAP.loss_terms[-1:]
+    entropy_term = EntropyCAP.entropy_term
+
+    def __init__(self, class_names: list[str], entropy_weight: float = 0.5, **kwargs):
+        super().__init__(class_names, **kwargs)
 
 
 def with_trainer(task, epoch=1, batches=10):
@@ -101,18 +116,22 @@ def test_uses_unlabeled_derives_from_the_table(tiny_clip_dir):
     def task(cls, **options):
         return cls(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), **options)
 
-    no_other = {"use_context": False, "use_consistency": False, "attention_heads": 4}
+    no_other = {"context": {"enabled": False}, "use_consistency": False, "attention_heads": 4}
     cases = [
         (task(MeanTeacherTask), ["sup", "cons"], True),
         (task(MeanTeacherTask, use_consistency=False), ["sup"], False),
         (task(EntropyCAP, use_consistency=False), ["sup", "ent_u"], True),
         # Alignment on labeled images only: nothing reads the unlabeled images (the switches
         # alone said otherwise before the table).
-        (task(CSSATask, alignment_unlabeled="none", **no_other), ["sup", "align"], False),
-        (task(CSSATask, alignment_unlabeled="all", **no_other), ["sup", "align", "align_u"], True),
+        (task(CSSATask, alignment={"unlabeled": "none"}, **no_other), ["sup", "align"], False),
+        (
+            task(CSSATask, alignment={"unlabeled": "all"}, **no_other),
+            ["sup", "align", "align_u"],
+            True,
+        ),
         (task(CSSATask, **CAP_SWITCHES), ["sup", "cons"], True),
         (
-            task(CSSATask, absent_push_weight=0.5, attention_heads=4),
+            task(CSSATask, alignment={"absent_push_weight": 0.5}, attention_heads=4),
             ["sup", "cons", "align", "push", "ctx", "align_u", "push_u", "ctx_u"],
             True,
         ),
@@ -143,7 +162,7 @@ def test_bad_tables_are_refused(tiny_clip_dir):
 def test_fbeta_thresholds_ask_for_labeled_teacher_scores(tiny_clip_dir):
     for rule, wanted in (("fbeta", True), ("cat", False), ("fixed", False)):
         task = MeanTeacherTask(
-            CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), pseudo_threshold=rule
+            CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), pseudo={"threshold": rule}
         )
         assert task.pseudo_labeller.uses_labeled_scores is wanted
 
@@ -170,7 +189,7 @@ def test_cap_overlay_is_a_mean_teacher_task_that_trains_as_cssa_with_its_switche
     model = cap.model
     assert type(model) is MeanTeacherTask
     assert model.net.cross_attention is None and model.net.context_head is None
-    assert "num_contexts" not in model.hparams and not hasattr(model, "class_to_context")
+    assert "context" not in model.hparams and not hasattr(model, "class_to_context")
     assert cap_metrics["train/loss_cons_epoch"] > 0
     assert not any(key.startswith(("train/loss_align", "train/loss_ctx")) for key in cap_metrics)
     # The former way to write CAP trains the same weights, bit for bit.
@@ -223,8 +242,14 @@ def test_checkpoints_of_the_old_layout_load_as_cssa_tasks(tmp_path, tiny_clip_di
     assert int(state["pseudo_labeller.cursor"]) == 0
     for key, value in stored["state_dict"].items():
         assert torch.equal(state[key], value), key
+    # Their flat options of 0.2 read into the groups of 0.3.
+    from cssa_lightning.methods.options import FLAT_NAMES
+
     for key, value in stored["hyper_parameters"].items():
-        if not key.startswith("_") and key != "clip_checkpoint":
+        if key in FLAT_NAMES:
+            group, field = FLAT_NAMES[key]
+            assert task.hparams[group][field] == value, key
+        elif not key.startswith("_") and key != "clip_checkpoint":
             assert task.hparams[key] == value, key
     expected = stored["old_layout_expected"]
     with torch.no_grad():
@@ -249,26 +274,26 @@ def test_alignment_in_the_warmup_is_an_option_of_the_align_row(tiny_clip_dir):
         return CSSATask(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), **CSSA_FAST, **options)
 
     student_images, targets = torch.randn(2, 3, 32, 32), torch.tensor([[1.0, 0, 1], [0, 1, 0]])
-    default, early = task(), task(alignment_in_warmup=True, alignment_target="text")
+    default, early = task(), task(alignment={"in_warmup": True, "target": "text"})
     for model, in_warmup in ((default, False), (early, True)):
         with_trainer(model, epoch=0)  # the warm-up (warmup_epochs=1)
         losses = model.labeled_losses(model.encode(student_images), targets)
         assert ("align" in losses) is in_warmup and "sup" in losses
     # At full weight from the first step (no ramp), where the default waits for the ramp.
-    assert early.loss_weights(0, 8, 0)["align"] == early.hparams.alignment_weight
+    assert early.loss_weights(0, 8, 0)["align"] == early.alignment_options.weight
     assert default.loss_weights(0, 8, 0)["align"] == 0.0
     with_trainer(early, epoch=1)  # after the warm-up the unlabeled rows still ramp
     weights = early.loss_weights(2, 8, 56)
-    assert weights["align"] == early.hparams.alignment_weight
-    assert weights["align_u"] == pytest.approx(early.hparams.alignment_weight * 0.4)
+    assert weights["align"] == early.alignment_options.weight
+    assert weights["align_u"] == pytest.approx(early.alignment_options.weight * 0.4)
 
 
-# -- the prior of teacher_prior_weight ---------------------------------------------------------
+# -- the prior of pseudo.prior_weight ---------------------------------------------------------
 def test_pseudo_label_probs_blend_the_teacher_with_the_frozen_prior(tiny_clip_dir):
     plain = MeanTeacherTask(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir))
     assert plain.prior is None and not any(k.startswith("prior.") for k in plain.state_dict())
     task = MeanTeacherTask(
-        CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), teacher_prior_weight=0.25
+        CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), pseudo={"prior_weight": 0.25}
     )
     with torch.no_grad():  # a teacher that has moved away from the start network
         for parameter in task.teacher.module.parameters():
@@ -279,16 +304,26 @@ def test_pseudo_label_probs_blend_the_teacher_with_the_frozen_prior(tiny_clip_di
     torch.testing.assert_close(task.pseudo_label_probs(images), 0.75 * teacher + 0.25 * prior)
     # The evaluated teacher is never blended.
     torch.testing.assert_close(task.evaluation_scores(images)["_teacher"], teacher)
-    with pytest.raises(ValueError, match="teacher_prior_weight"):
-        MeanTeacherTask(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), teacher_prior_weight=2)
+    with pytest.raises(ValueError, match="prior_weight"):
+        MeanTeacherTask(
+            CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), pseudo={"prior_weight": 2}
+        )
 
 
 def test_the_prior_is_the_calibrated_start_network_and_is_checkpointed(
     tmp_path, image_folders, tiny_clip_dir
 ):
-    options = {**FAST, "teacher_prior_weight": 1.0}
+    options = {**FAST, "pseudo": {"prior_weight": 0.8, "prior_weighting": "labeled_ap"}}
     cli, metrics = fit(tmp_path, image_folders, tiny_clip_dir, MT, options)
     model = cli.model
+    # Per class: 0.8 times the prior's AP above chance on the labeled images.
+    probs, targets = [], []
+    for batch in cli.datamodule.labeled_eval_dataloader():
+        probs.append(frozen_probs(model.prior, batch["image"]))
+        targets.append(batch["target"])
+    skill = prior_skill(torch.cat(probs), torch.cat(targets))
+    torch.testing.assert_close(model.prior_class_weights, 0.8 * skill)
+    assert 0 < float(model.prior_class_weights.max()) <= 0.8
     assert metrics["train/loss_cons_epoch"] > 0
     start = MeanTeacherTask(CLASS_NAMES, clip_checkpoint=str(tiny_clip_dir)).net.state_dict()
     prior, student = model.prior.state_dict(), model.net.state_dict()
@@ -303,3 +338,57 @@ def test_the_prior_is_the_calibrated_start_network_and_is_checkpointed(
     restored = MeanTeacherTask.load_from_checkpoint(next((tmp_path / "run").rglob("*.ckpt")))
     for name, value in restored.prior.state_dict().items():
         assert torch.equal(value, prior[name]), name
+    assert torch.equal(restored.prior_class_weights, model.prior_class_weights)
+
+
+def test_prior_skill_is_average_precision_above_chance():
+    targets = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 0], [0, 1, 0]])
+    probs = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.5], [0.1, 0.3, 0.5], [0.3, 0.2, 0.5]])
+    # Class 0 ranked perfectly: 1. Class 1 (frequency 1/2): positives ranked 1st and 3rd,
+    # AP (1 + 2/3) / 2 = 5/6, above chance (5/6 - 1/2) / (1/2) = 2/3. Class 2: no positive.
+    torch.testing.assert_close(prior_skill(probs, targets), torch.tensor([1.0, 2 / 3, 0.0]))
+    # Scores that rank positives below chance give 0, not a negative weight.
+    worst = prior_skill(torch.tensor([[0.1], [0.9], [0.8]]), torch.tensor([[1], [0], [0]]))
+    assert float(worst) == 0.0
+
+
+# -- grouped options -----------------------------------------------------------------------------
+def test_grouped_options_are_stored_as_plain_dicts_and_the_flat_names_of_0_2_still_load(
+    tiny_clip_dir,
+):
+    from cssa_lightning.methods.options import FLAT_NAMES, AlignmentOptions
+
+    common = {"clip_checkpoint": str(tiny_clip_dir), "attention_heads": 4}
+    grouped = CSSATask(
+        CLASS_NAMES,
+        pseudo={"threshold": "fixed", "memory": 7},
+        alignment={"weight": 0.3},
+        context={"num_contexts": 2},
+        **common,
+    )
+    assert grouped.pseudo_labeller.rule == "fixed" and grouped.alignment_options.weight == 0.3
+    assert grouped.alignment_options == AlignmentOptions(weight=0.3)
+    for group in ("pseudo", "alignment", "context"):
+        assert type(grouped.hparams[group]) is dict  # weights-only checkpoints take it
+    with pytest.warns(DeprecationWarning, match="is now alignment.weight"):
+        flat = CSSATask(
+            CLASS_NAMES,
+            pseudo_threshold="fixed",
+            score_memory=7,
+            alignment_weight=0.3,
+            num_contexts=2,
+            **common,
+        )
+    assert dict(flat.hparams) == dict(grouped.hparams)
+    assert not set(FLAT_NAMES) & set(flat.hparams)
+    # A subclass whose own frame passes a flat name on: still one record, grouped.
+    entropy = EntropyCAP(CLASS_NAMES, clip_checkpoint=str(tiny_clip_dir), reliability_margin=0.1)
+    assert entropy.hparams.pseudo["reliability_margin"] == 0.1
+    assert "reliability_margin" not in entropy.hparams
+    # A CSSATask subclass with a constructor of its own, given a partial group: the record is
+    # the complete group (its constructor's frame held only what the caller passed).
+    partial = EntropyCSSA(CLASS_NAMES, context={"num_contexts": 2}, **common)
+    assert partial.hparams.context == dict(grouped.hparams.context)
+    assert partial.hparams.entropy_weight == 0.5
+    with pytest.raises(ValueError, match="alignment: no option 'wieght'; its options: enabled"):
+        CSSATask(CLASS_NAMES, alignment={"wieght": 1.0}, **common)

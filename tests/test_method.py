@@ -1,5 +1,7 @@
 """The CSSA components, each checked without a Trainer."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -227,11 +229,11 @@ def test_unlabeled_context_targets_can_keep_only_trusted_pseudo_labels(tiny_clip
             CLASS_NAMES[:4],
             clip_checkpoint=str(tiny_clip_dir),
             attention_heads=4,
-            num_contexts=2,
             **options,
         )
 
-    trusted, every = task(context_unlabeled_targets="trusted"), task()
+    trusted = task(context={"num_contexts": 2, "unlabeled_targets": "trusted"})
+    every = task(context={"num_contexts": 2})
     for t in (trusted, every):
         t.class_to_context.copy_(torch.tensor([0, 0, 1, 1]))
     strong = every.encode(torch.randn(2, 3, 32, 32))
@@ -278,7 +280,7 @@ def test_alignment_positives_on_unlabeled_images(cssa_task):
         "none": torch.zeros(2, 3),
     }
     for choice, want in expected.items():
-        task.hparams.alignment_unlabeled = choice
+        task.alignment_options = replace(task.alignment_options, unlabeled=choice)
         got = task.alignment_positives(probs, PseudoLabels(labels, mask))
         torch.testing.assert_close(got.float(), want, msg=choice)
 
@@ -292,7 +294,7 @@ def test_alignment_target_prototype_follows_the_classifier(cssa_task):
         task.net.alignment.prototypes.copy_(torch.randn_like(task.net.alignment.prototypes))
     losses = {}
     for target in ("text", "prototype", "both"):
-        task.hparams.alignment_target = target
+        task.alignment_options = replace(task.alignment_options, target=target)
         losses[target] = task.alignment_loss(encoded, positives)
     text = semantic_alignment_loss(features, task.net.text_features, positives, 0.07)
     proto = semantic_alignment_loss(features, task.net.alignment.prototypes, positives, 0.07)
@@ -317,7 +319,7 @@ def _consistency(task, probs):
 @pytest.fixture(scope="module")
 def consistency_tasks(tiny_clip_dir):
     """CAP-like tasks (consistency only) with fixed thresholds of 0.5, by
-    ``(reliability_margin, consistency_target)``."""
+    ``(pseudo.reliability_margin, consistency_target)``."""
     tasks = {}
     for margin in (0.0, 0.1):
         for target in ("hard", "soft"):
@@ -325,11 +327,9 @@ def consistency_tasks(tiny_clip_dir):
                 CLASS_NAMES[:3],
                 clip_checkpoint=str(tiny_clip_dir),
                 label_specific=False,
-                use_alignment=False,
-                use_context=False,
-                pseudo_threshold="fixed",
-                fixed_threshold=0.5,
-                reliability_margin=margin,
+                alignment={"enabled": False},
+                context={"enabled": False},
+                pseudo={"threshold": "fixed", "fixed_threshold": 0.5, "reliability_margin": margin},
                 consistency_target=target,
             )
             task.pseudo_labeller.refresh(torch.full((3,), 0.3))  # the fixed thresholds

@@ -19,7 +19,7 @@ from .conftest import CLASS_NAMES
 from .test_benchmark import quiet_trainer
 from .test_datamodule import make_datamodule
 
-FAST = dict(warmup_epochs=1, rampup_epochs=0.5, num_contexts=2, attention_heads=4)
+FAST = dict(warmup_epochs=1, rampup_epochs=0.5, context={"num_contexts": 2}, attention_heads=4)
 
 
 # -- PseudoLabeller ------------------------------------------------------------------------------
@@ -155,9 +155,8 @@ def test_loss_weights_ramp_and_weigh_unlabeled_images(task):
     old = dict(hp)
     try:
         hp.update(
-            alignment_weight=0.5,
-            context_weight=0.25,
-            absent_push_weight=2.0,
+            alignment={**hp.alignment, "weight": 0.5, "absent_push_weight": 2.0},
+            context={**hp.context, "weight": 0.25},
             consistency_weight=1.0,
             ramp_auxiliary=True,
             unlabeled_weighting="per_image",
@@ -278,10 +277,8 @@ def test_fixed_teacher_pass_and_teacher_updated_at_the_optimizer_step(image_fold
     model = CSSATask(
         data.class_names,
         clip_checkpoint=str(tiny_clip_dir),
-        threshold_refresh="pass",
-        pseudo_label_scores="pass",
-        negative_keep=0.998,
-        absent_push_weight=0.5,
+        pseudo={"refresh": "pass", "scores": "pass", "negative_keep": 0.998},
+        alignment={"absent_push_weight": 0.5},
         **FAST,
     )
     watch = TeacherWatch()
@@ -297,8 +294,8 @@ def test_fixed_teacher_pass_and_teacher_updated_at_the_optimizer_step(image_fold
 
 
 def test_pseudo_label_scores_pass_needs_a_pass(tiny_clip_dir):
-    with pytest.raises(ValueError, match="threshold_refresh='pass'"):
-        CSSATask(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), pseudo_label_scores="pass")
+    with pytest.raises(ValueError, match="pseudo.refresh='pass'"):
+        CSSATask(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), pseudo={"scores": "pass"})
 
 
 def test_precision_at_recall():
@@ -386,7 +383,7 @@ def test_thresholds_from_a_masked_memory_equal_those_from_the_seen_rows():
     assert labeller.ready
 
 
-# -- a memory of the latest rows (score_memory) -------------------------------------------------
+# -- a memory of the latest rows (pseudo.memory) ------------------------------------------------
 def test_a_ring_memory_holds_the_latest_rows_and_resumes_where_it_left():
     torch.manual_seed(0)
     steps = [torch.rand(3, 2) for _ in range(5)]  # a pool of 15 images, a ring of 4 rows
@@ -432,8 +429,7 @@ def test_a_fit_with_a_ring_smaller_than_the_pool(image_folders, tiny_clip_dir):
         clip_checkpoint=str(tiny_clip_dir),
         warmup_epochs=1,
         rampup_epochs=0.5,
-        score_memory=5,
-        threshold_refresh="step",
+        pseudo={"memory": 5, "refresh": "step"},
     )
     trainer = quiet_trainer(max_epochs=2, limit_val_batches=0)
     trainer.fit(model, datamodule=data)
@@ -445,12 +441,11 @@ def test_a_fit_with_a_ring_smaller_than_the_pool(image_folders, tiny_clip_dir):
     metrics = trainer.callback_metrics
     for key in ("pseudo/precision", "pseudo/precision@50", "train/loss_cons"):
         assert torch.isfinite(metrics[key]), key
-    with pytest.raises(ValueError, match="score_memory keeps the latest rows only"):
+    with pytest.raises(ValueError, match="pseudo.memory keeps the latest rows only"):
         MeanTeacherTask(
             data.class_names,
             clip_checkpoint=str(tiny_clip_dir),
-            score_memory=5,
-            threshold_refresh="pass",
+            pseudo={"memory": 5, "refresh": "pass"},
         )
 
 

@@ -22,7 +22,12 @@ from cssa_lightning.data.resume import StreamSampler
 
 from .conftest import checkpoint_every_step, fit_config
 
-FAST = {"warmup_epochs": 1, "rampup_epochs": 0.5, "num_contexts": 2, "attention_heads": 4}
+FAST = {
+    "warmup_epochs": 1,
+    "rampup_epochs": 0.5,
+    "context": {"num_contexts": 2},
+    "attention_heads": 4,
+}
 
 
 def resume_config(out: Path, folders, clip_dir) -> Path:

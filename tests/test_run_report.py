@@ -22,8 +22,7 @@ from tests.conftest import CLASS_NAMES, fit_config
 CSSA_ARGS = {
     "label_specific": True,
     "attention_heads": 2,
-    "num_contexts": 2,
-    "context_hidden": 16,
+    "context": {"num_contexts": 2, "hidden": 16},
     "warmup_epochs": 1,
     "ema_decay": 0.9,
 }
@@ -129,12 +128,12 @@ def test_offline_wandb_run_holds_config_tables_images_and_summaries(cssa_run):
     assert config["seed_everything"] == 1
     assert config["trainer"]["max_epochs"] == 2
     assert config["model"]["class_path"] == "cssa_lightning.CSSATask"
-    assert config["model"]["init_args"]["num_contexts"] == 2
+    assert config["model"]["init_args"]["context"]["num_contexts"] == 2
     assert config["data"]["init_args"]["labeled_ratio"] == 0.25
     assert config["cssa_lightning"]["version"]
     assert config["test_after_fit"] is True
     # Once: no flat copy of the model's and data's options beside their sections.
-    assert not {"num_contexts", "lr", "class_names", "labeled_ratio"} & set(config)
+    assert not {"context", "lr", "class_names", "labeled_ratio"} & set(config)
 
     logged: dict[str, list] = {}
     for row in run["history"]:

@@ -7,6 +7,7 @@ from cssa_lightning.data.transforms import (
     CLIP_MEAN,
     CLIP_STD,
     COLOUR_CHANGING_OPS,
+    STRONG_OP_NAMES,
     _normalise,
     _weak_ops,
     strong_pool,
@@ -171,8 +172,28 @@ def test_magnitude_and_translate_scale_the_ranges():
         ({"magnitude": float("nan")}, "strong_magnitude"),
         ({"translate": -0.01}, "strong_translate"),
         ({"translate": 1.5}, "strong_translate"),
+        ({"only": ["spin"]}, "strong_op_names"),
+        ({"only": []}, "strong_op_names"),
+        ({"only": ["solarize"], "ops": "colour_preserving"}, "strong_op_names"),
+        ({"only": ["rotate"], "num_ops": 2}, "strong_num_ops"),
     ],
 )
 def test_bad_strong_options(options, name):
     with pytest.raises(ValueError, match=name):
         strong_transform(32, CLIP_MEAN, CLIP_STD, **options)
+
+
+def test_strong_op_names_keep_only_those_ops_in_the_pools_order():
+    (rotate,) = strong_pool("full", only=["rotate"])
+    assert isinstance(rotate, A.Affine) and rotate.rotate == (-30.0, 30.0)
+    assert rotate.shear == {"x": (0.0, 0.0), "y": (0.0, 0.0)}
+    first, second = strong_pool("colour_preserving", magnitude=0.5, only=["blur", "translate"])
+    assert isinstance(first, A.Affine) and isinstance(second, A.GaussianBlur)  # pool order
+    full = strong_pool("full")
+    assert [type(op) for op in strong_pool("full", only=list(STRONG_OP_NAMES))] == [
+        type(op) for op in full
+    ]
+    # One op, every time: the view of a one-op pool at num_ops 1 is that op's.
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    view = strong_transform(32, CLIP_MEAN, CLIP_STD, 1, cutout_max=0.01, only=["blur"])
+    assert tuple(view(image=image)["image"].shape) == (3, 32, 32)

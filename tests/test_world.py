@@ -462,7 +462,7 @@ def test_true_class_contexts_are_each_class_s_most_frequent_context(tmp_path):
     other = torch.tensor([i % 3 for i in range(len(truth))])
     trainer = SimpleNamespace(datamodule=data, loggers=[], global_step=0)
     for found, expected in ((same, 1.0), (other, None)):
-        task = SimpleNamespace(class_to_context=found, hparams={"use_context": True})
+        task = SimpleNamespace(class_to_context=found, hparams={"context": {"enabled": True}})
         callback = ContextAgreement()
         callback.on_train_start(trainer, task)
         if expected is None:
@@ -470,5 +470,5 @@ def test_true_class_contexts_are_each_class_s_most_frequent_context(tmp_path):
         else:
             assert callback.ari == pytest.approx(expected)
     callback = ContextAgreement()
-    callback.on_train_start(trainer, SimpleNamespace(hparams={"use_context": False}))
+    callback.on_train_start(trainer, SimpleNamespace(hparams={"context": {"enabled": False}}))
     assert callback.ari is None

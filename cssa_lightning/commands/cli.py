@@ -25,6 +25,7 @@ from cssa_lightning.guards import (
 # its short name too (``--model.help CSSATask``, ``class_path: D2LTask``).
 from cssa_lightning.methods import cssa, d2l, mean_teacher  # noqa: F401
 from cssa_lightning.methods.multilabel import MultiLabelTask
+from cssa_lightning.methods.options import FLAT_NAMES
 from cssa_lightning.reporting.run_files import RunConfigCallback
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,12 @@ def option_error_message(message: str, command: str) -> str | None:
     except (ImportError, AttributeError, TypeError, ValueError):
         return None
     key, option = match["key"], match["option"]
+    if option in FLAT_NAMES and FLAT_NAMES[option][0] in options:
+        group, field = FLAT_NAMES[option]
+        return (
+            f"--{key}.{option}: {name} has no option {option!r} since 0.3.0; it is "
+            f"--{key}.{group}.{field} (in a config: {group}: {{{field}: ...}})"
+        )
     close = difflib.get_close_matches(option, options, n=3, cutoff=0.5)
     # Abbreviations too: learning_rate -> lr.
     close += [o for o in options if o == _initials(option) and o not in close]

@@ -34,6 +34,7 @@ from cssa_lightning.data.resume import StreamSampler
 from cssa_lightning.data.transforms import (
     CLIP_MEAN,
     CLIP_STD,
+    StrongOpName,
     StrongOps,
     check_strong_options,
     eval_transform,
@@ -195,6 +196,8 @@ class MultiLabelDataModule(LightningDataModule):
         strong_translate: Largest shift of the strong view's translate op as a fraction of
             the image side (times ``strong_magnitude``), in [0, 1]; settable apart from the
             other ops because a shift is what pushes an object near the border out of view.
+        strong_op_names: Only these ops of the ``strong_ops`` pool (``None``: all of them),
+            e.g. ``[rotate]`` with ``strong_num_ops: 1`` to measure what one op costs.
         cutout_max: Largest side of a strong-view cutout hole as a fraction of the image side
             (holes are 1/3 of this to this); lower it when objects are small, so that a hole
             rarely erases an object that the weak view's pseudo-label still names.
@@ -224,6 +227,7 @@ class MultiLabelDataModule(LightningDataModule):
         strong_ops: StrongOps = "full",
         strong_magnitude: float = 1.0,
         strong_translate: float = 0.15,
+        strong_op_names: list[StrongOpName] | None = None,
         cutout_max: float = 0.3,
         labeled_view: Literal["weak", "strong"] = "weak",
         num_workers: int = 0,
@@ -252,7 +256,9 @@ class MultiLabelDataModule(LightningDataModule):
             raise ValueError("give either val_source or val_fraction, not both")
         if not 0.0 < cutout_max <= 1.0:
             raise ValueError(f"cutout_max must be in (0, 1], got {cutout_max}")
-        check_strong_options(strong_ops, strong_num_ops, strong_magnitude, strong_translate)
+        check_strong_options(
+            strong_ops, strong_num_ops, strong_magnitude, strong_translate, strong_op_names
+        )
         check_seed(split_seed, "split_seed")
         # The resolved class names are logged with the model's hyperparameters (the CLI links
         # them there); logging the unresolved value here too would conflict with them.
@@ -391,6 +397,7 @@ class MultiLabelDataModule(LightningDataModule):
                 ops=hp.strong_ops,
                 magnitude=hp.strong_magnitude,
                 translate=hp.strong_translate,
+                only=hp.get("strong_op_names"),
             ),
         )
 

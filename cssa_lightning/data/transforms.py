@@ -49,6 +49,21 @@ def weak_transform(image_size: int, mean: Sequence[float], std: Sequence[float])
 StrongOps = Literal["full", "colour_preserving"]
 """The pool of the strong view's random ops: see :func:`strong_pool`."""
 
+StrongOpName = Literal[
+    "colour_jitter",
+    "posterize",
+    "solarize",
+    "equalize",
+    "sharpen",
+    "autocontrast",
+    "rotate",
+    "shear",
+    "translate",
+    "blur",
+]
+"""The ops of the ``full`` pool, in its order (``only`` of :func:`strong_pool` picks some)."""
+STRONG_OP_NAMES: tuple[str, ...] = get_args(StrongOpName)
+
 # Ops that change hue or colour identity (or, for Posterize, quantise colours away): left out
 # of the colour-preserving pool, whose colour jitter also keeps saturation and hue.
 COLOUR_CHANGING_OPS: tuple[type[A.BasicTransform], ...] = (
@@ -60,10 +75,24 @@ COLOUR_CHANGING_OPS: tuple[type[A.BasicTransform], ...] = (
 MAX_STRONG_MAGNITUDE = 2.0
 
 
-def check_strong_options(ops: str, num_ops: int, magnitude: float, translate: float) -> None:
+def check_strong_options(
+    ops: str,
+    num_ops: int,
+    magnitude: float,
+    translate: float,
+    only: Sequence[str] | None = None,
+) -> None:
     """Raise a ``ValueError`` naming the data-module option (``strong_*``) that is invalid."""
     if ops not in get_args(StrongOps):
         raise ValueError(f"strong_ops must be one of {get_args(StrongOps)}, got {ops!r}")
+    if only is not None:
+        family = [name for name, _ in _named_pool(ops, 1.0, 0.15)]
+        unknown = [name for name in only if name not in family]
+        if unknown or not only:
+            raise ValueError(
+                f"strong_op_names must be a non-empty list of ops of the {ops!r} pool "
+                f"({', '.join(family)}), got {list(only)!r}"
+            )
     if not (
         isinstance(magnitude, int | float)
         and not isinstance(magnitude, bool)
@@ -78,7 +107,7 @@ def check_strong_options(ops: str, num_ops: int, magnitude: float, translate: fl
         and 0.0 <= translate <= 1.0
     ):
         raise ValueError(f"strong_translate must be a number in [0, 1], got {translate!r}")
-    size = len(strong_pool(ops, magnitude, translate))
+    size = len(strong_pool(ops, magnitude, translate, only))
     if not (isinstance(num_ops, int) and not isinstance(num_ops, bool) and 0 <= num_ops <= size):
         raise ValueError(
             f"strong_num_ops must be an integer in [0, {size}] (the size of the "
@@ -87,7 +116,10 @@ def check_strong_options(ops: str, num_ops: int, magnitude: float, translate: fl
 
 
 def strong_pool(
-    ops: StrongOps = "full", magnitude: float = 1.0, translate: float = 0.15
+    ops: StrongOps = "full",
+    magnitude: float = 1.0,
+    translate: float = 0.15,
+    only: Sequence[StrongOpName] | None = None,
 ) -> list[A.BasicTransform]:
     """The strong view's pool of random ops, each applied whenever drawn.
 
@@ -98,8 +130,16 @@ def strong_pool(
     side, colour-jitter strengths, blur sigma, sharpen alpha, the bits Posterize removes and the
     part Solarize inverts); at 1 the ops are exactly the historical ones, at 0 every op with a
     magnitude is the identity (Solarize then inverts only saturated values, 255 in uint8).
-    Equalize and AutoContrast have no magnitude.
+    Equalize and AutoContrast have no magnitude. ``only`` keeps the named ops of the pool (in
+    the pool's order): one op alone shows what it costs.
     """
+    pool = _named_pool(ops, magnitude, translate)
+    return [op for name, op in pool if only is None or name in only]
+
+
+def _named_pool(
+    ops: StrongOps, magnitude: float, translate: float
+) -> list[tuple[str, A.BasicTransform]]:
     m = magnitude
     keep_colour = ops == "colour_preserving"
     pool = [
@@ -123,9 +163,10 @@ def strong_pool(
         if m > 0
         else A.NoOp(p=1.0),
     ]
+    named = list(zip(STRONG_OP_NAMES, pool, strict=True))
     if keep_colour:
-        pool = [op for op in pool if not isinstance(op, COLOUR_CHANGING_OPS)]
-    return pool
+        named = [(name, op) for name, op in named if not isinstance(op, COLOUR_CHANGING_OPS)]
+    return named
 
 
 def strong_transform(
@@ -137,18 +178,19 @@ def strong_transform(
     ops: StrongOps = "full",
     magnitude: float = 1.0,
     translate: float = 0.15,
+    only: Sequence[StrongOpName] | None = None,
 ) -> A.Compose:
     """Weak + ``num_ops`` distinct random ops out of :func:`strong_pool` ``(ops, magnitude,
-    translate)`` + cutout (one or two holes of ``cutout_max / 3`` to ``cutout_max`` of the side).
+    translate, only)`` + cutout (one or two holes of ``cutout_max / 3`` to ``cutout_max`` of the side).
 
     Raises:
         ValueError: an option is out of range (see :func:`check_strong_options`).
     """
-    check_strong_options(ops, num_ops, magnitude, translate)
+    check_strong_options(ops, num_ops, magnitude, translate, only)
     return A.Compose(
         [
             *_weak_ops(image_size),
-            A.SomeOf(strong_pool(ops, magnitude, translate), n=num_ops, replace=False, p=1.0),
+            A.SomeOf(strong_pool(ops, magnitude, translate, only), n=num_ops, replace=False, p=1.0),
             # Cutout: one to two holes, always applied.
             A.CoarseDropout(
                 num_holes_range=(1, 2),

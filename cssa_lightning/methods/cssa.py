@@ -3,7 +3,7 @@
 On top of :class:`~cssa_lightning.methods.mean_teacher.MeanTeacherTask` (the EMA teacher, pseudo-labels
 and consistency): label-specific features by label-query cross-attention, one-to-one semantic
 alignment, an absent-label push and context identification, each one more row of the loss
-table. With its switches off (``label_specific``, ``use_alignment``, ``use_context``) it trains
+table. With its switches off (``label_specific``, ``alignment.enabled``, ``context.enabled``) it trains
 exactly as the CAP baseline, ``MeanTeacherTask`` (checkpoints of the CAP runs of that form
 keep loading).
 """
@@ -27,6 +27,15 @@ from cssa_lightning.methods.losses import (
     semantic_alignment_loss,
 )
 from cssa_lightning.methods.mean_teacher import MeanTeacherTask
+from cssa_lightning.methods.options import (
+    ALIGNMENT_DEFAULTS,
+    CONTEXT_DEFAULTS,
+    AlignmentOptions,
+    ContextOptions,
+    lookup,
+    move_flat_names,
+    take_group,
+)
 from cssa_lightning.methods.pseudo_labels import PseudoLabels
 from cssa_lightning.networks.network import Encoded
 
@@ -35,12 +44,21 @@ log = logging.getLogger(__name__)
 
 def aligns_unlabeled(hparams: Mapping[str, Any]) -> bool:
     """The switch of ``align_u``: alignment on, with some unlabeled positives to align."""
-    return bool(hparams["use_alignment"]) and hparams["alignment_unlabeled"] != "none"
+    return bool(lookup(hparams, "alignment.enabled")) and (
+        lookup(hparams, "alignment.unlabeled") != "none"
+    )
 
 
 def pushes_absent(hparams: Mapping[str, Any]) -> bool:
     """The switch of ``push`` and ``push_u``: alignment on and a positive push weight."""
-    return bool(hparams["use_alignment"]) and hparams["absent_push_weight"] > 0
+    return bool(lookup(hparams, "alignment.enabled")) and (
+        lookup(hparams, "alignment.absent_push_weight") > 0
+    )
+
+
+def aligns_in_warmup(hparams: Mapping[str, Any]) -> bool:
+    """Whether ``align`` runs in the warm-up (and then at full weight, without the ramp)."""
+    return bool(lookup(hparams, "alignment.in_warmup", False))
 
 
 class CSSATask(MeanTeacherTask):
@@ -66,40 +84,10 @@ class CSSATask(MeanTeacherTask):
         label_query_depth: Blocks of the ``decoder`` (1-2 are usual).
         cross_attention_lr: Peak learning rate of the cross-attention; ``None`` uses
             ``head_lr``.
-        use_alignment: Add the one-to-one semantic alignment loss.
-        alignment_weight: Weight of the alignment loss.
-        alignment_temperature: Temperature ``tau`` of the alignment loss.
-        alignment_unlabeled: Which pseudo-positives of unlabeled images the alignment pulls to
-            their texts: every pseudo-positive kept by the reliability mask (``all``), only
-            those whose teacher probability clears the threshold by ``alignment_margin``
-            (``confident``), every pseudo-positive weighted by its teacher probability
-            (``weighted``), or none: labeled images only (``none``).
-        alignment_margin: The margin of ``alignment_unlabeled="confident"``.
-        alignment_target: What each label feature is aligned with: the frozen class text
-            ``t_k``, the classifier's (learnable) prototype ``w_k`` that the label is scored
-            with, or both (mean of the two losses).
-        alignment_in_warmup: Align the labeled images' positive label features from the
-            first step, at full weight (no ramp), instead of from the warm-up's end with the
-            auxiliary ramp: with ``alignment_target="text"`` the frozen class texts anchor the
-            label features while the labels move them (the paper's alignment with the text
-            features), before any pseudo-label exists.
-        absent_push_weight: Weight of the absent-label push term (0: off): the feature of each
-            absent label (labeled negatives; trusted pseudo-negatives) is pushed below cosine
-            ``absent_push_margin`` with the alignment target of its class.
-        absent_push_margin: Cosine above which an absent label's feature is pushed.
-        use_context: Add the context identification task.
-        num_contexts: Contexts ``K`` found by spectral clustering of labeled co-occurrence.
-        context_weight: Weight of the context losses.
-        context_target: Multi-hot contexts with BCE, or one context per image with CE.
-        context_input: Feature the context head reads: global, or the mean label feature.
-        context_hidden: Hidden width of the context head.
-        context_seed: Seed of the spectral clustering.
-        context_unlabeled_targets: The contexts of an unlabeled image come from all its hard
-            pseudo-labels (``pseudo_labels``) or only from those the reliability mask keeps
-            (``trusted``: a masked, uncertain pseudo-positive names no context).
-        context_reduction: The multi-hot BCE averaged over images and contexts (``mean``) or
-            summed over contexts and averaged over images (``sum``, scaled like the supervised
-            ASL's sum over classes).
+        alignment: The one-to-one semantic alignment of label features and the absent-label
+            push (:class:`~cssa_lightning.methods.options.AlignmentOptions`).
+        context: The context identification task
+            (:class:`~cssa_lightning.methods.options.ContextOptions`).
         **kwargs: Options of :class:`~cssa_lightning.methods.mean_teacher.MeanTeacherTask` (the
             teacher, pseudo-labels, consistency and schedule) and of
             :class:`~cssa_lightning.methods.multilabel.MultiLabelTask`.
@@ -111,16 +99,16 @@ class CSSATask(MeanTeacherTask):
             "align",
             "labeled",
             "alignment_loss",
-            weight="alignment_weight",
-            ramp=lambda hp: "none" if hp.get("alignment_in_warmup") else "auxiliary",
-            enabled=option("use_alignment"),
-            warmup=option("alignment_in_warmup", default=False),
+            weight="alignment.weight",
+            ramp=lambda hp: "none" if aligns_in_warmup(hp) else "auxiliary",
+            enabled=option("alignment.enabled"),
+            warmup=aligns_in_warmup,
         ),
         LossTerm(
             "push",
             "labeled",
             "absent_push_term",
-            weight="absent_push_weight",
+            weight="alignment.absent_push_weight",
             ramp="auxiliary",
             enabled=pushes_absent,
         ),
@@ -128,15 +116,15 @@ class CSSATask(MeanTeacherTask):
             "ctx",
             "labeled",
             "context_loss",
-            weight="context_weight",
+            weight="context.weight",
             ramp="auxiliary",
-            enabled=option("use_context"),
+            enabled=option("context.enabled"),
         ),
         LossTerm(
             "align_u",
             "unlabeled",
             "unlabeled_alignment_term",
-            weight="alignment_weight",
+            weight="alignment.weight",
             ramp="auxiliary",
             enabled=aligns_unlabeled,
         ),
@@ -144,7 +132,7 @@ class CSSATask(MeanTeacherTask):
             "push_u",
             "unlabeled",
             "unlabeled_absent_push_term",
-            weight="absent_push_weight",
+            weight="alignment.absent_push_weight",
             ramp="auxiliary",
             enabled=pushes_absent,
         ),
@@ -152,9 +140,9 @@ class CSSATask(MeanTeacherTask):
             "ctx_u",
             "unlabeled",
             "unlabeled_context_term",
-            weight="context_weight",
+            weight="context.weight",
             ramp="auxiliary",
-            enabled=option("use_context"),
+            enabled=option("context.enabled"),
         ),
     )
 
@@ -166,46 +154,40 @@ class CSSATask(MeanTeacherTask):
         label_query_block: Literal["attention", "decoder"] = "attention",
         label_query_depth: int = 1,
         cross_attention_lr: float | None = None,
-        use_alignment: bool = True,
-        alignment_weight: float = 1.0,
-        alignment_temperature: float = 0.07,
-        alignment_unlabeled: Literal["all", "confident", "weighted", "none"] = "confident",
-        alignment_margin: float = 0.2,
-        alignment_target: Literal["text", "prototype", "both"] = "prototype",
-        alignment_in_warmup: bool = False,
-        absent_push_weight: float = 0.0,
-        absent_push_margin: float = 0.0,
-        use_context: bool = True,
-        num_contexts: int = 5,
-        context_weight: float = 1.0,
-        context_target: Literal["multi_hot", "single"] = "multi_hot",
-        context_input: Literal["global", "label_mean"] = "global",
-        context_hidden: int = 256,
-        context_seed: int = 0,
-        context_unlabeled_targets: Literal["pseudo_labels", "trusted"] = "pseudo_labels",
-        context_reduction: Literal["mean", "sum"] = "mean",
+        alignment: AlignmentOptions = ALIGNMENT_DEFAULTS,
+        context: ContextOptions = CONTEXT_DEFAULTS,
         **kwargs: Any,
     ):
-        if use_context and num_contexts < 1:
-            raise ValueError(f"num_contexts must be >= 1 with use_context, got {num_contexts}")
+        move_flat_names(kwargs, ("pseudo", "alignment", "context"))
+        alignment = take_group(AlignmentOptions, "alignment", alignment, kwargs, ALIGNMENT_DEFAULTS)
+        context = take_group(ContextOptions, "context", context, kwargs, CONTEXT_DEFAULTS)
+        # Set before the base class builds the network (network_options reads them).
+        self.alignment_options, self.context_options = alignment, context
         super().__init__(class_names, **kwargs)
         # Data-dependent state, filled in on_fit_start and saved in checkpoints.
         self.register_buffer("class_to_context", torch.zeros(len(class_names), dtype=torch.long))
+
+    def option_groups(self) -> dict[str, Any]:
+        return {
+            **super().option_groups(),
+            "alignment": self.alignment_options,
+            "context": self.context_options,
+        }
 
     def modules_idle_in_warmup(self) -> list[str]:
         # The context head is trained by the context terms only, which start after warm-up.
         return ["net.context_head"] if self.net.context_head is not None else []
 
     def network_options(self) -> dict[str, Any]:
-        hp = self.hparams
+        hp, context = self.hparams, self.context_options
         return dict(
             label_specific=hp.label_specific,
             attention_heads=hp.attention_heads,
             label_query_block=hp.get("label_query_block", "attention"),
             label_query_depth=hp.get("label_query_depth", 1),
-            num_contexts=hp.num_contexts if hp.use_context else 0,
-            context_hidden=hp.context_hidden,
-            context_input=hp.context_input,
+            num_contexts=context.num_contexts if context.enabled else 0,
+            context_hidden=context.hidden,
+            context_input=context.input,
         )
 
     def parameter_lr(self, name: str) -> float:
@@ -217,11 +199,11 @@ class CSSATask(MeanTeacherTask):
     def learn_label_statistics(self, labeled: Tensor) -> None:
         """The class priors, and the contexts from the labeled co-occurrence."""
         super().learn_label_statistics(labeled)
-        if self.hparams.use_context:
+        if self.context_options.enabled:
             contexts = cluster_contexts(
                 cooccurrence_affinity(labeled.numpy()),
-                self.hparams.num_contexts,
-                self.hparams.context_seed,
+                self.context_options.num_contexts,
+                self.context_options.seed,
             )
             self.class_to_context.copy_(torch.as_tensor(contexts))
             log.info(
@@ -232,31 +214,31 @@ class CSSATask(MeanTeacherTask):
     # -- what the unlabeled terms receive (override one to change it) -------------------------
     def alignment_positives(self, probs: Tensor, pseudo: PseudoLabels) -> Tensor:
         """Weights of the unlabeled ``(image, label)`` pairs the alignment loss pulls."""
-        hp = self.hparams
+        options = self.alignment_options
         labels, mask = pseudo
-        if hp.alignment_unlabeled == "confident":
-            return labels * mask * (probs >= self.thresholds + hp.alignment_margin)
-        if hp.alignment_unlabeled == "weighted":
+        if options.unlabeled == "confident":
+            return labels * mask * (probs >= self.thresholds + options.margin)
+        if options.unlabeled == "weighted":
             return labels * mask * probs
-        if hp.alignment_unlabeled == "none":
+        if options.unlabeled == "none":
             return torch.zeros_like(labels)
         return labels * mask
 
     # -- the losses -------------------------------------------------------------------------
     def alignment_targets(self) -> list[Tensor]:
-        """``(C, D)`` features the label features are aligned with (``alignment_target``)."""
-        hp = self.hparams
+        """``(C, D)`` features the label features are aligned with (``alignment.target``)."""
+        target = self.alignment_options.target
         targets = []
-        if hp.alignment_target in ("text", "both"):
+        if target in ("text", "both"):
             targets.append(self.net.class_text_features())
-        if hp.alignment_target in ("prototype", "both"):
+        if target in ("prototype", "both"):
             targets.append(self.net.alignment.prototypes)
         return targets
 
     def alignment_loss(self, encoded: Encoded, positives: Tensor) -> Tensor:
         """One-to-one alignment of each positive label's feature with its class text and/or
-        its classifier prototype (``alignment_target``)."""
-        temperature = self.hparams.alignment_temperature
+        its classifier prototype (``alignment.target``)."""
+        temperature = self.alignment_options.temperature
         normalizer = self.pair_normalizer(positives)
         losses = [
             semantic_alignment_loss(
@@ -268,7 +250,7 @@ class CSSATask(MeanTeacherTask):
 
     def absent_push_loss(self, encoded: Encoded, negatives: Tensor) -> Tensor:
         """Push absent labels' features away from their class's alignment target."""
-        margin = self.hparams.absent_push_margin
+        margin = self.alignment_options.absent_push_margin
         normalizer = self.pair_normalizer(negatives)
         losses = [
             absent_push_loss(encoded.label_features, target, negatives, margin, normalizer)
@@ -287,12 +269,12 @@ class CSSATask(MeanTeacherTask):
 
     def context_loss(self, encoded: Encoded, labels: Tensor) -> Tensor:
         """Context identification loss against the contexts of ``labels``."""
-        single = self.hparams.context_target == "single"
-        targets = context_targets(labels, self.class_to_context, self.hparams.num_contexts, single)
+        options = self.context_options
+        single = options.target == "single"
+        targets = context_targets(labels, self.class_to_context, options.num_contexts, single)
         if single and not (targets >= 0).any():
             return encoded.context_logits.sum() * 0.0
-        reduction = self.hparams.get("context_reduction", "mean")
-        return context_loss(encoded.context_logits, targets, single, reduction)
+        return context_loss(encoded.context_logits, targets, single, options.reduction)
 
     # -- the terms of the loss table ----------------------------------------------------------
     def absent_push_term(self, student: Encoded, targets: Tensor) -> Tensor:
@@ -315,9 +297,9 @@ class CSSATask(MeanTeacherTask):
         self, strong: Encoded, probs: Tensor, pseudo: PseudoLabels
     ) -> Tensor:
         """``ctx_u``: the strong views' contexts against those of the hard pseudo-labels (only
-        the trusted ones with ``context_unlabeled_targets="trusted"``)."""
+        the trusted ones with ``context.unlabeled_targets="trusted"``)."""
         labels = pseudo.labels
-        if self.hparams.get("context_unlabeled_targets", "pseudo_labels") == "trusted":
+        if self.context_options.unlabeled_targets == "trusted":
             labels = labels * pseudo.mask
         return self.context_loss(strong, labels)
 

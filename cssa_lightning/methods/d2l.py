@@ -16,7 +16,7 @@ table and two options:
   again; with a ViT the patch tokens of the one pass are the local views at no extra encoder
   cost (our adaptation, documented in ``docs/method.md``).
 - **MAT**: per-class thresholds maximising F-beta (``beta = 0.5``, precision-leaning) of the
-  teacher's scores of the labeled images, refreshed every epoch: ``pseudo_threshold="fbeta"``
+  teacher's scores of the labeled images, refreshed every epoch: ``pseudo.threshold="fbeta"``
   of the mean-teacher task; every unlabeled entry is a hard 0/1 pseudo-label (no mask).
 
 The shipped overlay (``configs/d2l.yaml``) sets D2L's schedule choices on the mean-teacher
@@ -27,18 +27,22 @@ images weighed per image as D2L's summed losses do).
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from cssa_lightning.methods.loss_terms import LossTerm, option
 from cssa_lightning.methods.mean_teacher import MeanTeacherTask
+from cssa_lightning.methods.options import PseudoLabelOptions, move_flat_names, take_group
 from cssa_lightning.methods.pseudo_labels import PseudoLabels
 from cssa_lightning.networks.heads import AlignmentHead, softmax_pool
 from cssa_lightning.networks.network import Encoded
 
 log = logging.getLogger(__name__)
+
+# D2L's pseudo-label options: MAT thresholds (F-beta, beta 0.5) on the labeled teacher scores.
+MAT = PseudoLabelOptions(threshold="fbeta", fbeta=0.5)
 
 
 class D2LTask(MeanTeacherTask):
@@ -56,10 +60,10 @@ class D2LTask(MeanTeacherTask):
             as CAP does.
         local_branch: Add the local branch (patch-token scores, softmax-pooled per class);
             the label score becomes the mean of the global and the local score.
-        pseudo_threshold: D2L's MAT is ``fbeta`` (per-class F-beta on the teacher's scores
-            of the labeled images).
-        fbeta: ``beta`` of MAT: 0.5 as the paper states (the official code's formula,
-            ``(1 + b^2) P R / (b P + R)``, picks the thresholds of beta ~0.71 at b = 0.5).
+        pseudo: As the mean-teacher task's, with D2L's MAT as the default: ``threshold="fbeta"``
+            (per-class F-beta on the teacher's scores of the labeled images) and ``fbeta=0.5``
+            as the paper states (the official code's formula, ``(1 + b^2) P R / (b P + R)``,
+            picks the thresholds of beta ~0.71 at b = 0.5).
         **kwargs: Options of :class:`~cssa_lightning.methods.mean_teacher.MeanTeacherTask`.
     """
 
@@ -88,11 +92,12 @@ class D2LTask(MeanTeacherTask):
         class_names: list[str],
         decoupled_heads: bool = True,
         local_branch: bool = True,
-        pseudo_threshold: Literal["cat", "fixed", "fbeta"] = "fbeta",
-        fbeta: float = 0.5,
+        pseudo: PseudoLabelOptions = MAT,
         **kwargs: Any,
     ):
-        super().__init__(class_names, pseudo_threshold=pseudo_threshold, fbeta=fbeta, **kwargs)
+        move_flat_names(kwargs, ("pseudo",))
+        pseudo = take_group(PseudoLabelOptions, "pseudo", pseudo, kwargs, MAT)
+        super().__init__(class_names, pseudo=pseudo, **kwargs)
         # The heads that learn from pseudo-labels (never read by the scores): copies of the
         # labeled heads, refreshed from them when the warm-up ends.
         self.pseudo_heads = (

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from cssa_lightning.methods.options import lookup
+
 Stream = Literal["labeled", "unlabeled"]
 Ramp = Literal["none", "always", "auxiliary"]
 RAMPS: tuple[str, ...] = ("none", "always", "auxiliary")
@@ -32,11 +34,12 @@ def always(hparams: Mapping[str, Any]) -> bool:
 
 
 def option(name: str, default: bool = True) -> Switch:
-    """The switch of a term turned on and off by the boolean option ``name`` (``default`` when
-    the option is absent: checkpoints written before an on-switch existed had the term)."""
+    """The switch of a term turned on and off by the boolean option ``name`` (dotted for a
+    group's: ``alignment.enabled``; ``default`` when the option is absent: checkpoints
+    written before an on-switch existed had the term)."""
 
     def switch(hparams: Mapping[str, Any]) -> bool:
-        return bool(hparams.get(name, default))
+        return bool(lookup(hparams, name, default))
 
     switch.__qualname__ = f"option({name!r})"
     return switch
@@ -56,7 +59,8 @@ class LossTerm:
             0-dim loss.
         method: The name of the task method that computes it (a name, not a function, so
             that a subclass changes the term by overriding that method).
-        weight: The name of the option holding its weight, or a constant weight.
+        weight: The name of the option holding its weight (dotted for a group's:
+            ``alignment.weight``), or a constant weight.
         ramp: How the weight follows the ramp after the warm-up (``ramp`` of the task, 0 to 1
             over ``rampup_epochs``): not at all (``none``), always (``always``, as the
             consistency weight ``lambda_u``), or when the task's ``ramp_auxiliary`` option is
@@ -65,7 +69,7 @@ class LossTerm:
         enabled: Whether a configuration uses the term, from the task's hyperparameters (see
             :func:`option`). A disabled term is never computed nor logged.
         warmup: Computed during the warm-up too (the supervised term; a labeled term may
-            depend on an option, e.g. ``option("alignment_in_warmup", default=False)``;
+            depend on an option, e.g. ``option("alignment.in_warmup", default=False)``;
             unlabeled terms wait for the warm-up's end, when the teacher has learnt something).
     """
 
@@ -87,7 +91,7 @@ class LossTerm:
 
     def base_weight(self, hparams: Mapping[str, Any]) -> float:
         """The weight before the ramp and the unlabeled-stream scaling."""
-        return hparams[self.weight] if isinstance(self.weight, str) else self.weight
+        return lookup(hparams, self.weight) if isinstance(self.weight, str) else self.weight
 
     def ramp_of(self, hparams: Mapping[str, Any]) -> Ramp:
         """How this configuration ramps the term's weight."""

@@ -24,8 +24,18 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cssa_lightning.methods.loss_terms import LossTerm, Stream, check_table, option
+from cssa_lightning.methods.metrics import average_precision
 from cssa_lightning.methods.monitoring import PseudoLabelMonitor
 from cssa_lightning.methods.multilabel import MultiLabelTask, one_cycle_factor
+from cssa_lightning.methods.options import (
+    FLAT_NAMES,
+    PSEUDO_DEFAULTS,
+    PseudoLabelOptions,
+    as_dict,
+    lookup,
+    move_flat_names,
+    take_group,
+)
 from cssa_lightning.methods.pseudo_labels import PseudoLabeller, PseudoLabels
 from cssa_lightning.networks.network import Encoded
 
@@ -53,7 +63,7 @@ class MeanTeacherTask(MultiLabelTask):
         consistency_target: What the strong view's scores are trained towards: the teacher's
             hard pseudo-labels (``hard``, thresholded), or its probabilities (``soft``, as
             soft targets of the same ASL/BCE loss); either way multiplied by the reliability
-            mask (``reliability_margin``, ``negative_keep``). Soft targets keep the teacher's
+            mask (``pseudo.reliability_margin``, ``pseudo.negative_keep``). Soft targets keep the teacher's
             confidence: an entry just over its threshold is not pushed towards 1 as hard as a
             sure one, nor one just under it towards 0, so the student inherits less of the
             thresholding's errors. The other terms' pseudo-labels stay hard.
@@ -73,37 +83,11 @@ class MeanTeacherTask(MultiLabelTask):
             from an average that still remembers the first steps.
         schedule_restart: Run one OneCycle learning-rate schedule over the warm-up and a new
             one over the semi-supervised epochs (CAP), instead of one over the whole run.
-        pseudo_threshold: How thresholds are chosen: class-distribution-aware (CAT), one fixed
-            value, or F-beta on labeled teacher scores (MAT).
-        fixed_threshold: The threshold of ``pseudo_threshold="fixed"``.
-        fbeta: ``beta`` of ``pseudo_threshold="fbeta"``.
-        threshold_refresh: Recompute thresholds at each epoch end from the epoch's teacher
-            scores, at every step from the latest teacher score of each image seen so far
-            (every process records every process's scores), or from one pass of the fixed
-            teacher over every unlabeled image (eval view) at the start of each
-            semi-supervised epoch (``pass``, CAP).
-        pseudo_label_scores: Pseudo-labels from the teacher's scores of the step's weak views
-            (``step``), or from the scores of the epoch-start pass (``pass``, CAP; needs
-            ``threshold_refresh="pass"``).
-        reliability_margin: Mask pseudo-labels whose teacher probability is within this
-            distance of the threshold (0 keeps all): the entries most likely to be wrong.
-        negative_keep: Fraction of each class's pseudo-negatives used, lowest scores first
-            (CAP: 0.998 drops the negatives just under the threshold); 1 uses all.
-        score_memory: ``None``: the pseudo-labeller remembers the latest teacher score of
-            every unlabeled image (``N x C`` floats on every process). A number ``W``: the ``W``
-            latest score rows only, so that the memory (and the CAT thresholds' data) does not
-            grow with the unlabeled pool; not with ``threshold_refresh="pass"`` or
-            ``pseudo_label_scores="pass"``, which need every image's row.
+        pseudo: How the teacher's scores become pseudo-labels: thresholds, their refresh,
+            the reliability mask, the score memory and the prior blend
+            (:class:`~cssa_lightning.methods.options.PseudoLabelOptions`).
         ema_decay: Decay of the teacher's exponential moving average: closer to 1, a slower
             and smoother teacher.
-        teacher_prior_weight: Make the pseudo-labels from ``(1 - w) * teacher + w * prior``
-            probabilities, where the prior is a frozen copy of the network as the fit starts
-            (the zero-shot CLIP with its calibrated biases). The EMA teacher's errors are the
-            student's own (it is the student's average), so the consistency loss confirms
-            them; the prior's errors are not, and it keeps what pre-training knew and the
-            fine-tuning forgets. ``0`` (default): the teacher alone, and no copy is kept; above
-            0 the copy is a third network in memory and in checkpoints. The teacher that is
-            evaluated (``*_teacher`` metrics) is never blended.
         **kwargs: Options of :class:`~cssa_lightning.methods.multilabel.MultiLabelTask`.
     """
 
@@ -133,55 +117,57 @@ class MeanTeacherTask(MultiLabelTask):
         ramp_auxiliary: bool = True,
         teacher_restart: bool = False,
         schedule_restart: bool = False,
-        pseudo_threshold: Literal["cat", "fixed", "fbeta"] = "cat",
-        fixed_threshold: float = 0.7,
-        fbeta: float = 1.0,
-        threshold_refresh: Literal["epoch", "step", "pass"] = "epoch",
-        pseudo_label_scores: Literal["step", "pass"] = "step",
-        reliability_margin: float = 0.0,
-        negative_keep: float = 1.0,
-        score_memory: int | None = None,
         ema_decay: float = 0.999,
-        teacher_prior_weight: float = 0.0,
+        pseudo: PseudoLabelOptions = PSEUDO_DEFAULTS,
         **kwargs: Any,
     ):
         if consistency_target not in ("hard", "soft"):
             raise ValueError(
                 f"consistency_target must be 'hard' or 'soft', got {consistency_target!r}"
             )
-        if pseudo_label_scores == "pass" and threshold_refresh != "pass":
-            raise ValueError("pseudo_label_scores='pass' needs threshold_refresh='pass'")
-        if score_memory is not None and threshold_refresh == "pass":
-            raise ValueError(
-                "score_memory keeps the latest rows only: threshold_refresh='pass' and "
-                "pseudo_label_scores='pass' need a row per unlabeled image (score_memory=None)"
-            )
-        if not 0.0 <= teacher_prior_weight <= 1.0:
-            raise ValueError(f"teacher_prior_weight must be in [0, 1], got {teacher_prior_weight}")
+        move_flat_names(kwargs, ("pseudo",))
+        pseudo = take_group(PseudoLabelOptions, "pseudo", pseudo, kwargs, PSEUDO_DEFAULTS)
+        self.pseudo_options = pseudo
         super().__init__(class_names, **kwargs)
+        # The record of the options is plain data (weights-only checkpoints), complete; the
+        # typed groups are what the code reads. The constructors' frames that the record is
+        # collected from may have held partial groups or flat names.
+        for name, group in self.option_groups().items():
+            self.hparams[name] = as_dict(group)
+        for name in FLAT_NAMES:
+            self.hparams.pop(name, None)
         self.check_loss_terms()
         num_classes = len(class_names)
         self.teacher = AveragedModel(
             self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
         )
         self.teacher.requires_grad_(False)
-        # The frozen start network of teacher_prior_weight (set from the student in
+        # The frozen start network of pseudo.prior_weight (set from the student in
         # on_fit_start; a resumed fit restores it from the checkpoint).
         self.prior = None
-        if teacher_prior_weight > 0:
+        if pseudo.prior_weight > 0:
             self.prior = copy.deepcopy(self.net).requires_grad_(False)
+            # Its weight per class (pseudo.prior_weighting), saved in checkpoints.
+            self.register_buffer(
+                "prior_class_weights", torch.full((len(class_names),), pseudo.prior_weight)
+            )
         self.pseudo_labeller = PseudoLabeller(
             num_classes,
-            rule=pseudo_threshold,
-            refresh=threshold_refresh,
-            fixed_threshold=fixed_threshold,
-            fbeta=fbeta,
-            reliability_margin=reliability_margin,
-            negative_keep=negative_keep,
-            memory_size=score_memory,
+            rule=pseudo.threshold,
+            refresh=pseudo.refresh,
+            fixed_threshold=pseudo.fixed_threshold,
+            fbeta=pseudo.fbeta,
+            reliability_margin=pseudo.reliability_margin,
+            negative_keep=pseudo.negative_keep,
+            memory_size=pseudo.memory,
         )
         # Data-dependent state, filled in on_fit_start and saved in checkpoints.
         self.register_buffer("class_priors", torch.zeros(num_classes))
+
+    def option_groups(self) -> dict[str, Any]:
+        """The task's typed option groups by name (set before ``__init__`` calls the base
+        class; a subclass adds its own)."""
+        return {"pseudo": self.pseudo_options}
 
     @property
     def thresholds(self) -> Tensor:
@@ -205,7 +191,7 @@ class MeanTeacherTask(MultiLabelTask):
         for term in self.loss_terms:
             if not callable(getattr(self, term.method, None)):
                 raise ValueError(f"loss term {term.name!r}: no method {term.method!r}")
-            if isinstance(term.weight, str) and term.weight not in self.hparams:
+            if isinstance(term.weight, str) and lookup(self.hparams, term.weight) is None:
                 raise ValueError(f"loss term {term.name!r}: no option {term.weight!r}")
 
     def enabled_terms(self, stream: Stream | None = None) -> list[LossTerm]:
@@ -285,10 +271,10 @@ class MeanTeacherTask(MultiLabelTask):
 
     def pseudo_label_probs(self, images: Tensor) -> Tensor:
         """The probabilities pseudo-labels are made from: the teacher's, blended with the
-        frozen start network's by ``teacher_prior_weight``."""
+        frozen start network's by ``pseudo.prior_weight``."""
         probs = self.teacher_probs(images)
-        weight = self.hparams.get("teacher_prior_weight", 0.0)
-        if weight > 0 and self.prior is not None:
+        if self.prior is not None:
+            weight = self.prior_class_weights
             probs = (1.0 - weight) * probs + weight * frozen_probs(self.prior, images)
         return probs
 
@@ -322,8 +308,27 @@ class MeanTeacherTask(MultiLabelTask):
             self.teacher.module.load_state_dict(self.net.state_dict())
             if self.prior is not None:
                 self.prior.load_state_dict(self.net.state_dict())
+                if self.pseudo_options.prior_weighting == "labeled_ap":
+                    self.weigh_prior_by_labeled_ap()
         num_unlabeled = len(datamodule.unlabeled_indices)
         self.pseudo_labeller.allocate(num_unlabeled)  # a restored memory is kept
+
+    @torch.no_grad()
+    def weigh_prior_by_labeled_ap(self) -> None:
+        """``prior_class_weights`` from the prior's skill on the labeled images
+        (``pseudo.prior_weighting="labeled_ap"``). Every process runs the same pass."""
+        probs, targets = [], []
+        for batch in self.trainer.datamodule.labeled_eval_dataloader():
+            probs.append(frozen_probs(self.prior, batch["image"].to(self.device)).cpu())
+            targets.append(batch["target"].cpu())
+        skill = prior_skill(torch.cat(probs), torch.cat(targets))
+        self.prior_class_weights.copy_(self.pseudo_options.prior_weight * skill)
+        log.info(
+            "prior weight per class from its labeled AP: mean %.3f, %d of %d classes at 0",
+            float(self.prior_class_weights.mean()),
+            int((skill == 0).sum()),
+            len(skill),
+        )
 
     def task_callbacks(self) -> list[Callback]:
         """The guards, and the pseudo-label quality against the hidden labels
@@ -416,11 +421,11 @@ class MeanTeacherTask(MultiLabelTask):
 
     def unlabeled_teacher_probs(self, unlabeled: dict[str, Tensor]) -> Tensor:
         """Teacher probabilities of the step's unlabeled images: scored now on the weak view,
-        or read from the epoch-start pass (``pseudo_label_scores="pass"``). Records them and
-        refreshes the thresholds as ``threshold_refresh`` asks."""
+        or read from the epoch-start pass (``pseudo.scores="pass"``). Records them and
+        refreshes the thresholds as ``pseudo.refresh`` asks."""
         labeller = self.pseudo_labeller
         passed = labeller.refresh_mode == "pass" and not self.in_warmup()
-        if passed and self.hparams.pseudo_label_scores == "pass":
+        if passed and self.pseudo_options.scores == "pass":
             return labeller.recorded(unlabeled["index"])
         probs = self.pseudo_label_probs(unlabeled["image_weak"])
         if not passed:  # the pass's scores stay as they are for the epoch
@@ -433,7 +438,7 @@ class MeanTeacherTask(MultiLabelTask):
         if hp.teacher_restart and hp.warmup_epochs > 0 and self.current_epoch == hp.warmup_epochs:
             self.teacher.module.load_state_dict(self.net.state_dict())
             log.info("teacher restarted from the student at epoch %d", self.current_epoch)
-        if hp.threshold_refresh == "pass" and self.current_epoch >= hp.warmup_epochs:
+        if self.pseudo_options.refresh == "pass" and self.current_epoch >= hp.warmup_epochs:
             self.teacher_pass()
 
     @torch.no_grad()
@@ -470,6 +475,16 @@ class MeanTeacherTask(MultiLabelTask):
     # -- evaluation --------------------------------------------------------------------------
     def evaluation_scores(self, images: Tensor) -> dict[str, Tensor]:
         return {"": torch.sigmoid(self(images)), "_teacher": self.teacher_probs(images)}
+
+
+def prior_skill(probs: Tensor, targets: Tensor) -> Tensor:
+    """``(C,)`` average precision above chance, ``(AP_k - p_k) / (1 - p_k)`` clipped to
+    ``[0, 1]`` (``p_k``: the class's frequency among the images); 0 for a class without a
+    positive."""
+    frequency = targets.float().mean(0).double()
+    ap = average_precision(probs, targets)
+    skill = (ap - frequency) / (1.0 - frequency).clamp(min=1e-12)
+    return skill.nan_to_num(0.0).clamp(0.0, 1.0).float()
 
 
 def frozen_probs(model: torch.nn.Module, images: Tensor) -> Tensor:
