@@ -120,6 +120,7 @@ def test_cap_baseline_fit(tmp_path, image_folders, tiny_clip_dir):
             "loss": "bce",
             "warmup_epochs": 0,
         },
+        {"context": {"num_contexts": 2, "inform_queries": True}, "label_query_block": "decoder"},
     ],
 )
 def test_cssa_options_run(tmp_path, image_folders, tiny_clip_dir, options):

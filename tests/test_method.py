@@ -71,6 +71,38 @@ def test_decoder_block_starts_at_zero_shot_then_learns_per_label(tiny_clip_dir, 
         LabelQueryDecoder(dim=8, num_heads=2, depth=0)
 
 
+@pytest.mark.parametrize("block", ["attention", "decoder"])
+def test_context_informed_queries_start_unchanged_then_follow_the_contexts(tiny_clip_dir, block):
+    options = {"label_specific": True, "attention_heads": 4, "label_query_block": block}
+    plain = make_net(tiny_clip_dir, num_contexts=3, **options).eval()
+    informed = make_net(tiny_clip_dir, num_contexts=3, context_queries=True, **options).eval()
+    informed.load_state_dict(plain.state_dict(), strict=False)  # all but the embedding
+    assert informed.context_embedding.shape == (3, 32) and not informed.context_embedding.any()
+    images = torch.randn(4, 3, 32, 32)
+    before = informed(images)
+    torch.testing.assert_close(before.logits, plain(images).logits)  # step 0 unchanged
+    torch.testing.assert_close(before.context_logits, plain(images).context_logits)
+    # Once the block's zero-initialised output has moved, the label scores train the
+    # embedding; only the context task trains the context head.
+    with torch.no_grad():
+        if block == "attention":
+            informed.cross_attention.attention.out_proj.weight.normal_()
+        else:
+            informed.cross_attention.out.weight.normal_(std=0.1)
+    informed(images).logits.sum().backward()
+    assert informed.context_embedding.grad.abs().sum() > 0
+    assert all(p.grad is None for p in informed.context_head.parameters())
+    # Once the embedding is not zero, an image's queries depend on its predicted contexts.
+    with torch.no_grad():
+        informed.context_embedding.normal_()
+        changed = informed(images).label_features
+        informed.context_head.mlp[-1].bias.add_(5.0)  # other contexts predicted
+        moved = informed(images).label_features
+    assert not torch.allclose(changed, moved)
+    with pytest.raises(ValueError, match="context_queries"):
+        make_net(tiny_clip_dir, num_contexts=3, context_queries=True, attention_heads=4)
+
+
 def test_cross_attention_is_per_label():
     layer = LabelQueryCrossAttention(dim=8, num_heads=2)
     torch.nn.init.normal_(layer.attention.out_proj.weight)

@@ -161,6 +161,7 @@ def load_exported(directory: str | Path) -> ExportedClassifier:
         local_branch=network.get("local_branch", False),  # exports before D2L have none
         label_query_block=network.get("label_query_block", "attention"),
         label_query_depth=network.get("label_query_depth", 1),
+        context_queries=network.get("context_queries", False),
     )
     heads = load_file(str(directory / HEADS_FILE))
     missing, unexpected = net.load_state_dict(heads, strict=False)
@@ -284,6 +285,7 @@ def export(
             "local_branch": bool(options.get("local_branch", False)),
             "label_query_block": options.get("label_query_block", "attention"),
             "label_query_depth": int(options.get("label_query_depth", 1)),
+            "context_queries": bool(options.get("context_queries", False)),
         },
         "preprocessing": {
             **preprocessing.to_dict(),

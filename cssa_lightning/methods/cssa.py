@@ -188,6 +188,7 @@ class CSSATask(MeanTeacherTask):
             num_contexts=context.num_contexts if context.enabled else 0,
             context_hidden=context.hidden,
             context_input=context.input,
+            context_queries=context.enabled and context.inform_queries,
         )
 
     def parameter_lr(self, name: str) -> float:

@@ -153,6 +153,11 @@ class ContextOptions:
         reduction: The multi-hot BCE averaged over images and contexts (``mean``) or summed
             over contexts and averaged over images (``sum``, scaled like the supervised ASL's
             sum over classes).
+        inform_queries: Let the predicted contexts inform the label queries (our extension,
+            not the paper's): each image's queries become ``t_k + sigmoid(c) E`` with a
+            learned, zero-initialised ``(K, D)`` context embedding ``E``, so that a label is
+            looked for differently in a kitchen than on a street. Needs label-specific
+            features and ``input="global"``.
     """
 
     enabled: bool = True
@@ -164,8 +169,13 @@ class ContextOptions:
     seed: int = 0
     unlabeled_targets: Literal["pseudo_labels", "trusted"] = "pseudo_labels"
     reduction: Literal["mean", "sum"] = "mean"
+    inform_queries: bool = False
 
     def __post_init__(self) -> None:
+        if self.inform_queries and not (self.enabled and self.input == "global"):
+            raise ValueError(
+                "context.inform_queries needs context.enabled and context.input='global'"
+            )
         if self.enabled and self.num_contexts < 1:
             raise ValueError(
                 f"context.num_contexts must be >= 1 with context.enabled, got {self.num_contexts}"

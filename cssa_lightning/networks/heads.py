@@ -94,12 +94,17 @@ class LabelQueryCrossAttention(nn.Module):
     def forward(
         self, text_features: Tensor, patch_tokens: Tensor, global_feature: Tensor
     ) -> Tensor:
-        """``(C, D)`` label queries, ``(B, N, D)`` patches, ``(B, D)`` global -> ``(B, C, D)``."""
-        queries = (
-            text_features.to(patch_tokens.dtype).unsqueeze(0).expand(patch_tokens.shape[0], -1, -1)
-        )
+        """``(C, D)`` label queries (or ``(B, C, D)``, one set per image), ``(B, N, D)``
+        patches, ``(B, D)`` global -> ``(B, C, D)``."""
+        queries = per_image(text_features.to(patch_tokens.dtype), patch_tokens.shape[0])
         attended, _ = self.attention(queries, patch_tokens, patch_tokens, need_weights=False)
         return global_feature.unsqueeze(1) + attended
+
+
+def per_image(queries: Tensor, batch: int) -> Tensor:
+    """``(B, C, D)`` queries: ``queries`` as they are when already per image, else the one
+    ``(C, D)`` set for every image."""
+    return queries if queries.ndim == 3 else queries.unsqueeze(0).expand(batch, -1, -1)
 
 
 class LabelQueryDecoder(nn.Module):
@@ -160,9 +165,10 @@ class LabelQueryDecoder(nn.Module):
     def forward(
         self, text_features: Tensor, patch_tokens: Tensor, global_feature: Tensor
     ) -> Tensor:
-        """``(C, D)`` label queries, ``(B, N, D)`` patches, ``(B, D)`` global -> ``(B, C, D)``."""
+        """``(C, D)`` label queries (or ``(B, C, D)``, one set per image), ``(B, N, D)``
+        patches, ``(B, D)`` global -> ``(B, C, D)``."""
         queries = self.query(text_features.to(patch_tokens.dtype))
-        x = queries.unsqueeze(0).expand(patch_tokens.shape[0], -1, -1)
+        x = per_image(queries, patch_tokens.shape[0])
         for block in self.blocks:
             memory = block["norm_kv"](patch_tokens)
             attended, _ = block["attention"](block["norm_q"](x), memory, memory, need_weights=False)

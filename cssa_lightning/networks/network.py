@@ -54,6 +54,11 @@ class MultiLabelCLIPNet(nn.Module):
         num_contexts: Context logits of the context head; 0 for no context head.
         context_hidden: Hidden width of the context head.
         context_input: Feature the context head reads.
+        context_queries: The image's predicted contexts inform its label queries: the label
+            queries become ``t_k + sigmoid(c) E``, with ``c`` the context logits (from the
+            global feature, detached: the context task alone trains the context head) and
+            ``E`` a ``(K, D)`` embedding that starts at zero (step 0 is unchanged). Needs the
+            label-query block and a context head reading the global feature.
         local_branch: Add a local branch (D2L): a second alignment head scores every patch
             token, a per-class softmax over the patches pools the scores
             (:func:`~cssa_lightning.networks.heads.softmax_pool`), and the label score is the mean of
@@ -75,8 +80,14 @@ class MultiLabelCLIPNet(nn.Module):
         local_branch: bool = False,
         label_query_block: Literal["attention", "decoder"] = "attention",
         label_query_depth: int = 1,
+        context_queries: bool = False,
     ):
         super().__init__()
+        if context_queries and not (label_specific and num_contexts and context_input == "global"):
+            raise ValueError(
+                "context_queries needs label-specific features and a context head that reads "
+                "the global feature (num_contexts > 0, context_input='global')"
+            )
         self.clip = clip
         self.class_names = list(class_names)
         self.prompt_templates = list(prompt_templates)
@@ -94,6 +105,9 @@ class MultiLabelCLIPNet(nn.Module):
         self.context_head = (
             ContextHead(dim, num_contexts, context_hidden, context_input) if num_contexts else None
         )
+        self.context_embedding = (
+            nn.Parameter(torch.zeros(num_contexts, dim)) if context_queries else None
+        )
         self.local_alignment = (
             AlignmentHead(text_features, logit_scale, learnable_prototypes)
             if local_branch
@@ -109,16 +123,19 @@ class MultiLabelCLIPNet(nn.Module):
     def forward(self, images: Tensor) -> Encoded:
         features = self.clip.encode_image(images)
         global_feature = features.global_feature
+        context_logits = None
         if self.cross_attention is not None:
-            label_features = self.cross_attention(
-                self.class_text_features(), features.patch_tokens, global_feature
-            )
+            queries = self.class_text_features()
+            if self.context_embedding is not None:
+                context_logits = self.context_head(global_feature)
+                weights = torch.sigmoid(context_logits.detach())
+                queries = queries + (weights @ self.context_embedding.to(weights.dtype))[:, None]
+            label_features = self.cross_attention(queries, features.patch_tokens, global_feature)
         else:
             label_features = global_feature.unsqueeze(1).expand(-1, len(self.class_names), -1)
         logits = self.alignment(label_features)
-        context_logits = (
-            self.context_head(global_feature, label_features) if self.context_head else None
-        )
+        if self.context_head is not None and context_logits is None:
+            context_logits = self.context_head(global_feature, label_features)
         if self.local_alignment is None:
             return Encoded(logits, global_feature, label_features, context_logits)
         local_logits = softmax_pool(self.local_alignment.token_scores(features.patch_tokens))

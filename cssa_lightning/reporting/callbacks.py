@@ -17,6 +17,7 @@ from torch import Tensor
 
 from cssa_lightning.methods.cssa import CSSATask
 from cssa_lightning.methods.monitoring import PseudoLabelMonitor, PseudoLabelSource
+from cssa_lightning.methods.options import lookup
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class ContextAgreement(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         truth = getattr(trainer.datamodule, "true_class_contexts", None)
         found = getattr(pl_module, "class_to_context", None)
-        if truth is None or found is None or not pl_module.hparams.get("use_context", False):
+        if truth is None or found is None or not lookup(pl_module.hparams, "context.enabled"):
             return
         from sklearn.metrics import adjusted_rand_score
 
@@ -290,7 +291,7 @@ class RunReport(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start(trainer, pl_module)
         self._completed = None
-        if not (isinstance(pl_module, CSSATask) and pl_module.hparams.use_context):
+        if not (isinstance(pl_module, CSSATask) and pl_module.context_options.enabled):
             return
         from cssa_lightning.methods.contexts import cooccurrence_affinity
         from cssa_lightning.reporting.report import figure_affinity
