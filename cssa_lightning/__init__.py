@@ -13,10 +13,12 @@ __all__ = [
     "CLIPBackbone",
     "CSSATask",
     "D2LTask",
+    "ExportedClassifier",
     "MeanTeacherTask",
     "MultiLabelDataModule",
     "MultiLabelTask",
     "load_exported",
+    "push_to_hub",
 ]
 __version__ = "0.3.0"
 
@@ -30,9 +32,11 @@ __getattr__, __dir__ = lazy_attributes(
         "CLIPBackbone": "cssa_lightning.networks.clip",
         "CSSATask": "cssa_lightning.methods.cssa",
         "D2LTask": "cssa_lightning.methods.d2l",
+        "ExportedClassifier": "cssa_lightning.commands.export",
         "MeanTeacherTask": "cssa_lightning.methods.mean_teacher",
         "MultiLabelDataModule": "cssa_lightning.data.datamodule",
         "MultiLabelTask": "cssa_lightning.methods.multilabel",
         "load_exported": "cssa_lightning.commands.export",
+        "push_to_hub": "cssa_lightning.commands.export",
     },
 )

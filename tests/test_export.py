@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -166,3 +167,63 @@ def test_export_refuses_a_non_empty_folder(tmp_path, trained_cssa, capsys):
     assert exit_info.value.code == 1
     assert "is not empty" in capsys.readouterr().err
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+class LocalHub:
+    """A stand-in for the Hugging Face Hub over a local folder: ``HfApi`` (create_repo,
+    upload_folder) and ``snapshot_download`` as ``huggingface_hub`` names them, recording the
+    calls, so that the package's own Hub code runs offline."""
+
+    def __init__(self, root):
+        self.root, self.calls = root, []
+        hub = self
+
+        class Api:
+            def __init__(self, token=None):
+                hub.calls.append(("token", token))
+
+            def create_repo(self, repo_id, repo_type, private, exist_ok):
+                hub.calls.append(("create_repo", repo_id, repo_type, private))
+                (hub.root / repo_id).mkdir(parents=True, exist_ok=exist_ok)
+
+            def upload_folder(self, repo_id, folder_path, repo_type, commit_message):
+                hub.calls.append(("upload_folder", repo_id, repo_type))
+                shutil.copytree(folder_path, hub.root / repo_id, dirs_exist_ok=True)
+                return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/1")
+
+        self.HfApi = Api
+
+    def snapshot_download(self, repo_id, revision=None, cache_dir=None, token=None):
+        if not (self.root / repo_id).is_dir():
+            raise OSError(f"Repository Not Found for url: https://huggingface.co/{repo_id}")
+        return str(self.root / repo_id)
+
+
+def test_an_export_goes_to_the_hub_and_comes_back_with_from_pretrained(
+    exported, trained_cssa, image_folders, tmp_path, monkeypatch, capsys
+):
+    import huggingface_hub
+
+    from cssa_lightning import ExportedClassifier
+
+    hub = LocalHub(tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub, "HfApi", hub.HfApi)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub.snapshot_download)
+    out = tmp_path / "export"
+    args = ["export", "--ckpt_path", str(trained_cssa), "--output", str(out), "--no_onnx"]
+    main([*args, "--thresholds", "trained", "--push_to_hub", "me/cssa-demo", "--private"])
+    assert "pushed" in capsys.readouterr().out
+    assert ("create_repo", "me/cssa-demo", "model", True) in hub.calls
+    assert (hub.root / "me/cssa-demo/README.md").is_file()  # the model card is the repo's card
+    # Loaded back by repository id, it predicts exactly as the local directory does.
+    paths = sorted((image_folders["test"] / "images").glob("*.png"))[:3]
+    remote = ExportedClassifier.from_pretrained("me/cssa-demo")
+    local = ExportedClassifier.from_pretrained(out)
+    torch.testing.assert_close(remote.predict(paths)[0], local.predict(paths)[0])
+    # A loaded model pushes its own directory.
+    assert remote.push_to_hub("me/copy") == "https://huggingface.co/me/copy/commit/1"
+    assert (hub.root / "me/copy/heads.safetensors").is_file()
+    with pytest.raises(FileNotFoundError, match="me/missing: not a local export directory"):
+        ExportedClassifier.from_pretrained("me/missing")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ExportedClassifier.from_pretrained(tmp_path / "nowhere")

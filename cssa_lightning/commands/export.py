@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from cssa_lightning.commands.parsers import export_parser
+from cssa_lightning.guards import first_line
 from cssa_lightning.networks.clip import CLIPBackbone
 from cssa_lightning.networks.network import MultiLabelCLIPNet
 
@@ -66,15 +67,55 @@ class ExportedClassifier(nn.Module):
         config: The export's ``config.json``.
     """
 
-    def __init__(self, net: MultiLabelCLIPNet, config: dict[str, Any]):
+    def __init__(
+        self, net: MultiLabelCLIPNet, config: dict[str, Any], directory: Path | None = None
+    ):
         super().__init__()
         self.net = net
         self.config = config
+        self.directory = directory  # the export directory it was loaded from
         self.class_names: list[str] = list(config["class_names"])
         self.register_buffer("thresholds", torch.tensor(config["thresholds"]))
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         return torch.sigmoid(self.net(pixel_values).logits)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str | Path,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        token: str | None = None,
+    ) -> ExportedClassifier:
+        """Load an export from a local directory, or from a Hugging Face Hub model repository
+        (``owner/name``, downloaded once into the Hub cache; offline, a cached copy is used).
+
+        Raises:
+            FileNotFoundError: A local directory that does not exist, or a repository that
+                cannot be reached and is not cached.
+        """
+        local = Path(name).expanduser()
+        if local.is_dir() or str(name).startswith((".", "/", "~")):
+            return load_exported(local)
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = snapshot_download(
+                str(name), revision=revision, cache_dir=cache_dir, token=token
+            )
+        except Exception as error:  # noqa: BLE001 - offline, missing repo, auth: one line
+            raise FileNotFoundError(
+                f"{name}: not a local export directory, and the Hub repository cannot be "
+                f"downloaded ({first_line(error)})"
+            ) from error
+        return load_exported(folder)
+
+    def push_to_hub(self, repo_id: str, **options: Any) -> str:
+        """Upload the export directory this model was loaded from (:func:`push_to_hub`)."""
+        if self.directory is None:
+            raise ValueError("this model was not loaded from an export directory")
+        return push_to_hub(self.directory, repo_id, **options)
 
     def preprocess(self, images: Sequence[ImageInput]) -> Tensor:
         """Images -> ``pixel_values`` ``(B, 3, S, S)``, as the model was trained to see them.
@@ -126,6 +167,36 @@ def rgb_array(image: ImageInput, index: int = 0) -> np.ndarray:
     return array
 
 
+def push_to_hub(
+    directory: str | Path,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload a cssa-lightning export",
+) -> str:
+    """Upload an export directory to a Hugging Face Hub model repository (created if needed;
+    the model card is its README) and return the commit's URL. ``from_pretrained(repo_id)``
+    loads it back.
+
+    Raises:
+        FileNotFoundError: ``directory`` is not an export directory.
+    """
+    from huggingface_hub import HfApi
+
+    directory = Path(directory).expanduser()
+    if not (directory / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{directory}: not an export directory (no {CONFIG_FILE})")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(directory),
+        repo_type="model",
+        commit_message=commit_message,
+    )
+    return str(getattr(commit, "commit_url", commit))
+
+
 def load_exported(directory: str | Path) -> ExportedClassifier:
     """Load an export directory written by ``cssa export`` (CPU, eval mode).
 
@@ -171,7 +242,7 @@ def load_exported(directory: str | Path) -> ExportedClassifier:
             f"{directory / HEADS_FILE}: does not match config.json "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    model = ExportedClassifier(net, config)
+    model = ExportedClassifier(net, config, directory)
     model.eval()
     return model
 
@@ -322,6 +393,9 @@ def main(args: Sequence[str] | None = None) -> None:
         not options.no_onnx,
         options.overwrite,
     )
+    if options.push_to_hub:
+        url = push_to_hub(options.output, options.push_to_hub, private=options.private)
+        print(f"pushed {options.output} -> {url}")
 
 
 def image_processor(preprocessing: Any) -> Any:
@@ -370,10 +444,12 @@ a CLIP image encoder (`clip/`, from `{config["clip_checkpoint"]}`) with label he
 (`heads.safetensors`). Load it with
 
 ```python
-from cssa_lightning.commands.export import load_exported
-model = load_exported("this-directory")
-labels = model.predict(images)  # uint8 RGB arrays; or run model.onnx with onnxruntime
+from cssa_lightning import ExportedClassifier
+model = ExportedClassifier.from_pretrained("this-directory")  # or a Hub repository id
+probs, labels = model.predict(images)  # paths, PIL images or RGB uint8 arrays
 ```
+
+or run `model.onnx` with onnxruntime alone.
 
 ## Classes and decision thresholds
 

@@ -91,4 +91,14 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val_source", help="Labeled images for --thresholds val-f1.")
     parser.add_argument("--no_onnx", action="store_true", help="Skip model.onnx.")
     parser.add_argument("--overwrite", action="store_true", help="Write into a non-empty folder.")
+    parser.add_argument(
+        "--push_to_hub",
+        metavar="REPO_ID",
+        help="Then upload the directory to this Hugging Face Hub model repository (created if "
+        "needed; log in with `hf auth login` or set HF_TOKEN). "
+        "ExportedClassifier.from_pretrained(REPO_ID) loads it.",
+    )
+    parser.add_argument(
+        "--private", action="store_true", help="Create the --push_to_hub repository private."
+    )
     return parser
