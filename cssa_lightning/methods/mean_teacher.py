@@ -488,10 +488,14 @@ def prior_skill(probs: Tensor, targets: Tensor) -> Tensor:
 
 
 def frozen_probs(model: torch.nn.Module, images: Tensor) -> Tensor:
-    """Probabilities of a network that does not train (the teacher, the prior), in eval mode."""
+    """Probabilities of a network that does not train (the teacher, the prior), in eval mode
+    (its mode is put back after: Lightning warns of modules left in eval mode at a fit's
+    start)."""
+    was_training = model.training
     model.eval()
     with torch.inference_mode():  # no autograd bookkeeping at all
         probs = torch.sigmoid(model(images).logits.float())
+    model.train(was_training)
     # Cloned outside inference mode into a normal tensor: the losses use the probabilities
     # as weights, and inference tensors cannot be saved for a backward pass.
     return probs.clone()
