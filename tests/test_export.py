@@ -106,6 +106,7 @@ def test_export_has_a_model_card_a_processor_and_readable_files(
     for name, threshold in zip(config["class_names"], config["thresholds"], strict=True):
         assert f"| {name} | {threshold:.3f} |" in card
     assert "## Intended use and limits" in card and "`ema_decay`" in card
+    assert '{"pixel_values": pixel_values(["a.jpg"], ".")}' in card  # ONNX without the package
     # AutoProcessor loads the exported CLIP folder (tokenizer + image processor) and prepares
     # images as the export does, up to PIL's and OpenCV's bicubic differences.
     processor = AutoProcessor.from_pretrained(exported / "clip")
@@ -227,3 +228,31 @@ def test_an_export_goes_to_the_hub_and_comes_back_with_from_pretrained(
         ExportedClassifier.from_pretrained("me/missing")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ExportedClassifier.from_pretrained(tmp_path / "nowhere")
+
+
+def test_the_exported_preprocess_py_needs_only_numpy_and_pil(exported, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(50, 70), (23, 31), (96, 40)]):  # down- and up-sizing
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    # In a fresh interpreter where torch and OpenCV cannot be imported.
+    script = (
+        "import sys; sys.modules['torch'] = sys.modules['cv2'] = None\n"
+        f"sys.path.insert(0, {str(exported)!r})\n"
+        "import numpy as np; from preprocess import pixel_values\n"
+        f"np.save({str(tmp_path / 'pixels.npy')!r}, pixel_values({[str(p) for p in paths]!r}, "
+        f"{str(exported)!r}))\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    reference = torch.from_numpy(np.load(tmp_path / "pixels.npy"))
+    model = load_exported(exported)
+    ours = model.preprocess(paths)
+    torch.testing.assert_close(reference, ours, atol=1e-6, rtol=0)  # the same pixels
+    with torch.no_grad():
+        assert (model(reference) - model(ours)).abs().max() < 1e-3

@@ -50,6 +50,8 @@ CONFIG_FILE = "config.json"
 HEADS_FILE = "heads.safetensors"
 ONNX_FILE = "model.onnx"
 CARD_FILE = "README.md"
+# The numpy + PIL preprocessing (cssa_lightning/commands/reference_preprocessing.py), copied.
+PREPROCESS_FILE = "preprocess.py"
 CLIP_DIR = "clip"
 
 
@@ -360,7 +362,8 @@ def export(
         },
         "preprocessing": {
             **preprocessing.to_dict(),
-            "resize": "bicubic, to image_size x image_size",
+            "resize": "OpenCV INTER_CUBIC (cubic convolution, a = -0.75, no antialiasing) to "
+            "image_size x image_size, rounded to uint8; preprocess.py reproduces it with numpy",
             "normalise": "(rgb / 255 - mean) / std, channels first",
         },
         "onnx": {"file": ONNX_FILE, "input": "pixel_values", "output": "probabilities"}
@@ -372,6 +375,11 @@ def export(
     if onnx:
         # The ONNX graph is traced from the exported directory as it will be loaded.
         export_onnx(load_exported(out).net, preprocessing.image_size, out / ONNX_FILE)
+    from cssa_lightning.commands import reference_preprocessing
+
+    (out / PREPROCESS_FILE).write_text(
+        Path(reference_preprocessing.__file__).read_text(encoding="utf-8"), encoding="utf-8"
+    )
     readable_by_all(out)
     log.info("exported %s to %s", ckpt_path, out)
     print(
@@ -449,7 +457,15 @@ model = ExportedClassifier.from_pretrained("this-directory")  # or a Hub reposit
 probs, labels = model.predict(images)  # paths, PIL images or RGB uint8 arrays
 ```
 
-or run `model.onnx` with onnxruntime alone.
+or run `model.onnx` with onnxruntime, numpy and PIL alone:
+
+```python
+import onnxruntime
+from preprocess import pixel_values  # preprocess.py in this directory
+
+session = onnxruntime.InferenceSession("model.onnx")
+(probs,) = session.run(None, {{"pixel_values": pixel_values(["a.jpg"], ".")}})
+```
 
 ## Classes and decision thresholds
 
@@ -463,7 +479,8 @@ Thresholds: `{config["threshold_source"]}` (see `cssa predict --help`).
 
 RGB, resized to {p["image_size"]}x{p["image_size"]} (bicubic), normalised as `(x / 255 - mean) /
 std` with mean {p["mean"]} and std {p["std"]}. `AutoProcessor.from_pretrained("clip")` gives
-the same steps with PIL's resize (probabilities within about 1e-2 of the package's OpenCV one).
+the same steps with PIL's resize (probabilities within about 1e-2 of the package's OpenCV one);
+`preprocess.py` gives exactly the package's pixels with numpy and PIL alone.
 
 ## Training options
 
