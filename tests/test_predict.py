@@ -281,3 +281,35 @@ def test_a_run_folder_gives_its_best_checkpoint_else_its_last(tmp_path):
     with pytest.raises(FileNotFoundError, match="is a folder with no checkpoint"):
         find_checkpoint(empty)
     assert find_checkpoint(checkpoints / "epoch=3.ckpt") == checkpoints / "epoch=3.ckpt"
+
+
+def test_predict_options_from_a_config_file_with_the_command_line_winning(
+    tmp_path, bare_images, trained_cssa, capsys
+):
+    import yaml
+
+    config = tmp_path / "predict.yaml"
+    options = {"ckpt_path": str(trained_cssa), "images": str(bare_images), "batch_size": 3}
+    config.write_text(yaml.safe_dump({**options, "precision": "bf16-mixed"}))
+    with pytest.raises(SystemExit) as done:
+        main(["predict", "--config", str(config), "--batch_size", "5", "--print_config"])
+    assert done.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["batch_size"] == 5 and printed["precision"] == "bf16-mixed"
+    assert printed["ckpt_path"] == str(trained_cssa)  # required, given by the file
+    # A run from the file alone, in bf16 autocast: the same labels' files, probabilities close.
+    out = tmp_path / "out"
+    main(["predict", "--config", str(config), "--output", str(out), "--no_progress_bar"])
+    rows, lines = read_outputs(out)
+    assert len(rows) == 10
+    _, scores = reference_probs(trained_cssa, [bare_images / line["path"] for line in lines])
+    probs = torch.tensor(
+        [[line["teacher_probs"][c] for c in lines[0]["teacher_probs"]] for line in lines]
+    )
+    assert (probs - scores["_teacher"]).abs().max() < 0.05  # bf16 forward
+    # An option the command does not have: a usage error naming the file and the key.
+    config.write_text("batchsize: 3\n")
+    with pytest.raises(SystemExit) as bad:
+        main(["predict", "--config", str(config), "--ckpt_path", "x", "--images", "y"])
+    assert bad.value.code == 2
+    assert f"--config {config}: cssa predict has no option 'batchsize'" in capsys.readouterr().err

@@ -45,7 +45,7 @@ OWN_MODULES = {
 }
 # Own subcommands whose module imports torch: their arguments are parsed first with the light
 # parser of :mod:`cssa_lightning.commands.parsers`, so --help and mistakes answer at once.
-LIGHT_PARSERS = {"predict": "predict_parser", "export": "export_parser"}
+LIGHT_PARSERS = ("predict", "export")
 
 
 def usage() -> str:
@@ -86,7 +86,7 @@ def main(args: Sequence[str] | dict[str, Any] | None = None) -> None:
         if argv[0] in LIGHT_PARSERS:
             from cssa_lightning.commands import parsers
 
-            getattr(parsers, LIGHT_PARSERS[argv[0]])().parse_args(argv[1:])
+            parsers.parse_options(argv[0], argv[1:])
         module = importlib.import_module(OWN_MODULES[argv[0]])
         return _run(lambda: module.main(argv[1:]))
     if args is None:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cssa_lightning.commands.parsers import export_parser
+from cssa_lightning.commands.parsers import parse_options
 from cssa_lightning.guards import first_line
 from cssa_lightning.networks.clip import CLIPBackbone
 from cssa_lightning.networks.network import MultiLabelCLIPNet
@@ -391,7 +391,7 @@ def export(
 
 def main(args: Sequence[str] | None = None) -> None:
     """``cssa export`` with command-line ``args``."""
-    options = export_parser().parse_args(args)
+    options = parse_options("export", args)
     export(
         options.ckpt_path,
         options.output,

@@ -8,6 +8,9 @@ the command's module).
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -53,6 +56,11 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator.")
+    parser.add_argument(
+        "--precision",
+        default="32-true",
+        help="Lightning precision of the forward pass (e.g. bf16-mixed, 16-mixed on a GPU).",
+    )
     parser.add_argument(
         "--overwrite", action="store_true", help="Replace existing prediction files."
     )
@@ -102,3 +110,65 @@ def export_parser() -> argparse.ArgumentParser:
         "--private", action="store_true", help="Create the --push_to_hub repository private."
     )
     return parser
+
+
+PARSERS = {"predict": predict_parser, "export": export_parser}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="A YAML file of these options (their names without '--', e.g. 'batch_size: 128'); "
+        "options given on the command line win.",
+    )
+    parser.add_argument(
+        "--print_config", action="store_true", help="Print the resolved options as YAML, exit."
+    )
+
+
+def parse_options(command: str, args: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options of ``cssa predict`` / ``cssa export``: the command line over a ``--config``
+    YAML file over the defaults. ``--print_config`` prints them (a file ``--config`` takes)
+    and exits. A config that is not a mapping of the command's options is a usage error
+    naming the file and the option."""
+    args = list(sys.argv[1:] if args is None else args)
+    parser = PARSERS[command]()
+    add_config_arguments(parser)
+    config_only = argparse.ArgumentParser(add_help=False)
+    config_only.add_argument("--config")
+    path = config_only.parse_known_args(args)[0].config
+    if path:
+        values = read_config(parser, path)
+        for action in parser._actions:
+            if action.dest in values:
+                action.required = False  # given by the file
+        parser.set_defaults(**values)
+    options = parser.parse_args(args)
+    if options.print_config:
+        import yaml
+
+        resolved = {k: v for k, v in vars(options).items() if k not in ("config", "print_config")}
+        print(yaml.safe_dump(resolved, sort_keys=False), end="")
+        raise SystemExit(0)
+    return options
+
+
+def read_config(parser: argparse.ArgumentParser, path: str) -> dict:
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        parser.error(f"--config {path}: cannot be read ({str(error).splitlines()[0]})")
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        parser.error(f"--config {path}: expected a mapping of options, got {type(values).__name__}")
+    known = {a.dest for a in parser._actions} - {"help", "config", "print_config"}
+    for key in values:
+        if str(key).replace("-", "_") not in known:
+            parser.error(
+                f"--config {path}: {parser.prog} has no option {key!r}; its options: "
+                + ", ".join(sorted(known))
+            )
+    return {str(k).replace("-", "_"): v for k, v in values.items()}

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from cssa_lightning.commands.export import CONFIG_FILE, load_exported
-from cssa_lightning.commands.parsers import predict_parser
+from cssa_lightning.commands.parsers import parse_options
 from cssa_lightning.commands.trained import Preprocessing, load_trained
 from cssa_lightning.data.records import build_record_table, load_image, read_source
 from cssa_lightning.methods.multilabel import MultiLabelTask
@@ -326,6 +326,7 @@ def predict(
     accelerator: str = "auto",
     overwrite: bool = False,
     progress_bar: bool = True,
+    precision: str = "32-true",
 ) -> PredictionFileWriter:
     """Run ``cssa predict``; returns the writer (its ``written`` and ``skipped``)."""
     out = Path(output).expanduser()
@@ -352,6 +353,7 @@ def predict(
     trainer = Trainer(
         accelerator=accelerator,
         devices=1,
+        precision=precision,
         logger=False,
         callbacks=[writer],
         enable_progress_bar=progress_bar,
@@ -376,7 +378,7 @@ def predict(
 
 def main(args: Sequence[str] | None = None) -> None:
     """``cssa predict`` with command-line ``args``."""
-    options = predict_parser().parse_args(args)
+    options = parse_options("predict", args)
     quiet_advertisements()  # its Trainer would print Lightning's product tips
     predict(
         options.ckpt_path,
@@ -390,4 +392,5 @@ def main(args: Sequence[str] | None = None) -> None:
         options.accelerator,
         options.overwrite,
         not options.no_progress_bar,
+        options.precision,
     )
