@@ -93,6 +93,7 @@ class Protocol:
     label_query_depth: int | None = None
     context_unlabeled_targets: str | None = None
     context_reduction: str | None = None
+    context_inform_queries: bool | None = None
     labeled_view: str = "weak"
     cutout_max: float = 0.3
     trainable_vision_layers: int | None = None  # None: the whole vision tower trains
@@ -146,6 +147,7 @@ OPTIONAL_MEAN_TEACHER_OPTIONS = (
 PROTOCOL_GROUP_NAMES = {
     "teacher_prior_weight": ("pseudo", "prior_weight"),
     "teacher_prior_weighting": ("pseudo", "prior_weighting"),
+    "context_inform_queries": ("context", "inform_queries"),
 }
 # Protocol fields passed to every CSSATask run when set.
 OPTIONAL_CSSA_OPTIONS = (
@@ -159,6 +161,7 @@ OPTIONAL_CSSA_OPTIONS = (
     "label_query_depth",
     "context_unlabeled_targets",
     "context_reduction",
+    "context_inform_queries",
 )
 # Protocol fields passed to every trained method's task when set (None: the task's default).
 OPTIONAL_MODEL_OPTIONS = ("layer_lr_decay", "pct_start")

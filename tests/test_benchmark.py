@@ -716,3 +716,12 @@ def test_a_strong_view_of_some_ops_only_reaches_the_data_module():
     assert data["strong_op_names"] == ["rotate", "blur"] and data["strong_num_ops"] == 1
     default = quality.run_config(quality.Protocol(), "CAP", 0.05, 1, Path("/tmp/x"), "world")
     assert "strong_op_names" not in default["data"]["init_args"]
+
+
+def test_protocol_flags_of_group_options_reach_the_group():
+    protocol = quality.Protocol(context_inform_queries=True, teacher_prior_weighting="labeled_ap")
+    cssa = quality.run_config(protocol, "CSSA", 0.05, 1, Path("/tmp/x"), "world")["model"]
+    assert cssa["init_args"]["context"]["inform_queries"] is True
+    assert cssa["init_args"]["pseudo"] == {"prior_weighting": "labeled_ap"}
+    cap = quality.run_config(protocol, "CAP", 0.05, 1, Path("/tmp/x"), "world")["model"]
+    assert "context" not in cap["init_args"]  # a CSSA option: CAP has no contexts
