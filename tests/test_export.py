@@ -106,6 +106,7 @@ def test_export_has_a_model_card_a_processor_and_readable_files(
     for name, threshold in zip(config["class_names"], config["thresholds"], strict=True):
         assert f"| {name} | {threshold:.3f} |" in card
     assert "## Intended use and limits" in card and "`ema_decay`" in card
+    assert "| `pseudo.threshold` | `cat` |" in card and "| `context.num_contexts` | `2` |" in card
     assert '{"pixel_values": pixel_values(["a.jpg"], ".")}' in card  # ONNX without the package
     # AutoProcessor loads the exported CLIP folder (tokenizer + image processor) and prepares
     # images as the export does, up to PIL's and OpenCV's bicubic differences.

@@ -429,9 +429,15 @@ def model_card(config: dict[str, Any], hparams: dict[str, Any]) -> str:
     """The export's ``README.md``: what the model is, its classes and thresholds, how it was
     trained and preprocesses images, and what it is not for."""
     task = config["task_class"].rsplit(".", 1)[-1]
+    # Option groups (pseudo, alignment, context) as one row per field: pseudo.threshold, ...
+    flat = {
+        f"{k}.{field}" if isinstance(v, dict) else k: value
+        for k, v in hparams.items()
+        for field, value in (v.items() if isinstance(v, dict) else [(None, v)])
+    }
     training = {
         k: v
-        for k, v in sorted(hparams.items())
+        for k, v in sorted(flat.items())
         if k != "class_names" and isinstance(v, str | int | float | bool | type(None))
     }
     rows = "\n".join(
