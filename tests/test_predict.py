@@ -67,6 +67,8 @@ def test_predict_folder_writes_csv_and_jsonl(tmp_path, bare_images, trained_cssa
     printed = captured.out
     assert "1 unreadable images skipped" in printed and "thresholds: trained" in printed
     assert "Tip:" not in printed + captured.err  # no product advertisement
+    # Nor hardware lines or transformers' weight-loading bar: the command's own lines only.
+    assert "GPU available" not in captured.err and "Loading weights" not in captured.err
     # Probabilities of the student and the teacher, equal to the model's on the same images.
     paths = [bare_images / "sub" / p.name for p in sorted((bare_images / "sub").iterdir())]
     assert [line["path"] for line in lines] == [str(p) for p in paths]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -124,6 +125,9 @@ def _lightning(args: Any) -> None:
 
 
 def _run(command) -> None:
+    # Lightning's pytree helper calls an API that torch 2.13 deprecates, up to three times a
+    # run: nothing a user of this package can act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
         command()
     except Exception as error:  # noqa: BLE001 - reported as one line when it is the user's

@@ -392,6 +392,9 @@ def export(
 def main(args: Sequence[str] | None = None) -> None:
     """``cssa export`` with command-line ``args``."""
     options = parse_options("export", args)
+    from cssa_lightning.reporting.run_files import quiet_inference
+
+    quiet_inference()  # no weight-loading bar of transformers
     export(
         options.ckpt_path,
         options.output,

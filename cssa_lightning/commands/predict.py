@@ -34,7 +34,7 @@ from cssa_lightning.commands.parsers import parse_options
 from cssa_lightning.commands.trained import Preprocessing, load_trained
 from cssa_lightning.data.records import build_record_table, load_image, read_source
 from cssa_lightning.methods.multilabel import MultiLabelTask
-from cssa_lightning.reporting.run_files import quiet_advertisements
+from cssa_lightning.reporting.run_files import quiet_inference
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +379,7 @@ def predict(
 def main(args: Sequence[str] | None = None) -> None:
     """``cssa predict`` with command-line ``args``."""
     options = parse_options("predict", args)
-    quiet_advertisements()  # its Trainer would print Lightning's product tips
+    quiet_inference()  # no product tips, hardware lines or weight-loading bar
     predict(
         options.ckpt_path,
         options.images,

@@ -221,9 +221,18 @@ class _NoAdvertisements(logging.Filter):
         return not str(record.msg).startswith("💡 Tip:")
 
 
+class _NoHardwareLines(logging.Filter):
+    """Drops Lightning's "GPU available / TPU available" lines (``cssa predict`` and ``cssa
+    export``: they say what the chosen ``--accelerator`` already says)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("GPU available", "TPU available"))
+
+
 _buffer = _Buffer()
 _run_log: logging.FileHandler | None = None
 _no_advertisements = _NoAdvertisements()
+_no_hardware_lines = _NoHardwareLines()
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -248,6 +257,19 @@ def configure_logging(level: int = logging.INFO) -> None:
     if _buffer not in logger.handlers:
         logger.addHandler(_buffer)
     quiet_advertisements()
+
+
+def quiet_inference() -> None:
+    """What ``cssa predict`` and ``cssa export`` print besides their own lines: no product tips,
+    no hardware lines, no weight-loading bar of transformers (a checkpoint's CLIP is loaded
+    again from its name; the bar says nothing about the images)."""
+    from transformers.utils import logging as transformers_logging
+
+    quiet_advertisements()
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _no_hardware_lines not in rank_zero.filters:
+        rank_zero.addFilter(_no_hardware_lines)
+    transformers_logging.disable_progress_bar()
 
 
 def quiet_advertisements() -> None:
