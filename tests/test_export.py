@@ -257,3 +257,16 @@ def test_the_exported_preprocess_py_needs_only_numpy_and_pil(exported, tmp_path)
     torch.testing.assert_close(reference, ours, atol=1e-6, rtol=0)  # the same pixels
     with torch.no_grad():
         assert (model(reference) - model(ours)).abs().max() < 1e-3
+
+
+def test_export_prints_its_own_line_only(tmp_path, trained_cssa, capfd):
+    pytest.importorskip("onnxruntime")
+    main(["export", "--ckpt_path", str(trained_cssa), "--output", str(tmp_path / "e")])
+    out, err = capfd.readouterr()
+    # Not the ONNX exporter's stages, its skipped torchvision ops or constant folds, nor
+    # transformers' torchvision fallback or weight-loading bar.
+    assert out.strip().splitlines() == [
+        f"exported teacher weights of CSSATask (6 classes) -> {tmp_path / 'e'} (+ model.onnx)"
+    ]
+    for noise in ("torch.onnx", "torchvision", "constant folding", "Loading weights"):
+        assert noise not in out + err, noise

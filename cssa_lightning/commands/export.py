@@ -21,6 +21,8 @@ its output ``probabilities`` is ``(batch, C)`` in the order of ``class_names``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -266,16 +268,33 @@ def export_onnx(net: MultiLabelCLIPNet, image_size: int, path: Path) -> None:
     model = _Probabilities(net).eval()
     example = torch.zeros(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1)
-    with torch.no_grad():
-        program = torch.onnx.export(
-            model,
-            (example,),
-            input_names=["pixel_values"],
-            output_names=["probabilities"],
-            dynamic_shapes=({0: batch},),
-            dynamo=True,
-            external_data=False,
+    # The exporter announces each of its stages, the vision ops it skips without torchvision
+    # (this model uses none) and the constant folds it leaves out: not the user's to act on.
+    noisy = [
+        logging.getLogger(name)
+        for name in (
+            "torch.onnx._internal.exporter._registration",
+            "onnxscript.optimizer._constant_folding",
         )
+    ]
+    levels = [logger.level for logger in noisy]
+    for logger in noisy:
+        logger.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            program = torch.onnx.export(
+                model,
+                (example,),
+                input_names=["pixel_values"],
+                output_names=["probabilities"],
+                dynamic_shapes=({0: batch},),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        for logger, level in zip(noisy, levels, strict=True):
+            logger.setLevel(level)
     program.save(str(path))
 
 
@@ -414,10 +433,12 @@ def image_processor(preprocessing: Any) -> Any:
     resize, the model's mean and std), saved beside the CLIP so ``AutoProcessor`` loads it.
     The package resizes with OpenCV and this processor with PIL: probabilities agree to ~1e-2,
     not bit for bit (``load_exported(d).preprocess`` is the package's own)."""
-    from transformers import CLIPImageProcessor
+    # The PIL backend itself: the default one needs torchvision (which this package does not
+    # install) and falls back to PIL with a warning.
+    from transformers import CLIPImageProcessorPil
 
     size = preprocessing.image_size
-    return CLIPImageProcessor(
+    return CLIPImageProcessorPil(
         do_resize=True,
         size={"height": size, "width": size},
         resample=3,  # PIL bicubic
