@@ -257,3 +257,21 @@ def test_coco_converter_reports_a_file_that_is_not_utf8(tmp_path, coco):
     path.write_bytes(json.dumps(annotations).encode("utf-16"))
     with pytest.raises(SystemExit, match=r"instances.json: not UTF-8 text"):
         _convert_coco(path, images, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("dataset", "explained"),
+    [
+        ("coco", ["an instances json", "the folder of its images", "the image folder to write"]),
+        ("voc", ["e.g. VOCdevkit/VOC2007", "the ImageSets/Main split", "(default: train)"]),
+        ("nuswide", ["the downloaded Flickr folder", "the split's image list", "official split"]),
+    ],
+)
+def test_every_convert_option_is_explained(dataset, explained, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([dataset, "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in explained:
+        assert phrase in text, phrase
+    assert "(default: None)" not in text and "(default: False)" not in text

@@ -317,31 +317,60 @@ def nuswide_items(
     return items, concepts, counts
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Help lines that show an option's default, unless it has none worth showing (a required
+    option, a flag, or no default)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default in (None, False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cssa convert", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="dataset", required=True)
-    coco = commands.add_parser("coco", help="COCO instances json")
-    coco.add_argument("--annotations", type=Path, required=True)
-    coco.add_argument("--images", type=Path, required=True)
+    defaults = HelpWithDefaults
+    coco = commands.add_parser("coco", help="COCO instances json", formatter_class=defaults)
+    coco.add_argument(
+        "--annotations",
+        type=Path,
+        required=True,
+        help="an instances json, e.g. annotations/instances_train2014.json",
+    )
+    coco.add_argument(
+        "--images", type=Path, required=True, help="the folder of its images, e.g. train2014"
+    )
     coco.add_argument(
         "--keep_unannotated",
         action="store_true",
         help="keep images without any annotation (dropped by default, as in the SSMLL splits)",
     )
-    voc = commands.add_parser("voc", help="Pascal VOC (per-class lists or XML annotations)")
+    voc = commands.add_parser(
+        "voc", help="Pascal VOC (per-class lists or XML annotations)", formatter_class=defaults
+    )
     voc.add_argument("--root", type=Path, required=True, help="e.g. VOCdevkit/VOC2007")
-    voc.add_argument("--split", default="train")
+    voc.add_argument(
+        "--split", default="train", help="the ImageSets/Main split: train, val, trainval, test"
+    )
     voc.add_argument(
         "--labels_from",
         choices=["auto", "lists", "xml"],
         default="auto",
         help="per-class ImageSets lists, Annotations XML, or auto (lists when all exist)",
     )
-    nus = commands.add_parser("nuswide", help="NUS-WIDE, 81 concepts")
+    nus = commands.add_parser("nuswide", help="NUS-WIDE, 81 concepts", formatter_class=defaults)
     nus.add_argument("--root", type=Path, required=True, help="folder with Groundtruth etc.")
     nus.add_argument("--images", type=Path, required=True, help="the downloaded Flickr folder")
-    nus.add_argument("--split", choices=["train", "test"], default="train")
-    nus.add_argument("--image_list", type=Path, default=None)
+    nus.add_argument(
+        "--split", choices=["train", "test"], default="train", help="the official split"
+    )
+    nus.add_argument(
+        "--image_list",
+        type=Path,
+        default=None,
+        help="the split's image list (default: ImageList/{Train,Test}Imagelist.txt under --root)",
+    )
     nus.add_argument(
         "--keep_unlabeled",
         action="store_true",

@@ -178,7 +178,13 @@ def with_prepared_images(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="cssa prepare", description=__doc__.splitlines()[0])
+    from cssa_lightning.data.convert import HelpWithDefaults
+
+    parser = argparse.ArgumentParser(
+        prog="cssa prepare",
+        description=__doc__.splitlines()[0],
+        formatter_class=HelpWithDefaults,
+    )
     parser.add_argument("sources", nargs="+", help="image folders (metadata.jsonl) or CSV files")
     parser.add_argument("--cache_dir", required=True, help="the data module's image_cache")
     parser.add_argument("--size", type=int, default=256, help="shorter side (image_cache_size)")
