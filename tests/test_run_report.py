@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.text
+import numpy as np
 import pytest
 import yaml
 
@@ -287,3 +289,31 @@ def test_curves_mark_the_warmup_end_and_the_tested_epoch():
         assert marks["tested (epoch 3)"] == 3
     unmarked = figure_curves(epochs, validation)
     assert all(len(ax.lines) <= 2 for ax in unmarked.axes)
+
+
+def test_class_names_in_the_report_figures_are_legible():
+    from cssa_lightning.reporting.report import (
+        LABEL_SIZE,
+        figure_affinity,
+        figure_pseudo_labels,
+        figure_test_ap,
+    )
+
+    rng = np.random.default_rng(0)
+    names = [f"class{i}" for i in range(48)]
+    priors = list(rng.uniform(0.01, 0.3, 48))
+    figures = [
+        figure_test_ap(names, priors, {"": list(rng.uniform(0, 100, 48))}),
+        figure_pseudo_labels(
+            names, priors, list(rng.uniform(0.3, 0.9, 48)), [50.0] * 48, [40.0] * 48, epoch=3
+        ),
+        figure_affinity(names, rng.uniform(0, 1, (48, 48)), list(rng.integers(0, 8, 48))),
+    ]
+    for fig in figures:
+        texts = [
+            t for t in fig.findobj(matplotlib.text.Text) if any(n in t.get_text() for n in names)
+        ]
+        assert texts and min(t.get_fontsize() for t in texts) >= LABEL_SIZE >= 8
+    # The scatter names the classes with the most unusual thresholds only (no overlapping wall).
+    annotations = [t for t in figures[1].axes[0].texts if t.get_text() in names]
+    assert 0 < len(annotations) <= 12

@@ -36,7 +36,14 @@ MARKDOWN_FILE = "report.md"
 SCORE_LABELS = {"": "student", "_teacher": "teacher"}
 
 
+# Class names in figures are at least this size (points), so they stay legible.
+LABEL_SIZE = 8
+# The thresholds-vs-priors scatter names only this many classes (the most unusual thresholds).
+ANNOTATED_CLASSES = 12
+
+
 # -- figures (pure: data in, matplotlib Figure out) ---------------------------------------------
+
 def _figure(**kwargs: Any) -> Figure:
     from matplotlib.figure import Figure
 
@@ -60,14 +67,14 @@ def figure_test_ap(
     order = _order_by(priors)
     names = [class_names[i] for i in order]
     y = np.arange(len(names))
-    fig = _figure(figsize=(8, 1.5 + 0.2 * len(names)), layout="constrained")
+    fig = _figure(figsize=(8, 1.5 + 0.22 * len(names)), layout="constrained")
     ax = fig.add_subplot()
     height = 0.8 / max(len(ap), 1)
     for k, (suffix, values) in enumerate(ap.items()):
         ax.barh(
             y + k * height, _array(values)[order], height, label=SCORE_LABELS.get(suffix, suffix)
         )
-    ax.set_yticks(y + height * (len(ap) - 1) / 2, names, fontsize=7)
+    ax.set_yticks(y + height * (len(ap) - 1) / 2, names, fontsize=LABEL_SIZE)
     ax.invert_yaxis()
     ax.set_xlabel("test AP (%)")
     ax.set_xlim(0, 100)
@@ -89,13 +96,16 @@ def figure_pseudo_labels(
     epoch: int,
 ) -> Figure:
     """Thresholds against priors, and per-class pseudo-label precision / recall of one epoch."""
-    fig = _figure(figsize=(12, 4.5), layout="constrained")
+    fig = _figure(figsize=(6 + 0.2 * len(class_names), 5), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=(1, 2))
     t = _array(thresholds)
     left.scatter(priors, t, s=12)
-    for name, p, value in zip(class_names, priors, t, strict=True):
-        if np.isfinite(value):
-            left.annotate(name, (p, value), fontsize=6, alpha=0.7)
+    # Names of the classes whose thresholds stand out most (all of them would overlap).
+    finite = np.flatnonzero(np.isfinite(t))
+    if len(finite):
+        spread = np.abs(t[finite] - np.median(t[finite]))
+        for i in finite[np.argsort(-spread, kind="stable")][:ANNOTATED_CLASSES]:
+            left.annotate(class_names[i], (priors[i], t[i]), fontsize=LABEL_SIZE, alpha=0.8)
     left.set_xlabel("labeled class prior")
     left.set_ylabel("pseudo-label threshold")
     left.set_title(f"thresholds vs priors (epoch {epoch})", fontsize=10)
@@ -103,7 +113,7 @@ def figure_pseudo_labels(
     x = np.arange(len(order))
     right.bar(x - 0.2, _array(precision)[order], 0.4, label="precision")
     right.bar(x + 0.2, _array(recall)[order], 0.4, label="recall")
-    right.set_xticks(x, [class_names[i] for i in order], rotation=90, fontsize=6)
+    right.set_xticks(x, [class_names[i] for i in order], rotation=90, fontsize=LABEL_SIZE)
     right.set_ylim(0, 100)
     right.set_ylabel("%")
     right.legend(fontsize=8)
@@ -118,12 +128,12 @@ def figure_affinity(
     order = np.argsort(np.asarray(class_to_context), kind="stable")
     matrix = np.asarray(affinity, dtype=float)[np.ix_(order, order)]
     names = [f"{class_names[i]} ({class_to_context[i]})" for i in order]
-    side = 3 + 0.16 * len(names)
+    side = 3 + 0.2 * len(names)
     fig = _figure(figsize=(side + 1, side), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="viridis")
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
-    ax.set_yticks(range(len(names)), names, fontsize=6)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=LABEL_SIZE)
+    ax.set_yticks(range(len(names)), names, fontsize=LABEL_SIZE)
     contexts = np.asarray(class_to_context)[order]
     for edge in np.flatnonzero(np.diff(contexts)) + 0.5:
         ax.axhline(edge, color="white", linewidth=0.8)
