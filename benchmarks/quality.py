@@ -114,6 +114,7 @@ class Protocol:
     strong_magnitude: float | None = None
     strong_translate: float | None = None
     strong_op_names: str | None = None  # comma-separated ops of the pool, e.g. "rotate"
+    strong_border: str | None = None
     threads: int = 1  # torch.set_num_threads before every run (two grids run side by side)
     accelerator: str = "cpu"
     precision: str = "32-true"
@@ -166,7 +167,13 @@ OPTIONAL_CSSA_OPTIONS = (
 # Protocol fields passed to every trained method's task when set (None: the task's default).
 OPTIONAL_MODEL_OPTIONS = ("layer_lr_decay", "pct_start")
 # Protocol fields passed to the data module when set (None: the data module's default).
-OPTIONAL_DATA_OPTIONS = ("strong_ops", "strong_num_ops", "strong_magnitude", "strong_translate")
+OPTIONAL_DATA_OPTIONS = (
+    "strong_ops",
+    "strong_num_ops",
+    "strong_magnitude",
+    "strong_translate",
+    "strong_border",
+)
 
 # --quick: overrides of the protocol (explicit flags still win) and of the grid.
 QUICK_PROTOCOL = {"num_train": 600, "num_val": 300, "num_test": 300, "epochs": 3, "threads": 2}

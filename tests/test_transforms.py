@@ -197,3 +197,18 @@ def test_strong_op_names_keep_only_those_ops_in_the_pools_order():
     image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     view = strong_transform(32, CLIP_MEAN, CLIP_STD, 1, cutout_max=0.01, only=["blur"])
     assert tuple(view(image=image)["image"].shape) == (3, 32, 32)
+
+
+def test_a_reflected_border_leaves_no_black_corner():
+    # A rotated uniform grey image: black corners with the historical border, none reflected.
+    image = np.full((32, 32, 3), 128, dtype=np.uint8)
+    for border, corner_black in (("constant", True), ("reflect", False)):
+        (rotate,) = strong_pool("full", only=["rotate"], border=border)
+        rotate.set_random_seed(0)
+        out = rotate(image=image)["image"]
+        assert (out[0, 0] == 0).all() == corner_black, border
+    default = strong_pool("full")
+    explicit = strong_pool("full", border="constant")
+    assert [op.get_transform_init_args() for op in default] == [
+        op.get_transform_init_args() for op in explicit
+    ]

@@ -34,6 +34,7 @@ from cssa_lightning.data.resume import StreamSampler
 from cssa_lightning.data.transforms import (
     CLIP_MEAN,
     CLIP_STD,
+    StrongBorder,
     StrongOpName,
     StrongOps,
     check_strong_options,
@@ -198,6 +199,9 @@ class MultiLabelDataModule(LightningDataModule):
             other ops because a shift is what pushes an object near the border out of view.
         strong_op_names: Only these ops of the ``strong_ops`` pool (``None``: all of them),
             e.g. ``[rotate]`` with ``strong_num_ops: 1`` to measure what one op costs.
+        strong_border: What rotate, shear and translate fill the uncovered area with: black
+            (``constant``) or the mirrored image (``reflect``: no black corner that clean
+            images never show).
         cutout_max: Largest side of a strong-view cutout hole as a fraction of the image side
             (holes are 1/3 of this to this); lower it when objects are small, so that a hole
             rarely erases an object that the weak view's pseudo-label still names.
@@ -228,6 +232,7 @@ class MultiLabelDataModule(LightningDataModule):
         strong_magnitude: float = 1.0,
         strong_translate: float = 0.15,
         strong_op_names: list[StrongOpName] | None = None,
+        strong_border: StrongBorder = "constant",
         cutout_max: float = 0.3,
         labeled_view: Literal["weak", "strong"] = "weak",
         num_workers: int = 0,
@@ -398,6 +403,7 @@ class MultiLabelDataModule(LightningDataModule):
                 magnitude=hp.strong_magnitude,
                 translate=hp.strong_translate,
                 only=hp.get("strong_op_names"),
+                border=hp.get("strong_border", "constant"),
             ),
         )
 

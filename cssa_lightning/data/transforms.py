@@ -63,6 +63,8 @@ StrongOpName = Literal[
 ]
 """The ops of the ``full`` pool, in its order (``only`` of :func:`strong_pool` picks some)."""
 STRONG_OP_NAMES: tuple[str, ...] = get_args(StrongOpName)
+StrongBorder = Literal["constant", "reflect"]
+"""What the strong view's geometric ops fill the uncovered area with: see :func:`strong_pool`."""
 
 # Ops that change hue or colour identity (or, for Posterize, quantise colours away): left out
 # of the colour-preserving pool, whose colour jitter also keeps saturation and hue.
@@ -120,6 +122,7 @@ def strong_pool(
     magnitude: float = 1.0,
     translate: float = 0.15,
     only: Sequence[StrongOpName] | None = None,
+    border: StrongBorder = "constant",
 ) -> list[A.BasicTransform]:
     """The strong view's pool of random ops, each applied whenever drawn.
 
@@ -131,16 +134,20 @@ def strong_pool(
     part Solarize inverts); at 1 the ops are exactly the historical ones, at 0 every op with a
     magnitude is the identity (Solarize then inverts only saturated values, 255 in uint8).
     Equalize and AutoContrast have no magnitude. ``only`` keeps the named ops of the pool (in
-    the pool's order): one op alone shows what it costs.
+    the pool's order): one op alone shows what it costs. ``border`` is what the geometric ops
+    (rotate, shear, translate) put where the image moved away: black (``constant``, the
+    historical view) or the image mirrored at its edge (``reflect``), which adds no corner or
+    band that clean images never have.
     """
-    pool = _named_pool(ops, magnitude, translate)
+    pool = _named_pool(ops, magnitude, translate, border)
     return [op for name, op in pool if only is None or name in only]
 
 
 def _named_pool(
-    ops: StrongOps, magnitude: float, translate: float
+    ops: StrongOps, magnitude: float, translate: float, border: StrongBorder = "constant"
 ) -> list[tuple[str, A.BasicTransform]]:
     m = magnitude
+    edge = {"border_mode": cv2.BORDER_REFLECT_101} if border == "reflect" else {}
     keep_colour = ops == "colour_preserving"
     pool = [
         A.ColorJitter(
@@ -155,9 +162,9 @@ def _named_pool(
         A.Equalize(p=1.0),
         A.Sharpen(alpha=(min(0.2 * m, 1.0), min(0.5 * m, 1.0)), p=1.0),
         A.AutoContrast(p=1.0),
-        A.Affine(rotate=(-30 * m, 30 * m), p=1.0),
-        A.Affine(shear=(-15 * m, 15 * m), p=1.0),
-        A.Affine(translate_percent=(-translate * m, translate * m), p=1.0),
+        A.Affine(rotate=(-30 * m, 30 * m), p=1.0, **edge),
+        A.Affine(shear=(-15 * m, 15 * m), p=1.0, **edge),
+        A.Affine(translate_percent=(-translate * m, translate * m), p=1.0, **edge),
         # A Gaussian kernel of sigma 0 is undefined: the identity stands in for it.
         A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.5 * m, 3.0 * m), p=1.0)
         if m > 0
@@ -179,9 +186,10 @@ def strong_transform(
     magnitude: float = 1.0,
     translate: float = 0.15,
     only: Sequence[StrongOpName] | None = None,
+    border: StrongBorder = "constant",
 ) -> A.Compose:
     """Weak + ``num_ops`` distinct random ops out of :func:`strong_pool` ``(ops, magnitude,
-    translate, only)`` + cutout (one or two holes of ``cutout_max / 3`` to ``cutout_max`` of the side).
+    translate, only, border)`` + cutout (one or two holes of ``cutout_max / 3`` to ``cutout_max`` of the side).
 
     Raises:
         ValueError: an option is out of range (see :func:`check_strong_options`).
@@ -190,7 +198,12 @@ def strong_transform(
     return A.Compose(
         [
             *_weak_ops(image_size),
-            A.SomeOf(strong_pool(ops, magnitude, translate, only), n=num_ops, replace=False, p=1.0),
+            A.SomeOf(
+                strong_pool(ops, magnitude, translate, only, border),
+                n=num_ops,
+                replace=False,
+                p=1.0,
+            ),
             # Cutout: one to two holes, always applied.
             A.CoarseDropout(
                 num_holes_range=(1, 2),

@@ -44,6 +44,7 @@ ANNOTATED_CLASSES = 12
 
 # -- figures (pure: data in, matplotlib Figure out) ---------------------------------------------
 
+
 def _figure(**kwargs: Any) -> Figure:
     from matplotlib.figure import Figure
 
