@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -115,6 +116,17 @@ def trained_cssa(tmp_path_factory, image_folders, tiny_clip_dir) -> Path:
     config = fit_config(out, image_folders, tiny_clip_dir, "cssa_lightning.CSSATask", fast)
     build_cli(["fit", "--config", str(config), "--test_after_fit=false", "--trainer.logger=false"])
     return next(out.rglob("*.ckpt"))
+
+
+@pytest.fixture
+def bare_images(tmp_path, image_folders):
+    """Ten unlabeled test images (no metadata) and one corrupt file."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for path in sorted((image_folders["test"] / "images").glob("*.png"))[:10]:
+        shutil.copy(path, folder / "sub" / path.name)
+    (folder / "broken.png").write_bytes(b"not an image")
+    return folder
 
 
 def fit_config(

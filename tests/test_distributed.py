@@ -145,3 +145,40 @@ def test_two_nodes_of_one_process_match_one(tmp_path, image_folders, tiny_clip_d
         _, err = node.communicate(timeout=600)
         assert node.returncode == 0, err.decode()[-3000:]
     assert_same_training(one_process, out)
+
+
+def test_predict_on_two_processes_writes_what_one_process_writes(
+    tmp_path, trained_cssa, bare_images
+):
+    # Eleven files (one unreadable) over two processes: Lightning's unrepeated sampler gives
+    # six to the first and five to the second; the first merges the part files by input index.
+    def predict(out: Path, *options: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        command = [sys.executable, "-m", "cssa_lightning", "predict"]
+        command += ["--ckpt_path", str(trained_cssa), "--images", str(bare_images)]
+        command += ["--output", str(out), "--batch_size", "2", "--accelerator", "cpu"]
+        return subprocess.run(
+            [*command, "--no_progress_bar", *options],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = predict(one)
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = predict(two, "--devices", "2")
+    assert double.returncode == 0, double.stderr[-3000:]
+    for name in ("predictions.csv", "predictions.jsonl", "skipped.csv"):
+        assert (two / name).read_text() == (one / name).read_text(), name
+    assert sorted(p.name for p in two.iterdir()) == [
+        "predictions.csv",
+        "predictions.jsonl",
+        "skipped.csv",
+    ]  # the part files are gone
+    # One summary, from the first process, as with one device; two processes did the work.
+    assert double.stdout.count("10 images labeled") == 1, double.stdout
+    assert "thresholds: trained, 2 processes)" in double.stdout
+    assert "thresholds: trained)" in single.stdout
+    assert "1 unreadable images skipped" in double.stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -14,17 +13,6 @@ import torch
 from cssa_lightning.commands.entry import main
 from cssa_lightning.commands.predict import ImageFiles, list_images, predict
 from cssa_lightning.commands.trained import find_checkpoint, load_trained
-
-
-@pytest.fixture
-def bare_images(tmp_path, image_folders):
-    """Ten unlabeled test images (no metadata) and one corrupt file."""
-    folder = tmp_path / "photos"
-    (folder / "sub").mkdir(parents=True)
-    for path in sorted((image_folders["test"] / "images").glob("*.png"))[:10]:
-        shutil.copy(path, folder / "sub" / path.name)
-    (folder / "broken.png").write_bytes(b"not an image")
-    return folder
 
 
 def read_outputs(out):

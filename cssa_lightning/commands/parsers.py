@@ -57,6 +57,19 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator.")
     parser.add_argument(
+        "--devices",
+        default="1",
+        help="Devices per node: a count, 'auto', or a list such as '0,1'. Above 1, one process "
+        "per device labels its share of the images and the first merges the files.",
+    )
+    parser.add_argument(
+        "--num_nodes",
+        type=int,
+        default=1,
+        help="Nodes (start the same command on each, e.g. with torchrun or srun); --output must "
+        "be a folder every node sees.",
+    )
+    parser.add_argument(
         "--precision",
         default="32-true",
         help="Lightning precision of the forward pass (e.g. bf16-mixed, 16-mixed on a GPU).",

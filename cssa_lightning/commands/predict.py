@@ -15,8 +15,11 @@ as the batches come, with a progress bar. An image that cannot be read is report
 from __future__ import annotations
 
 import csv
+import heapq
 import json
 import logging
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,8 +110,14 @@ class ImageFiles(Dataset):
 class PredictionFileWriter(BasePredictionWriter):
     """Writes each predicted batch to ``predictions.csv`` and ``predictions.jsonl``.
 
+    In one process the rows go straight to the two files, in input order. With several
+    processes (``--devices``, ``--num_nodes``) each one writes the rows of its images to its own
+    part file under ``OUTPUT/.parts`` (Lightning's unrepeated sampler gives every image to exactly
+    one process); after the last batch the first process merges the parts by input index into
+    the same two files and removes them, so the result is the one-process result, row for row.
+
     Args:
-        output: Directory of the files.
+        output: Directory of the files (with several nodes: a folder every node sees).
         paths: Image paths by dataset index.
         class_names: Ordered class names.
         thresholds: ``(C,)`` thresholds applied to the ``decide_by`` probabilities.
@@ -132,13 +141,25 @@ class PredictionFileWriter(BasePredictionWriter):
         self.decide_by = decide_by
         self.written = 0
         self.skipped: list[tuple[str, str]] = []
-        self._csv = self._jsonl = self._writer = None
+        self.header: list[str] | None = None  # needs the score names of the first batch
+        self.world_size = 1
+        self._csv = self._jsonl = self._writer = self._part = None
+
+    @property
+    def parts(self) -> Path:
+        return self.output / ".parts"
 
     def on_predict_start(self, trainer, pl_module) -> None:
+        self.world_size = trainer.world_size
         self.output.mkdir(parents=True, exist_ok=True)
+        if self.world_size > 1:
+            self.parts.mkdir(exist_ok=True)
+            path = self.parts / f"rank{trainer.global_rank}.jsonl"
+            self._part = path.open("w", encoding="utf-8")
+            return
         self._csv = (self.output / "predictions.csv").open("w", encoding="utf-8", newline="")
         self._jsonl = (self.output / "predictions.jsonl").open("w", encoding="utf-8")
-        self._writer = None  # the header needs the score names of the first batch
+        self._writer = csv.writer(self._csv)
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
@@ -149,17 +170,16 @@ class PredictionFileWriter(BasePredictionWriter):
             if key.startswith("probs")
         }
         decide = prediction[self.decide_by].float().cpu()
-        if self._writer is None:
-            self._writer = csv.writer(self._csv)
-            header = ["path", "labels"]
+        if self.header is None:
+            self.header = ["path", "labels"]
             for name in scores:
-                header += [f"{name}:{c}" for c in self.class_names]
-            self._writer.writerow(header)
+                self.header += [f"{name}:{c}" for c in self.class_names]
+            self._emit({"header": self.header})
         for row, index in enumerate(prediction["index"].tolist()):
             path = str(self.paths[index])
             if not bool(batch["valid"][row]):
-                self.skipped.append((path, batch["error"][row]))
                 log.warning("%s (skipped)", batch["error"][row])
+                self._emit({"index": index, "skipped": [path, batch["error"][row]]})
                 continue
             labels = [
                 name
@@ -170,7 +190,6 @@ class PredictionFileWriter(BasePredictionWriter):
             line = [path, "|".join(labels)]
             for probs in values.values():
                 line += [f"{p:.6f}" for p in probs]
-            self._writer.writerow(line)
             item = {"path": path, "labels": labels}
             item.update(
                 {
@@ -178,12 +197,68 @@ class PredictionFileWriter(BasePredictionWriter):
                     for name, probs in values.items()
                 }
             )
-            self._jsonl.write(json.dumps(item) + "\n")
+            self._emit({"index": index, "csv": line, "json": item})
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        """One row (or the header) to the final files, or to this process's part file."""
+        if self._part is not None:
+            self._part.write(json.dumps(record) + "\n")
+        elif "header" in record:
+            self._writer.writerow(record["header"])
+        elif "skipped" in record:
+            self.skipped.append(tuple(record["skipped"]))
+        else:
+            self._writer.writerow(record["csv"])
+            self._jsonl.write(json.dumps(record["json"]) + "\n")
             self.written += 1
 
     def on_predict_end(self, trainer, pl_module) -> None:
+        if self.world_size > 1:
+            self._part.close()
+            self._part = None
+            trainer.strategy.barrier("prediction parts written")
+            if trainer.global_rank == 0:
+                self._merge_parts()
+            trainer.strategy.barrier("prediction parts merged")
+            return
         self._csv.close()
         self._jsonl.close()
+        self._write_skipped()
+
+    def _merge_parts(self) -> None:
+        """The processes' part files, merged by input index into the final files (each part
+        is in increasing index order, so the merge streams)."""
+        parts = [self.parts / f"rank{rank}.jsonl" for rank in range(self.world_size)]
+        missing = [p for p in parts if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{missing[0]} is missing: with several nodes, --output must be a folder "
+                "every node sees (a shared file system)"
+            )
+        handles = [p.open(encoding="utf-8") for p in parts]
+        try:
+            streams = [map(json.loads, handle) for handle in handles]
+            rows = heapq.merge(*streams, key=lambda record: record.get("index", -1))
+            self._csv = (self.output / "predictions.csv").open("w", encoding="utf-8", newline="")
+            self._jsonl = (self.output / "predictions.jsonl").open("w", encoding="utf-8")
+            self._writer = csv.writer(self._csv)
+            header_written = False
+            for record in rows:
+                if "header" in record:
+                    if not header_written:
+                        self._emit(record)
+                        header_written = True
+                    continue
+                self._emit(record)
+            self._csv.close()
+            self._jsonl.close()
+        finally:
+            for handle in handles:
+                handle.close()
+        self._write_skipped()
+        shutil.rmtree(self.parts)
+
+    def _write_skipped(self) -> None:
         if self.skipped:
             with (self.output / "skipped.csv").open("w", encoding="utf-8", newline="") as handle:
                 writer = csv.writer(handle)
@@ -327,14 +402,25 @@ def predict(
     overwrite: bool = False,
     progress_bar: bool = True,
     precision: str = "32-true",
+    devices: int | str = 1,
+    num_nodes: int = 1,
 ) -> PredictionFileWriter:
-    """Run ``cssa predict``; returns the writer (its ``written`` and ``skipped``)."""
+    """Run ``cssa predict``; returns the writer (its ``written`` and ``skipped``; on the first
+    process only when several run).
+
+    With ``devices`` above 1 or several ``num_nodes``, Lightning's ``ddp`` starts one process
+    per device (or a cluster launcher such as ``torchrun`` / ``srun`` started them); each labels
+    its share of the images and the first merges the files (see :class:`PredictionFileWriter`).
+    """
     out = Path(output).expanduser()
-    existing = [out / name for name in OUTPUT_FILES if (out / name).exists()]
+    first = is_first_process()
+    existing = [out / name for name in OUTPUT_FILES if (out / name).exists()] if first else []
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists: pass --overwrite or another --output")
     if batch_size <= 0:
         raise ValueError(f"--batch_size must be positive, got {batch_size}")
+    if num_nodes < 1:
+        raise ValueError(f"--num_nodes must be positive, got {num_nodes}")
     paths = list_images(images)
     task, preprocessing = load_for_prediction(ckpt_path)
     has_teacher = "_teacher" in task.evaluated_scores
@@ -350,9 +436,12 @@ def predict(
     writer = PredictionFileWriter(out, paths, task.class_names, chosen, decide_by)
     dataset = ImageFiles(paths, preprocessing.transform(), preprocessing.image_size)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    several = num_nodes > 1 or devices not in (1, "1")
     trainer = Trainer(
         accelerator=accelerator,
-        devices=1,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy="ddp" if several else "auto",
         precision=precision,
         logger=False,
         callbacks=[writer],
@@ -361,19 +450,32 @@ def predict(
         enable_checkpointing=False,
     )
     trainer.predict(task, dataloaders=loader, return_predictions=False)
+    if trainer.global_rank != 0:
+        return writer  # the first process merged the files and reports
     if not writer.written:
         raise ValueError(
             f"no image of --images {images} could be read ({len(writer.skipped)} skipped, "
             f"listed in {out / 'skipped.csv'})"
         )
+    processes = f", {writer.world_size} processes" if writer.world_size > 1 else ""
     print(
         f"{writer.written} images labeled -> {out / 'predictions.csv'}, "
         f"{out / 'predictions.jsonl'} (labels from the "
-        f"{'teacher' if decide_by == 'probs_teacher' else 'student'}, thresholds: {thresholds})"
+        f"{'teacher' if decide_by == 'probs_teacher' else 'student'}, thresholds: {thresholds}"
+        f"{processes})"
     )
     if writer.skipped:
         print(f"{len(writer.skipped)} unreadable images skipped -> {out / 'skipped.csv'}")
     return writer
+
+
+def is_first_process() -> bool:
+    """Whether this is the first of the processes a launcher (Lightning's ddp, torchrun, srun)
+    started, or the only one: only it checks for, and removes, existing output files."""
+    return all(
+        os.environ.get(name, "0") == "0"
+        for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    )
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -393,4 +495,11 @@ def main(args: Sequence[str] | None = None) -> None:
         options.overwrite,
         not options.no_progress_bar,
         options.precision,
+        parse_devices(options.devices),
+        options.num_nodes,
     )
+
+
+def parse_devices(value: str) -> int | str:
+    """``--devices``: a count, ``auto`` or Lightning's device list such as ``0,1``."""
+    return int(value) if value.strip().isdigit() else value
