@@ -7,8 +7,7 @@ labeled/unlabeled split -> torch datasets with eval/weak/strong transforms -> lo
 from __future__ import annotations
 
 import logging
-import random
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 import albumentations as A
 import datasets
@@ -31,9 +30,11 @@ from cssa_lightning.data.records import (
     split_labeled,
 )
 from cssa_lightning.data.resume import StreamSampler
+from cssa_lightning.data.stream import ListStreamSampler, StreamedImages, count_images
 from cssa_lightning.data.transforms import (
     CLIP_MEAN,
     CLIP_STD,
+    SeededViews,
     StrongBorder,
     StrongOpName,
     StrongOps,
@@ -56,11 +57,14 @@ class LabeledBatch(TypedDict):
 class UnlabeledBatch(TypedDict):
     image_weak: Tensor
     image_strong: Tensor
-    target: Tensor  # hidden labels: for monitoring only, never for a loss
-    index: Tensor  # position in the unlabeled split, to keep per-image teacher scores
+    # Hidden labels: for monitoring only, never for a loss; absent from a streamed pool.
+    target: NotRequired[Tensor]
+    # Position in the unlabeled split (a streamed pool: line of the list), to keep per-image
+    # teacher scores.
+    index: Tensor
 
 
-class LabeledImages(Dataset):
+class LabeledImages(SeededViews, Dataset):
     """Records of ``table`` at ``indices`` with one transform: ``{"image", "target", "index"}``.
 
     An item is asked for by position ``i``, or by ``(i, seed)`` (what
@@ -73,27 +77,12 @@ class LabeledImages(Dataset):
         self.table = table
         self.indices = np.asarray(indices, dtype=np.int64)
         self.transform = transform
-        self._generators: list[tuple[np.random.Generator, random.Random]] = []
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def _transforms(self) -> list[A.Compose]:
         return [self.transform]
-
-    def _reseed(self, seed: int) -> None:
-        # Albumentations keeps a numpy and a Python generator in every transform. Give each
-        # pipeline one shared pair and reseed that pair per item: cheaper than set_random_seed,
-        # which builds new generators for every transform.
-        if not self._generators:
-            for transform in self._transforms():
-                pair = (np.random.default_rng(0), random.Random(0))
-                _share_generators(transform, *pair)
-                self._generators.append(pair)
-        for offset, (numpy_rng, python_rng) in enumerate(self._generators):
-            item_seed = (seed + offset * 0x9E3779B9) % 2**32
-            numpy_rng.bit_generator.state = np.random.PCG64(item_seed).state
-            python_rng.seed(item_seed)
 
     def _record(self, key: int | tuple[int, int]) -> tuple[int, np.ndarray, Tensor]:
         if isinstance(key, tuple | list):
@@ -129,12 +118,6 @@ class UnlabeledImages(LabeledImages):
             "target": target,
             "index": i,
         }
-
-
-def _share_generators(transform: Any, numpy_rng: np.random.Generator, python_rng: random.Random):
-    transform.random_generator, transform.py_random = numpy_rng, python_rng
-    for child in getattr(transform, "transforms", None) or []:
-        _share_generators(child, numpy_rng, python_rng)
 
 
 class ResumableLoader(DataLoader):
@@ -210,6 +193,14 @@ class MultiLabelDataModule(LightningDataModule):
         load_unlabeled: Load the unlabeled stream. ``False`` (for labeled-only baselines)
             yields labeled batches only, but keeps the epoch length of the unlabeled stream so
             that every method gets the same number of steps.
+        unlabeled_source: An unlabeled pool streamed from an image list (a text file, one
+            image path per line, relative to its folder), read lazily and never held in
+            memory (:mod:`cssa_lightning.data.stream`): for pools larger than a record
+            table. Every ``train_source`` image is then labeled (``labeled_ratio`` must be 1),
+            an epoch is one pass over the list, and a mean-teacher task needs
+            ``pseudo.memory`` (thresholds from the latest scores, not one row per image).
+        unlabeled_shuffle_buffer: Paths held to shuffle the streamed list each epoch (1: the
+            list's order).
     """
 
     def __init__(
@@ -239,10 +230,21 @@ class MultiLabelDataModule(LightningDataModule):
         load_unlabeled: bool = True,
         image_cache: str | None = None,
         image_cache_size: int = 256,
+        unlabeled_source: str | None = None,
+        unlabeled_shuffle_buffer: int = 10_000,
     ):
         super().__init__()
         if not 0.0 < labeled_ratio <= 1.0:
             raise ValueError(f"labeled_ratio must be in (0, 1], got {labeled_ratio}")
+        if unlabeled_source is not None and labeled_ratio != 1.0:
+            raise ValueError(
+                f"data.unlabeled_source streams the unlabeled images, so every train_source "
+                f"image is labeled: set data.labeled_ratio to 1.0 (got {labeled_ratio})"
+            )
+        if unlabeled_shuffle_buffer < 1:
+            raise ValueError(
+                f"unlabeled_shuffle_buffer must be at least 1, got {unlabeled_shuffle_buffer}"
+            )
         for name, size in [
             ("labeled_batch_size", labeled_batch_size),
             ("unlabeled_batch_size", unlabeled_batch_size),
@@ -284,10 +286,26 @@ class MultiLabelDataModule(LightningDataModule):
         self.val_table: datasets.Dataset | None = None
         self.labeled_indices = self.unlabeled_indices = np.zeros(0, dtype=np.int64)
         self.val_indices = np.zeros(0, dtype=np.int64)  # held out of train_table
+        self.unlabeled_source = unlabeled_source
+        self._streamed_count: int | None = None  # images of the list, counted at setup
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def streams_unlabeled(self) -> bool:
+        """Whether the unlabeled images come from a streamed list (``unlabeled_source``)."""
+        return self.unlabeled_source is not None
+
+    @property
+    def num_unlabeled(self) -> int:
+        """Unlabeled images: of the split, or of the streamed list."""
+        if self.streams_unlabeled:
+            if self._streamed_count is None:
+                self._streamed_count = count_images(self.unlabeled_source)
+            return self._streamed_count
+        return len(self.unlabeled_indices)
 
     def prepare_data(self) -> None:
         # Lightning calls this once per machine before setup: fill the image cache there.
@@ -316,6 +334,12 @@ class MultiLabelDataModule(LightningDataModule):
             labeled, unlabeled = split_labeled(len(train_indices), hp.labeled_ratio, hp.split_seed)
             self.labeled_indices = train_indices[labeled]
             self.unlabeled_indices = train_indices[unlabeled]
+            if self.streams_unlabeled:
+                log.info(
+                    "unlabeled images streamed from %s: %d images",
+                    self.unlabeled_source,
+                    self.num_unlabeled,
+                )
             self._log_split()
         if stage in (None, "fit"):
             self._check_batch_sizes()
@@ -334,7 +358,7 @@ class MultiLabelDataModule(LightningDataModule):
     def _check_batch_sizes(self) -> None:
         hp = self.hparams
         num_labeled = len(self.labeled_indices)
-        if len(self.unlabeled_indices) == 0 and num_labeled < hp.labeled_batch_size:
+        if self.num_unlabeled == 0 and num_labeled < hp.labeled_batch_size:
             # Fully labeled: the labeled loader drops its last partial batch, so none is left.
             raise ValueError(
                 f"data.labeled_batch_size={hp.labeled_batch_size} is larger than the "
@@ -425,34 +449,62 @@ class MultiLabelDataModule(LightningDataModule):
         _, weak, strong = self._transforms()
         labeled_view = strong if hp.labeled_view == "strong" else weak
         labeled = LabeledImages(self.train_table, self.labeled_indices, labeled_view)
-        if len(self.unlabeled_indices) == 0:
+        if self.num_unlabeled == 0:
             # The last partial (global) batch is dropped.
             steps = len(labeled) // (hp.labeled_batch_size * world)
             loader = self._stream_loader(labeled, hp.labeled_batch_size, steps, seed, 0)
             return CombinedLoader({"labeled": loader}, mode="max_size_cycle")
         _, weak, strong = self._transforms()  # the labeled stream's transforms are its own
-        unlabeled = UnlabeledImages(self.train_table, self.unlabeled_indices, weak, strong)
         # The unlabeled stream defines the epoch: its full batches, or one partial batch when
         # it holds less than one. The labeled stream draws as many batches, cycling (and
         # reshuffling) through the labeled split as often as needed.
+        num_unlabeled = self.num_unlabeled
         global_unlabeled = hp.unlabeled_batch_size * world
-        steps = max(len(unlabeled) // global_unlabeled, 1)
-        unlabeled_batch = min(hp.unlabeled_batch_size, len(unlabeled) // world)
+        steps = max(num_unlabeled // global_unlabeled, 1)
+        unlabeled_batch = min(hp.unlabeled_batch_size, num_unlabeled // world)
         if unlabeled_batch == 0:
             raise ValueError(
-                f"{len(unlabeled)} unlabeled images cannot be shared by {world} processes"
+                f"{num_unlabeled} unlabeled images cannot be shared by {world} processes"
             )
         loaders = {"labeled": self._stream_loader(labeled, hp.labeled_batch_size, steps, seed, 0)}
-        if hp.load_unlabeled:
+        if hp.load_unlabeled and self.streams_unlabeled:
+            loaders["unlabeled"] = self._stream_loader(
+                StreamedImages(self.unlabeled_source, num_unlabeled, weak, strong),
+                unlabeled_batch,
+                steps,
+                seed,
+                1,
+                sampler=ListStreamSampler(
+                    self.unlabeled_source,
+                    steps * unlabeled_batch * world,
+                    seed,
+                    1,
+                    rank,
+                    world,
+                    hp.unlabeled_shuffle_buffer,
+                ),
+            )
+        elif hp.load_unlabeled:
+            unlabeled = UnlabeledImages(self.train_table, self.unlabeled_indices, weak, strong)
             loaders["unlabeled"] = self._stream_loader(unlabeled, unlabeled_batch, steps, seed, 1)
         return CombinedLoader(loaders, mode="max_size_cycle")
 
     def _stream_loader(
-        self, dataset: Dataset, batch_size: int, steps: int, seed: int, stream: int
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        steps: int,
+        seed: int,
+        stream: int,
+        sampler: StreamSampler | ListStreamSampler | None = None,
     ) -> DataLoader:
-        """``steps`` batches of ``batch_size`` per process in a resumable, seeded order."""
+        """``steps`` batches of ``batch_size`` per process in a resumable, seeded order (a
+        :class:`StreamSampler` over ``dataset`` unless ``sampler`` is given)."""
         rank, world = self._process()
-        sampler = StreamSampler(len(dataset), steps * batch_size * world, seed, stream, rank, world)
+        if sampler is None:
+            sampler = StreamSampler(
+                len(dataset), steps * batch_size * world, seed, stream, rank, world
+            )
         epoch, batches = self._resume_point
         sampler.set_epoch(epoch)
         sampler.skip = batches * batch_size  # only for the resumed epoch: see set_epoch
@@ -510,6 +562,11 @@ class MultiLabelDataModule(LightningDataModule):
     def unlabeled_eval_dataloader(self) -> DataLoader:
         """The unlabeled split with the eval transform, in order; ``index`` is the position in
         the unlabeled stream (for a fixed teacher's pass over every unlabeled image)."""
+        if self.streams_unlabeled:
+            raise ValueError(
+                "a pass over every unlabeled image needs a record table: not with "
+                "data.unlabeled_source (a streamed list)"
+            )
         eval_, _, _ = self._transforms()
         dataset = LabeledImages(self.train_table, self.unlabeled_indices, eval_)
         return self._loader(dataset, self.hparams.eval_batch_size)

@@ -8,11 +8,13 @@ that change colours (:func:`strong_pool`), and its magnitude can be scaled down.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import albumentations as A
 import cv2
+import numpy as np
 from albumentations.pytorch import ToTensorV2
 
 # The statistics of OpenAI's CLIP pre-processing: the default normalisation, also used by the
@@ -215,3 +217,34 @@ def strong_transform(
             *_normalise(mean, std),
         ]
     )
+
+
+class SeededViews:
+    """A dataset whose transforms are reseeded per item, so that an item's augmentation depends
+    on its seed alone, not on the loader worker or process that draws it.
+
+    Albumentations keeps a numpy and a Python generator in every transform. Each pipeline of
+    :meth:`_transforms` gets one shared pair, reseeded per item: cheaper than
+    ``set_random_seed``, which builds new generators for every transform.
+    """
+
+    def _transforms(self) -> list[A.Compose]:
+        raise NotImplementedError
+
+    def _reseed(self, seed: int) -> None:
+        generators = self.__dict__.setdefault("_generators", [])
+        if not generators:
+            for transform in self._transforms():
+                pair = (np.random.default_rng(0), random.Random(0))
+                _share_generators(transform, *pair)
+                generators.append(pair)
+        for offset, (numpy_rng, python_rng) in enumerate(generators):
+            item_seed = (seed + offset * 0x9E3779B9) % 2**32
+            numpy_rng.bit_generator.state = np.random.PCG64(item_seed).state
+            python_rng.seed(item_seed)
+
+
+def _share_generators(transform: Any, numpy_rng: np.random.Generator, python_rng: random.Random):
+    transform.random_generator, transform.py_random = numpy_rng, python_rng
+    for child in getattr(transform, "transforms", None) or []:
+        _share_generators(child, numpy_rng, python_rng)

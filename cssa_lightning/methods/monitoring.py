@@ -66,6 +66,8 @@ class PseudoLabelMonitor(Callback):
         if not isinstance(outputs, dict) or "pseudo_labels" not in outputs:
             return
         unlabeled = batch["unlabeled"]
+        if "target" not in unlabeled:
+            return  # a streamed pool: no hidden labels to measure against
         labels = outputs["pseudo_labels"].float()
         target = unlabeled["target"].float().to(labels.device)
         counts = torch.stack(

@@ -346,6 +346,8 @@ class RunReport(Callback):
             return
         if not (isinstance(outputs, dict) and "pseudo_labels" in outputs):
             return
+        if "target" not in unlabeled:
+            return  # a streamed pool has no hidden labels to show beside the pseudo-labels
         if trainer.is_global_zero:
             labels = outputs["pseudo_labels"][: self.num_examples]
             target = unlabeled["target"][: len(labels)].to(labels.device)
