@@ -105,6 +105,7 @@ class Protocol:
     reliability_margin: float | None = None
     teacher_prior_weight: float | None = None
     teacher_prior_weighting: str | None = None
+    min_prior_skill: float | None = None
     # The CLIP checkpoint of the model and the image processor of the data module.
     clip: str = "tiny-clip"
     world_version: str = "v2"
@@ -143,11 +144,13 @@ OPTIONAL_MEAN_TEACHER_OPTIONS = (
     "reliability_margin",
     "teacher_prior_weight",
     "teacher_prior_weighting",
+    "min_prior_skill",
 )
 # Protocol fields of group options that have no flat name of 0.2 (FLAT_NAMES maps those).
 PROTOCOL_GROUP_NAMES = {
     "teacher_prior_weight": ("pseudo", "prior_weight"),
     "teacher_prior_weighting": ("pseudo", "prior_weighting"),
+    "min_prior_skill": ("pseudo", "min_prior_skill"),
     "context_inform_queries": ("context", "inform_queries"),
 }
 # Protocol fields passed to every CSSATask run when set.

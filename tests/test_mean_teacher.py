@@ -341,6 +341,37 @@ def test_the_prior_is_the_calibrated_start_network_and_is_checkpointed(
     assert torch.equal(restored.prior_class_weights, model.prior_class_weights)
 
 
+def test_min_prior_skill_leaves_the_classes_pretraining_never_learnt_out_of_unlabeled_losses(
+    tmp_path, image_folders, tiny_clip_dir
+):
+    task = MeanTeacherTask(
+        CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), pseudo={"min_prior_skill": 0.2}
+    )
+    task.unlabeled_classes.copy_(torch.tensor([1.0, 0.0, 1.0]))
+    task.pseudo_labeller.thresholds.fill_(0.5)
+    pseudo = task.pseudo_labels(torch.tensor([[0.9, 0.9, 0.1], [0.1, 0.2, 0.8]]))
+    assert pseudo.labels.tolist() == [[1, 1, 0], [0, 0, 1]]  # labels unchanged
+    assert pseudo.mask.tolist() == [[1, 0, 1], [1, 0, 1]]  # the gated class is masked
+    plain = MeanTeacherTask(CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir))
+    assert not hasattr(plain, "unlabeled_classes")  # no buffer, no checkpoint key by default
+    with pytest.raises(ValueError, match="min_prior_skill"):
+        MeanTeacherTask(
+            CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), pseudo={"min_prior_skill": 2}
+        )
+    # In a fit: the classes whose start-network skill on the labeled images reaches the bar
+    # (the prior is that network; its weights per class are 0.8 x skill).
+    options = {
+        **FAST,
+        "pseudo": {"prior_weight": 0.8, "prior_weighting": "labeled_ap", "min_prior_skill": 0.1},
+    }
+    cli, _ = fit(tmp_path, image_folders, tiny_clip_dir, MT, options)
+    model = cli.model
+    skill = model.prior_class_weights / 0.8
+    torch.testing.assert_close(model.unlabeled_classes, (skill >= 0.1 - 1e-6).float())
+    restored = MeanTeacherTask.load_from_checkpoint(next((tmp_path / "run").rglob("*.ckpt")))
+    assert torch.equal(restored.unlabeled_classes, model.unlabeled_classes)
+
+
 def test_prior_skill_is_average_precision_above_chance():
     targets = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 0], [0, 1, 0]])
     probs = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.5], [0.1, 0.3, 0.5], [0.3, 0.2, 0.5]])

@@ -151,6 +151,10 @@ class MeanTeacherTask(MultiLabelTask):
             self.register_buffer(
                 "prior_class_weights", torch.full((len(class_names),), pseudo.prior_weight)
             )
+        if pseudo.min_prior_skill > 0:
+            # 1 for the classes the unlabeled losses may use (pseudo.min_prior_skill), set in
+            # on_fit_start and saved in checkpoints.
+            self.register_buffer("unlabeled_classes", torch.ones(num_classes))
         self.pseudo_labeller = PseudoLabeller(
             num_classes,
             rule=pseudo.threshold,
@@ -279,9 +283,13 @@ class MeanTeacherTask(MultiLabelTask):
         return probs
 
     def pseudo_labels(self, probs: Tensor) -> PseudoLabels:
-        """Hard pseudo-labels and the mask of usable entries. The consistency targets (by
-        default) and the other unlabeled terms' labels come from these."""
-        return self.pseudo_labeller(probs)
+        """Hard pseudo-labels and the mask of usable entries (without the classes that
+        ``pseudo.min_prior_skill`` leaves out). The consistency targets (by default) and the
+        other unlabeled terms' labels come from these."""
+        pseudo = self.pseudo_labeller(probs)
+        if self.pseudo_options.min_prior_skill > 0:
+            pseudo = PseudoLabels(pseudo.labels, pseudo.mask * self.unlabeled_classes)
+        return pseudo
 
     def consistency_targets(self, probs: Tensor, pseudo: PseudoLabels) -> tuple[Tensor, Tensor]:
         """Targets and mask of the consistency loss: the hard pseudo-labels, or the teacher's
@@ -308,27 +316,55 @@ class MeanTeacherTask(MultiLabelTask):
             self.teacher.module.load_state_dict(self.net.state_dict())
             if self.prior is not None:
                 self.prior.load_state_dict(self.net.state_dict())
-                if self.pseudo_options.prior_weighting == "labeled_ap":
-                    self.weigh_prior_by_labeled_ap()
-        num_unlabeled = len(datamodule.unlabeled_indices)
+            self.set_class_trust()
+        if (
+            getattr(datamodule, "streams_unlabeled", False)
+            and self.pseudo_labeller.memory_size is None
+        ):
+            raise ValueError(
+                "data.unlabeled_source streams the unlabeled images: keep the latest teacher "
+                "scores instead of one row per image with --model.pseudo.memory W (e.g. 10000)"
+            )
+        num_unlabeled = getattr(datamodule, "num_unlabeled", None)
+        if num_unlabeled is None:  # a user's data module with the split's indices only
+            num_unlabeled = len(datamodule.unlabeled_indices)
         self.pseudo_labeller.allocate(num_unlabeled)  # a restored memory is kept
 
+    def set_class_trust(self) -> None:
+        """From the start network's skill on the labeled images (one pass, only when an
+        option needs it): the prior's weight per class (``pseudo.prior_weighting="labeled_ap"``)
+        and the classes the unlabeled losses may use (``pseudo.min_prior_skill``)."""
+        options = self.pseudo_options
+        weigh = self.prior is not None and options.prior_weighting == "labeled_ap"
+        if not weigh and options.min_prior_skill <= 0:
+            return
+        skill = self.start_skill()
+        if weigh:
+            self.prior_class_weights.copy_(options.prior_weight * skill)
+            log.info(
+                "prior weight per class from its labeled AP: mean %.3f, %d of %d classes at 0",
+                float(self.prior_class_weights.mean()),
+                int((skill == 0).sum()),
+                len(skill),
+            )
+        if options.min_prior_skill > 0:
+            self.unlabeled_classes.copy_((skill >= options.min_prior_skill).float())
+            log.info(
+                "unlabeled losses on %d of %d classes (start skill >= %g)",
+                int(self.unlabeled_classes.sum()),
+                len(skill),
+                options.min_prior_skill,
+            )
+
     @torch.no_grad()
-    def weigh_prior_by_labeled_ap(self) -> None:
-        """``prior_class_weights`` from the prior's skill on the labeled images
-        (``pseudo.prior_weighting="labeled_ap"``). Every process runs the same pass."""
+    def start_skill(self) -> Tensor:
+        """``(C,)`` skill (:func:`prior_skill`) of the network as the fit starts (the student
+        before any step: the prior) on the labeled images. Every process runs the same pass."""
         probs, targets = [], []
         for batch in self.trainer.datamodule.labeled_eval_dataloader():
-            probs.append(frozen_probs(self.prior, batch["image"].to(self.device)).cpu())
+            probs.append(frozen_probs(self.net, batch["image"].to(self.device)).cpu())
             targets.append(batch["target"].cpu())
-        skill = prior_skill(torch.cat(probs), torch.cat(targets))
-        self.prior_class_weights.copy_(self.pseudo_options.prior_weight * skill)
-        log.info(
-            "prior weight per class from its labeled AP: mean %.3f, %d of %d classes at 0",
-            float(self.prior_class_weights.mean()),
-            int((skill == 0).sum()),
-            len(skill),
-        )
+        return prior_skill(torch.cat(probs), torch.cat(targets)).to(self.device)
 
     def task_callbacks(self) -> list[Callback]:
         """The guards, and the pseudo-label quality against the hidden labels

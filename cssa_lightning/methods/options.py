@@ -70,6 +70,11 @@ class PseudoLabelOptions:
             that pre-training never learnt (AP at chance) keeps the teacher alone. The prior
             never trained on the labeled images, so its AP there is an honest estimate;
             computed once when a fit starts (one pass of the prior over the labeled images).
+        min_prior_skill: Classes whose skill on the labeled images, as the fit starts (the
+            ``labeled_ap`` skill above, of the zero-shot network), is below this get no
+            unlabeled loss: a class pre-training never learnt has only the teacher's
+            pseudo-labels, whose errors are the student's own. ``0`` keeps every class; a
+            gated class still learns from its labels.
     """
 
     threshold: Literal["cat", "fixed", "fbeta"] = "cat"
@@ -82,6 +87,7 @@ class PseudoLabelOptions:
     memory: int | None = None
     prior_weight: float = 0.0
     prior_weighting: Literal["uniform", "labeled_ap"] = "uniform"
+    min_prior_skill: float = 0.0
 
     def __post_init__(self) -> None:
         if self.scores == "pass" and self.refresh != "pass":
@@ -93,6 +99,10 @@ class PseudoLabelOptions:
             )
         if not 0.0 <= self.prior_weight <= 1.0:
             raise ValueError(f"pseudo.prior_weight must be in [0, 1], got {self.prior_weight}")
+        if not 0.0 <= self.min_prior_skill <= 1.0:
+            raise ValueError(
+                f"pseudo.min_prior_skill must be in [0, 1], got {self.min_prior_skill}"
+            )
 
 
 @dataclass(frozen=True)
