@@ -27,21 +27,17 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import DistributedSampler
 
 
-class StreamSampler(DistributedSampler):
-    """A reproducible, resumable random order over ``num_items`` items.
-
-    Each epoch draws ``num_samples`` items (whole permutations, concatenated as long as needed:
-    a short labeled split cycles within the epoch) from a generator seeded with
-    ``(seed, stream, epoch)``, and yields ``(item, augmentation_seed)`` pairs. With several
-    processes, process ``rank`` takes every ``world_size``-th position of the same global order,
-    so batch ``i`` of all processes together holds exactly batch ``i`` of a one-process run with
-    ``world_size`` times the batch size.
+class EpochSampler(DistributedSampler):
+    """What the package's samplers share: ``num_samples`` items per epoch over all processes,
+    this process's share, the epoch, and the items of a resumed epoch to skip.
 
     It subclasses ``DistributedSampler`` only so that Lightning does not replace it in
-    multi-process runs: it splits the data between processes itself.
+    multi-process runs: a subclass splits the data between processes itself, process ``rank``
+    taking every ``world_size``-th position of one global order, so batch ``i`` of all
+    processes together holds exactly batch ``i`` of a one-process run with ``world_size``
+    times the batch size.
 
     Args:
-        num_items: Size of the dataset.
         num_samples: Items per epoch over all processes (a multiple of ``world_size``).
         seed: Base seed of the run.
         stream: Distinguishes the streams of one run (labeled, unlabeled).
@@ -49,24 +45,15 @@ class StreamSampler(DistributedSampler):
         world_size: Number of processes.
     """
 
-    def __init__(
-        self,
-        num_items: int,
-        num_samples: int,
-        seed: int,
-        stream: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        if num_items <= 0 or num_samples % world_size:
+    def __init__(self, num_samples: int, seed: int, stream: int, rank: int, world_size: int):
+        if num_samples <= 0 or num_samples % world_size:
             raise ValueError(
-                f"StreamSampler: {num_samples} samples of {num_items} items cannot be split "
-                f"evenly between {world_size} processes"
+                f"{type(self).__name__}: {num_samples} samples cannot be split evenly between "
+                f"{world_size} processes"
             )
-        self.num_items, self.total_size = num_items, num_samples
+        self.total_size, self.num_samples = num_samples, num_samples // world_size
         self.seed, self.stream = int(seed), int(stream)
         self.rank, self.num_replicas = rank, world_size
-        self.num_samples = num_samples // world_size
         self.epoch = 0
         # Items of this process's share of epoch ``resume_epoch`` already trained on before
         # the run was resumed: skipped in that epoch only.
@@ -79,6 +66,38 @@ class StreamSampler(DistributedSampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def skipped(self, epoch: int) -> int:
+        """Items of this process's share of ``epoch`` to skip (a resumed epoch's)."""
+        return self.skip if epoch == self.resume_epoch else 0
+
+
+class StreamSampler(EpochSampler):
+    """A reproducible, resumable random order over ``num_items`` items.
+
+    Each epoch draws ``num_samples`` items (whole permutations, concatenated as long as needed:
+    a short labeled split cycles within the epoch) from a generator seeded with
+    ``(seed, stream, epoch)``, and yields ``(item, augmentation_seed)`` pairs; processes share
+    it as :class:`EpochSampler` says.
+
+    Args:
+        num_items: Size of the dataset.
+        num_samples, seed, stream, rank, world_size: As :class:`EpochSampler`'s.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        num_samples: int,
+        seed: int,
+        stream: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if num_items <= 0:
+            raise ValueError(f"StreamSampler: {num_samples} samples of {num_items} items")
+        super().__init__(num_samples, seed, stream, rank, world_size)
+        self.num_items = num_items
+
     def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """The global order of ``epoch``: item indices and their augmentation seeds."""
         rng = np.random.default_rng([self.seed, self.stream, epoch])
@@ -89,7 +108,7 @@ class StreamSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order, seeds = self.epoch_order(self.epoch)
-        skip = self.skip if self.epoch == self.resume_epoch else 0
+        skip = self.skipped(self.epoch)
         positions = range(self.rank, self.total_size, self.num_replicas)[skip:]
         return iter([(int(order[p]), int(seeds[p])) for p in positions])
 

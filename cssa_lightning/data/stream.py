@@ -28,9 +28,10 @@ from typing import Any
 import albumentations as A
 import numpy as np
 from torch import Tensor
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 from cssa_lightning.data.records import load_image
+from cssa_lightning.data.resume import EpochSampler
 from cssa_lightning.data.transforms import SeededViews
 
 StreamKey = tuple[int, str, int]  # (line number, image path, augmentation seed)
@@ -86,22 +87,16 @@ def buffer_shuffled(items: Iterator[Any], size: int, rng: np.random.Generator) -
         yield buffer[int(slot)]
 
 
-class ListStreamSampler(DistributedSampler):
+class ListStreamSampler(EpochSampler):
     """This process's share of an epoch of a streamed image list, as :class:`StreamKey` keys.
 
     Each epoch is ``num_samples`` positions of the list, shuffled through a buffer; the list is
     read again from its start if it holds fewer (a small pool cycles within the epoch).
-
-    It subclasses ``DistributedSampler`` only so that Lightning does not replace it in
-    multi-process runs: it splits the stream between processes itself.
+    Processes share it as :class:`~cssa_lightning.data.resume.EpochSampler` says.
 
     Args:
         source: The image list.
-        num_samples: Items per epoch over all processes (a multiple of ``world_size``).
-        seed: Base seed of the run.
-        stream: Distinguishes the streams of one run.
-        rank: This process.
-        world_size: Number of processes.
+        num_samples, seed, stream, rank, world_size: As ``EpochSampler``'s.
         shuffle_buffer: Paths held to shuffle the stream (1: the file's order).
     """
 
@@ -115,29 +110,11 @@ class ListStreamSampler(DistributedSampler):
         world_size: int = 1,
         shuffle_buffer: int = 10_000,
     ):
-        if num_samples <= 0 or num_samples % world_size:
-            raise ValueError(
-                f"ListStreamSampler: {num_samples} samples cannot be split evenly between "
-                f"{world_size} processes"
-            )
         if shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer must be at least 1, got {shuffle_buffer}")
+        super().__init__(num_samples, seed, stream, rank, world_size)
         self.source = Path(source)
-        self.total_size, self.num_replicas, self.rank = num_samples, world_size, rank
-        self.num_samples = num_samples // world_size
-        self.seed, self.stream = int(seed), int(stream)
         self.shuffle_buffer = shuffle_buffer
-        self.epoch = 0
-        # Items of this process's share of epoch ``resume_epoch`` already trained on before
-        # the run was resumed: skipped in that epoch only.
-        self.skip, self.resume_epoch = 0, 0
-        self.shuffle, self.drop_last = True, False  # DistributedSampler's attributes
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     def _passes(self, rng: np.random.Generator) -> Iterator[tuple[int, str]]:
         # Each pass shuffled on its own: no image comes twice before every image came once.
@@ -147,8 +124,8 @@ class ListStreamSampler(DistributedSampler):
     def __iter__(self) -> Iterator[StreamKey]:
         epoch = self.epoch
         order = self._passes(np.random.default_rng([self.seed, self.stream, epoch]))
-        skip = self.skip if epoch == self.resume_epoch else 0
-        first = self.rank + skip * self.num_replicas  # global position of the first key
+        # The global position of this process's first key.
+        first = self.rank + self.skipped(epoch) * self.num_replicas
         for position, (line, path) in enumerate(order):
             if position >= self.total_size:
                 return
