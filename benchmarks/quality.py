@@ -225,6 +225,15 @@ D2L_OPTIONS = {
 NO_UNLABELED_LOSSES = {"use_alignment": False, "use_context": False, "use_consistency": False}
 NO_CONSISTENCY = {"use_consistency": False}
 LABELED_ONLY = {"load_unlabeled": False}
+# CAP's pseudo-labels blended with the zero-shot prior where it knows the class, and no
+# unlabeled loss on the classes it does not (docs/protocol.md: "No unlabeled loss where the
+# start network knows nothing").
+PRIOR_KNOWN_CLASSES = {
+    "teacher_prior_weight": 1.0,
+    "teacher_prior_weighting": "labeled_ap",
+    "min_prior_skill": 0.15,
+}
+CAP_PRIOR = "CAP + prior, known classes"
 
 # method -> (task class, model options, data options); "zero-shot" is tested untrained.
 METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
@@ -239,6 +248,7 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         LABELED_ONLY,
     ),
     "CAP": (MEAN_TEACHER, {}, {}),
+    CAP_PRIOR: (MEAN_TEACHER, PRIOR_KNOWN_CLASSES, {}),
     "CSSA": (CSSA, {}, {}),
     "D2L": (D2L, D2L_OPTIONS, {}),
     # D2L with its decoupled heads and MAT but no local (patch-token) branch.
