@@ -213,3 +213,30 @@ def test_a_streamed_pool_needs_a_bounded_memory(
     assert stop.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: data.unlabeled_source streams") and "pseudo.memory" in err[-1]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_unreadable_listed_image_is_one_line_naming_the_list_and_line(
+    tmp_path, image_folders, tiny_clip_dir, capsys, workers
+):
+    from cssa_lightning.commands.entry import main
+
+    images = sorted((image_folders["train"] / "images").glob("*.png"))
+    pool = write_list(
+        tmp_path / "pool.txt", [str(images[0]), "missing.png"] + list(map(str, images[1:20]))
+    )
+    config = streamed_fit(tmp_path, image_folders, tiny_clip_dir, pool, memory=16)
+    with pytest.raises(SystemExit) as stop:
+        main(
+            [
+                "fit",
+                "--config",
+                str(config),
+                f"--data.init_args.num_workers={workers}",
+                "--data.init_args.unlabeled_shuffle_buffer=1",
+                "--data.init_args.unlabeled_batch_size=3",
+            ]
+        )
+    assert stop.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {pool}:2: cannot read image {tmp_path / 'missing.png'}")
