@@ -20,6 +20,8 @@ COMBINATIONS = [
     ("fit", ["ssmll", "coco", "cap"], "cssa_lightning.MeanTeacherTask"),
     ("fit", ["ssmll", "coco", "supervised_ema"], "cssa_lightning.MeanTeacherTask"),
     ("fit", ["ssmll", "voc2012", "d2l"], "cssa_lightning.D2LTask"),
+    ("fit", ["ssmll", "coco", "cap", "prior_known_classes"], "cssa_lightning.MeanTeacherTask"),
+    ("fit", ["ssmll", "voc2012", "d2l", "prior_known_classes"], "cssa_lightning.D2LTask"),
     ("test", ["ssmll", "coco", "zeroshot"], "cssa_lightning.MultiLabelTask"),
 ]
 
@@ -47,6 +49,13 @@ def test_config_combination_parses(subcommand, names, model, capsys):
     if "supervised_ema" in names:
         assert options["use_consistency"] is False
         assert printed["data"]["init_args"]["load_unlabeled"] is False
+    if "prior_known_classes" in names:
+        # The overlay sets its fields of the pseudo group and keeps the others (D2L's F-beta).
+        pseudo = options["pseudo"]
+        assert (pseudo["prior_weight"], pseudo["prior_weighting"]) == (1.0, "labeled_ap")
+        assert pseudo["min_prior_skill"] == 0.15
+        assert pseudo["threshold"] == ("fbeta" if "d2l" in names else "cat")
+        assert printed["data"]["init_args"]["strong_border"] == "reflect"
     if "coco" in names:
         assert printed["data"]["init_args"]["val_fraction"] == 0.05
         if subcommand == "fit" and model == "cssa_lightning.CSSATask":
