@@ -1,0 +1,14 @@
+#!/bin/bash
+# One world-v4 pilot of docs/protocol.md (the V4-P0-long protocol, one thread), as the
+# protocol log writes it: `/tmp/run_pilot.sh NAME ARGS` there is `scripts/run_pilot.sh NAME ARGS`.
+#   scripts/run_pilot.sh v4-p0-long-supema-s4 --seeds 4 --ratios 0.05 --methods supervised+EMA
+# Rows go to benchmarks/results/pilots/NAME.json, the per-run docs to /tmp/pilots/NAME, the
+# output to /tmp/pilots/NAME.log, and a line "NAME rc=..." to /tmp/pilots/done.txt.
+cd "$(dirname "$0")/.."
+name=${1:?usage: run_pilot.sh NAME ARGS}
+shift
+mkdir -p /tmp/pilots
+python benchmarks/quality.py --threads 1 --val-every 1 --world-version v4 --clip tiny-clip-v4 \
+  --epochs 10 --strong-ops colour_preserving --cutout-max 0.15 "$@" \
+  --out "benchmarks/results/pilots/$name.json" --docs "/tmp/pilots/$name" > "/tmp/pilots/$name.log" 2>&1
+echo "$name rc=$? $(date +%T)" >> /tmp/pilots/done.txt
