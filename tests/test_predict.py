@@ -280,13 +280,15 @@ def test_predict_options_from_a_config_file_with_the_command_line_winning(
 
     config = tmp_path / "predict.yaml"
     options = {"ckpt_path": str(trained_cssa), "images": str(bare_images), "batch_size": 3}
-    config.write_text(yaml.safe_dump({**options, "precision": "bf16-mixed"}))
+    # devices as YAML writes it, an int (it crashed the run when only strings were parsed).
+    config.write_text(yaml.safe_dump({**options, "precision": "bf16-mixed", "devices": 1}))
     with pytest.raises(SystemExit) as done:
         main(["predict", "--config", str(config), "--batch_size", "5", "--print_config"])
     assert done.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["batch_size"] == 5 and printed["precision"] == "bf16-mixed"
     assert printed["ckpt_path"] == str(trained_cssa)  # required, given by the file
+    assert printed["devices"] == 1
     # A run from the file alone, in bf16 autocast: the same labels' files, probabilities close.
     out = tmp_path / "out"
     main(["predict", "--config", str(config), "--output", str(out), "--no_progress_bar"])

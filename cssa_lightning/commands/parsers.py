@@ -58,7 +58,8 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator.")
     parser.add_argument(
         "--devices",
-        default="1",
+        type=devices_value,
+        default=1,
         help="Devices per node: a count, 'auto', or a list such as '0,1'. Above 1, one process "
         "per device labels its share of the images and the first merges the files.",
     )
@@ -81,6 +82,11 @@ def predict_parser() -> argparse.ArgumentParser:
         "--no_progress_bar", action="store_true", help="Do not show the progress bar."
     )
     return parser
+
+
+def devices_value(value: str) -> int | str:
+    """``--devices``: a count, ``auto`` or Lightning's device list such as ``0,1``."""
+    return int(value) if value.strip().isdigit() else value
 
 
 def export_parser() -> argparse.ArgumentParser:

@@ -495,11 +495,6 @@ def main(args: Sequence[str] | None = None) -> None:
         options.overwrite,
         not options.no_progress_bar,
         options.precision,
-        parse_devices(options.devices),
+        options.devices,
         options.num_nodes,
     )
-
-
-def parse_devices(value: str) -> int | str:
-    """``--devices``: a count, ``auto`` or Lightning's device list such as ``0,1``."""
-    return int(value) if value.strip().isdigit() else value
