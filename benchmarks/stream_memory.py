@@ -109,8 +109,6 @@ def measure_streamed(source: str, batches: int) -> dict:
 
 
 def measure_listed(source: str) -> dict:
-    import torch
-
     from cssa_lightning.data.records import RawRecord, build_record_table
     from cssa_lightning.methods.pseudo_labels import PseudoLabeller
 
@@ -124,7 +122,6 @@ def measure_listed(source: str) -> dict:
     labeller = PseudoLabeller(NUM_CLASSES)
     labeller.allocate(len(table))
     assert labeller.scores.shape == (len(table), NUM_CLASSES)
-    torch.zeros(1)
     return {
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "rss_after_imports_mib": round(start_rss, 1),

@@ -29,7 +29,7 @@ from cssa_lightning.data.records import (
     resolve_class_names,
     split_labeled,
 )
-from cssa_lightning.data.resume import StreamSampler
+from cssa_lightning.data.resume import EpochSampler, StreamSampler
 from cssa_lightning.data.stream import ListStreamSampler, StreamedImages, count_images
 from cssa_lightning.data.transforms import (
     CLIP_MEAN,
@@ -452,7 +452,7 @@ class MultiLabelDataModule(LightningDataModule):
         if self.num_unlabeled == 0:
             # The last partial (global) batch is dropped.
             steps = len(labeled) // (hp.labeled_batch_size * world)
-            loader = self._stream_loader(labeled, hp.labeled_batch_size, steps, seed, 0)
+            loader = self._table_loader(labeled, hp.labeled_batch_size, steps, 0)
             return CombinedLoader({"labeled": loader}, mode="max_size_cycle")
         _, weak, strong = self._transforms()  # the labeled stream's transforms are its own
         # The unlabeled stream defines the epoch: its full batches, or one partial batch when
@@ -466,45 +466,39 @@ class MultiLabelDataModule(LightningDataModule):
             raise ValueError(
                 f"{num_unlabeled} unlabeled images cannot be shared by {world} processes"
             )
-        loaders = {"labeled": self._stream_loader(labeled, hp.labeled_batch_size, steps, seed, 0)}
+        loaders = {"labeled": self._table_loader(labeled, hp.labeled_batch_size, steps, 0)}
         if hp.load_unlabeled and self.streams_unlabeled:
-            loaders["unlabeled"] = self._stream_loader(
-                StreamedImages(self.unlabeled_source, num_unlabeled, weak, strong),
-                unlabeled_batch,
-                steps,
+            sampler = ListStreamSampler(
+                self.unlabeled_source,
+                steps * unlabeled_batch * world,
                 seed,
                 1,
-                sampler=ListStreamSampler(
-                    self.unlabeled_source,
-                    steps * unlabeled_batch * world,
-                    seed,
-                    1,
-                    rank,
-                    world,
-                    hp.unlabeled_shuffle_buffer,
-                ),
+                rank,
+                world,
+                hp.unlabeled_shuffle_buffer,
             )
+            images = StreamedImages(self.unlabeled_source, num_unlabeled, weak, strong)
+            loaders["unlabeled"] = self._stream_loader(images, unlabeled_batch, sampler)
         elif hp.load_unlabeled:
             unlabeled = UnlabeledImages(self.train_table, self.unlabeled_indices, weak, strong)
-            loaders["unlabeled"] = self._stream_loader(unlabeled, unlabeled_batch, steps, seed, 1)
+            loaders["unlabeled"] = self._table_loader(unlabeled, unlabeled_batch, steps, 1)
         return CombinedLoader(loaders, mode="max_size_cycle")
 
-    def _stream_loader(
-        self,
-        dataset: Dataset,
-        batch_size: int,
-        steps: int,
-        seed: int,
-        stream: int,
-        sampler: StreamSampler | ListStreamSampler | None = None,
+    def _table_loader(
+        self, dataset: Dataset, batch_size: int, steps: int, stream: int
     ) -> DataLoader:
-        """``steps`` batches of ``batch_size`` per process in a resumable, seeded order (a
-        :class:`StreamSampler` over ``dataset`` unless ``sampler`` is given)."""
+        """``steps`` batches of ``batch_size`` per process of a record-table dataset in a
+        resumable, seeded order (:class:`StreamSampler`)."""
         rank, world = self._process()
-        if sampler is None:
-            sampler = StreamSampler(
-                len(dataset), steps * batch_size * world, seed, stream, rank, world
-            )
+        sampler = StreamSampler(
+            len(dataset), steps * batch_size * world, self.shuffle_seed(), stream, rank, world
+        )
+        return self._stream_loader(dataset, batch_size, sampler)
+
+    def _stream_loader(
+        self, dataset: Dataset, batch_size: int, sampler: EpochSampler
+    ) -> DataLoader:
+        """Batches of ``batch_size`` in ``sampler``'s order, from where a resumed run stopped."""
         epoch, batches = self._resume_point
         sampler.set_epoch(epoch)
         sampler.skip = batches * batch_size  # only for the resumed epoch: see set_epoch
@@ -519,7 +513,7 @@ class MultiLabelDataModule(LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             # Its own generator: worker seeds are not drawn from the global one, so iterating
             # a loader (or resuming) does not shift the global random stream.
-            generator=torch.Generator().manual_seed(seed + stream),
+            generator=torch.Generator().manual_seed(sampler.seed + sampler.stream),
         )
 
     def _process(self) -> tuple[int, int]:
