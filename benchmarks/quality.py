@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -234,6 +235,7 @@ PRIOR_KNOWN_CLASSES = {
     "min_prior_skill": 0.15,
 }
 CAP_PRIOR = "CAP + prior, known classes"
+CSSA_PRIOR = "CSSA + prior, known classes"
 
 # method -> (task class, model options, data options); "zero-shot" is tested untrained.
 METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
@@ -250,6 +252,7 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "CAP": (MEAN_TEACHER, {}, {}),
     CAP_PRIOR: (MEAN_TEACHER, PRIOR_KNOWN_CLASSES, {}),
     "CSSA": (CSSA, {}, {}),
+    CSSA_PRIOR: (CSSA, PRIOR_KNOWN_CLASSES, {}),
     "D2L": (D2L, D2L_OPTIONS, {}),
     # D2L with its decoupled heads and MAT but no local (patch-token) branch.
     "D2L w/o local branch": (D2L, {**D2L_OPTIONS, "local_branch": False}, {}),
@@ -698,6 +701,13 @@ def comparisons(ratios: Sequence[float]) -> list[tuple[str, str, list[float]]]:
         ("CSSA", "supervised+EMA+label-specific"),
         ("D2L", "supervised+EMA"),
         ("D2L", "CAP"),
+        (CAP_PRIOR, "supervised"),
+        (CAP_PRIOR, "supervised+EMA"),
+        (CAP_PRIOR, "CAP"),
+        (CSSA_PRIOR, "supervised+EMA"),
+        (CSSA_PRIOR, CAP_PRIOR),
+        (CSSA_PRIOR, "supervised+EMA+label-specific"),
+        (CSSA_PRIOR, "CSSA"),
         ("supervised+EMA+label-specific", "supervised+EMA"),
         ("fully supervised", "supervised+EMA"),
         ("supervised+EMA", "zero-shot"),
@@ -815,16 +825,82 @@ def calibration_checks(rows: Sequence[dict[str, Any]]) -> list[Check]:
             target="zero-shot ≤ fully supervised − 12 (fully supervised − zero-shot ≥ +12.0)",
         ),
     ]
-    checks += [difference_check(rows, "CAP", "supervised", r, 3.0) for r in (0.05, 0.1)]
-    for ratio, minimum in ((0.05, 1.5), (0.1, 1.0)):
-        seeds = paired_differences(rows, "CAP", "supervised+EMA", ratio).keys()
-        checks.append(
-            joint_check(
-                difference_check(rows, "CAP", "supervised+EMA", ratio, minimum, every_seed=True),
-                selected_after_warmup_check(rows, "CAP", ratio, seeds),
+    # The CAP targets, for CAP and (where it ran) for the CAP variant the benchmark ships.
+    caps = ["CAP"] + [CAP_PRIOR] * any(r["method"] == CAP_PRIOR for r in rows)
+    for cap in caps:
+        checks += [difference_check(rows, cap, "supervised", r, 3.0) for r in (0.05, 0.1)]
+        for ratio, minimum in ((0.05, 1.5), (0.1, 1.0)):
+            seeds = paired_differences(rows, cap, "supervised+EMA", ratio).keys()
+            checks.append(
+                joint_check(
+                    difference_check(rows, cap, "supervised+EMA", ratio, minimum, every_seed=True),
+                    selected_after_warmup_check(rows, cap, ratio, seeds),
+                )
             )
-        )
     return checks
+
+
+# -- CSSA's goals (CSSA against CAP and against its own architecture without unlabeled images) --
+# (CAP-like, CSSA-like) methods compared with each other: plain, and both with the shipped
+# pseudo-label options (the prior where the start network knows the class, no unlabeled loss
+# where it does not).
+CSSA_PAIRS = (("CAP", "CSSA"), (CAP_PRIOR, CSSA_PRIOR))
+CSSA_MIN_GAIN = 1.5  # teacher test mAP, paired, every seed
+PSEUDO_MIN_GAIN = 2.0  # precision points at CAP's recall
+
+
+def cssa_checks(rows: Sequence[dict[str, Any]]) -> list[Check]:
+    """CSSA's goals for every (CAP-like, CSSA-like) pair with rows of the CSSA side, at every
+    ratio of the rows: CSSA − CAP and CSSA − supervised+EMA+label-specific ≥ +1.5 on every seed,
+    and CSSA's pseudo-labels ≥ +2 points more precise than CAP's at CAP's recall (at the epoch
+    CSSA's tested weights come from)."""
+    checks = []
+    present = {r["method"] for r in rows}
+    for cap, cssa in CSSA_PAIRS:
+        if cssa not in present:
+            continue
+        for ratio in ratios_in(rows):
+            checks.append(difference_check(rows, cssa, cap, ratio, CSSA_MIN_GAIN, every_seed=True))
+            checks.append(
+                difference_check(
+                    rows,
+                    cssa,
+                    "supervised+EMA+label-specific",
+                    ratio,
+                    CSSA_MIN_GAIN,
+                    every_seed=True,
+                )
+            )
+            checks.append(pseudo_precision_check(rows, cap, cssa, ratio))
+    return checks
+
+
+def pseudo_precision_check(
+    rows: Sequence[dict[str, Any]], cap: str, cssa: str, ratio: float
+) -> Check:
+    target = (
+        f"{cssa}'s pseudo-label precision − {cap}'s at {cap}'s recall, at the selected epoch, "
+        f"{ratio:.0%} ≥ {PSEUDO_MIN_GAIN:+.1f}"
+    )
+    d = summarise_difference(pseudo_gain_at_selected_epoch(rows, cap, cssa, ratio))
+    if d is None:
+        return Check(target, "–", None)
+    return Check(target, str(d), d.mean >= PSEUDO_MIN_GAIN)
+
+
+def pseudo_gain_at_selected_epoch(
+    rows: Sequence[dict[str, Any]], cap: str, cssa: str, ratio: float
+) -> dict[int, float]:
+    """``{seed: precision(cssa) − precision(cap)}`` at cap's recall, in the epoch whose weights
+    were tested for ``cssa`` in that seed."""
+    at_recall = pseudo_at_cap_recall(rows, cssa, ratio, reference=cap)
+    selected = {s: r.get("selected_epoch") for s, r in rows_by_seed(rows, cssa, ratio).items()}
+    return {
+        seed: b - a
+        for seed, epoch in selected.items()
+        if (pair := at_recall.get(epoch, {}).get(seed)) is not None
+        for a, b in [pair]
+    }
 
 
 def noise_floor(rows: Sequence[dict[str, Any]]) -> dict[int, tuple[float, float, float]]:
@@ -1030,10 +1106,22 @@ def table_noise(rows: Sequence[dict[str, Any]]) -> str | None:
 
 
 PSEUDO_KEYS = ("pseudo/precision", "pseudo/recall")
+PSEUDO_METHODS = ("CAP", "CSSA", CAP_PRIOR, CSSA_PRIOR)
+
+
+def pseudo_ratio(rows: Sequence[dict[str, Any]]) -> float:
+    """The labeled ratio whose pseudo-labels the summary shows: 10 % where rows have them there
+    (the ablations' ratio), else the first ratio that has them."""
+    with_curves = [
+        r
+        for r in [0.1, *ratios_in(rows)]
+        if any(epoch_curves(rows, m, r, PSEUDO_KEYS) for m in PSEUDO_METHODS)
+    ]
+    return with_curves[0] if with_curves else 0.1
 
 
 def table_pseudo(rows: Sequence[dict[str, Any]], ratio: float = 0.1) -> str | None:
-    methods = [m for m in ("CAP", "CSSA") if epoch_curves(rows, m, ratio, PSEUDO_KEYS)]
+    methods = [m for m in PSEUDO_METHODS if epoch_curves(rows, m, ratio, PSEUDO_KEYS)]
     if not methods:
         return None
     curves = {m: epoch_curves(rows, m, ratio, PSEUDO_KEYS) for m in methods}
@@ -1065,20 +1153,20 @@ def precision_at_recall(entry: dict[str, Any], recall: float) -> float | None:
 
 
 def pseudo_at_cap_recall(
-    rows: Sequence[dict[str, Any]], method: str, ratio: float
+    rows: Sequence[dict[str, Any]], method: str, ratio: float, reference: str = "CAP"
 ) -> dict[int, dict[int, tuple[float, float]]]:
-    """``{epoch: {seed: (CAP, method)}}`` precision of the remembered teacher scores at the
-    recall CAP's pseudo-labels reached in that epoch and seed: both teachers compared at the
-    same recall, whatever their thresholds."""
+    """``{epoch: {seed: (reference, method)}}`` precision of the remembered teacher scores at
+    the recall the reference's (CAP's) pseudo-labels reached in that epoch and seed: both
+    teachers compared at the same recall, whatever their thresholds."""
     histories = {
         (r["method"], r["seed"]): {e["epoch"]: e for e in r.get("history") or []}
         for r in rows
-        if r["method"] in ("CAP", method) and in_column(r, ratio)
+        if r["method"] in (reference, method) and in_column(r, ratio)
     }
     out: dict[int, dict[int, tuple[float, float]]] = {}
     for (name, seed), cap in histories.items():
         other = histories.get((method, seed))
-        if name != "CAP" or other is None:
+        if name != reference or other is None:
             continue
         for epoch, entry in cap.items():
             recall = entry.get("pseudo/recall")
@@ -1091,8 +1179,10 @@ def pseudo_at_cap_recall(
     return dict(sorted(out.items()))
 
 
-def table_pseudo_at_cap_recall(rows: Sequence[dict[str, Any]], ratio: float = 0.1) -> str | None:
-    values = pseudo_at_cap_recall(rows, "CSSA", ratio)
+def table_pseudo_at_cap_recall(
+    rows: Sequence[dict[str, Any]], ratio: float = 0.1, cap: str = "CAP", cssa: str = "CSSA"
+) -> str | None:
+    values = pseudo_at_cap_recall(rows, cssa, ratio, reference=cap)
     if not values:
         return None
     body = []
@@ -1106,7 +1196,7 @@ def table_pseudo_at_cap_recall(rows: Sequence[dict[str, Any]], ratio: float = 0.
                 str(summarise_difference(differences)),
             ]
         )
-    return _table(["epoch", "CAP", "CSSA", "CSSA − CAP (paired)"], body)
+    return _table(["epoch", cap, cssa, f"{cssa} − {cap} (paired)"], body)
 
 
 def table_f1(rows: Sequence[dict[str, Any]]) -> str:
@@ -1133,7 +1223,60 @@ def _tested(protocol: dict[str, Any]) -> str:
     return "the last epoch"
 
 
-def render_markdown(protocol: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
+def table_caption_classes(rows: Sequence[dict[str, Any]], world: str) -> str | None:
+    """Mean test AP (teacher) over the classes the world's captions never or rarely name
+    (zero-shot CLIP knows them little or not at all) and over the others, per method and
+    ratio; ``None`` for a world without such classes or rows without per-class AP."""
+    from cssa_lightning.synthetic.world import WORLD_VERSIONS
+
+    version = WORLD_VERSIONS.get(world)
+    rare = set(version.captions.rare_classes) if version else set()
+    if not rare or not any(r.get("test_AP_per_class") for r in rows):
+        return None
+
+    def split_means(row: dict[str, Any]) -> tuple[float, float] | None:
+        ap = row.get("test_AP_per_class") or {}
+        unnamed = [v for k, v in ap.items() if k in rare]
+        named = [v for k, v in ap.items() if k not in rare]
+        if not unnamed or not named:
+            return None
+        return statistics.mean(unnamed), statistics.mean(named)
+
+    ratios = ratios_in(rows)
+    body = []
+    for method in methods_in(rows):
+        cells = []
+        for ratio in ratios:
+            means = [m for r in rows_by_seed(rows, method, ratio).values() if (m := split_means(r))]
+            cells.append(
+                f"{_fmt(mean_std([u for u, _ in means]))} / {_fmt(mean_std([n for _, n in means]))}"
+                if means
+                else "–"
+            )
+        if any(c != "–" for c in cells):
+            body.append([_name(method), *cells])
+    if not body:
+        return None
+    header = ["method", *(f"{r:.0%}: never named / named" for r in ratios)]
+    return _table(header, body)
+
+
+def table_cssa_checks(rows: Sequence[dict[str, Any]]) -> str | None:
+    checks = cssa_checks(rows)
+    if not checks:
+        return None
+    verdict = {True: "met", False: "**missed**", None: "not enough rows"}
+    return _table(
+        ["goal", "value", "verdict"], [[c.target, c.value, verdict[c.met]] for c in checks]
+    )
+
+
+DEFAULT_RESULTS = "benchmarks/results/quality.json"
+
+
+def render_markdown(
+    protocol: dict[str, Any], rows: Sequence[dict[str, Any]], results: str = DEFAULT_RESULTS
+) -> str:
     """``docs/results.md`` from the protocol record and the rows."""
     commands = protocol.get("commands") or ["(not recorded)"]
     fields = [f.name for f in dataclasses.fields(Protocol)]
@@ -1163,7 +1306,7 @@ def render_markdown(protocol: dict[str, Any], rows: Sequence[dict[str, Any]]) ->
         "## Command and protocol\n\n"
         + "\n".join(f"    {c}" for c in commands)
         + f"\n\nProtocol: {settings}.\n\n{extra}. Seeds {seeds} (split seed = run seed); "
-        f"threads per run {threads}. Rows: `benchmarks/results/quality.json`.",
+        f"threads per run {threads}. Rows: `{results}`.",
         "## A. Test mAP (x100, mean ± std over seeds)\n\n"
         "EMA teacher / student for every method with a teacher; zero-shot and "
         '"supervised" have none: "supervised (student)" is the labeled-only student alone (no '
@@ -1180,6 +1323,25 @@ def render_markdown(protocol: dict[str, Any], rows: Sequence[dict[str, Any]]) ->
         "The synthetic world's targets, on teacher test mAP with paired seeds.\n\n"
         f"{table_checks(rows)}",
     ]
+    goals = table_cssa_checks(rows)
+    if goals:
+        parts.append(
+            "## CSSA's goals\n\n"
+            "CSSA against CAP and against its own architecture trained without unlabeled images "
+            "(supervised+EMA+label-specific), teacher test mAP with paired seeds; and its "
+            "pseudo-labels against CAP's at CAP's recall, in the epoch CSSA's tested weights "
+            "come from. For each pair of a CAP-like and a CSSA-like method with rows.\n\n"
+            f"{goals}"
+        )
+    classes = table_caption_classes(rows, world)
+    if classes:
+        parts.append(
+            "## Classes the captions never name\n\n"
+            f"Mean teacher test AP over the classes world {world}'s captions (and so the tiny "
+            "CLIP's pre-training) never or rarely name, where zero-shot CLIP is near chance and "
+            "only labels teach, and over the named classes; mean ± std over seeds.\n\n"
+            f"{classes}"
+        )
     selected = table_selected_epochs(rows)
     if selected:
         parts.append(
@@ -1204,17 +1366,20 @@ def render_markdown(protocol: dict[str, Any], rows: Sequence[dict[str, Any]]) ->
             "(same seeds, all else equal): the run-to-run change of teacher test mAP with nothing "
             f"but the thread count changed.\n\n{noise}"
         )
-    pseudo = table_pseudo(rows)
+    shown = pseudo_ratio(rows)
+    pseudo = table_pseudo(rows, shown)
     if pseudo:
         parts.append(
-            "## Pseudo-label precision / recall per epoch (10%, mean ± std over seeds)\n\n"
-            "Teacher pseudo-labels on the unlabeled stream against the hidden labels "
+            f"## Pseudo-label precision / recall per epoch ({shown:.0%}, mean ± std over seeds)"
+            "\n\nTeacher pseudo-labels on the unlabeled stream against the hidden labels "
             f"(monitoring only).\n\n{pseudo}\n\n![pseudo-labels](pseudo_labels.png)"
         )
-    at_recall = table_pseudo_at_cap_recall(rows)
-    if at_recall:
+    for (cap, cssa), ratio in itertools.product(CSSA_PAIRS, ratios_in(rows)):
+        at_recall = table_pseudo_at_cap_recall(rows, ratio, cap, cssa)
+        if not at_recall:
+            continue
         parts.append(
-            "## Pseudo-label precision at CAP's recall (10%)\n\n"
+            f"## Pseudo-label precision of {cssa} at {cap}'s recall ({ratio:.0%})\n\n"
             "Precision (%) of each teacher's remembered scores on the unlabeled images at the "
             "recall CAP's pseudo-labels reached in the same epoch and seed (interpolated "
             "between the logged `pseudo/precision@R` levels): the two teachers compared at equal "
@@ -1311,7 +1476,7 @@ def plot_quality(rows: Sequence[dict[str, Any]], out_png: Path) -> None:
 
 
 def plot_pseudo(rows: Sequence[dict[str, Any]], out_png: Path, ratio: float = 0.1) -> bool:
-    curves = {m: epoch_curves(rows, m, ratio, PSEUDO_KEYS) for m in ("CAP", "CSSA")}
+    curves = {m: epoch_curves(rows, m, ratio, PSEUDO_KEYS) for m in PSEUDO_METHODS}
     curves = {m: c for m, c in curves.items() if c}
     if not curves:
         return False
@@ -1354,15 +1519,21 @@ def plot_curves(rows: Sequence[dict[str, Any]], out_png: Path, warmup_epochs: in
     return True
 
 
-def summarise(protocol: dict[str, Any], rows: Sequence[dict[str, Any]], docs: Path) -> str:
+def summarise(
+    protocol: dict[str, Any],
+    rows: Sequence[dict[str, Any]],
+    docs: Path,
+    results: str = DEFAULT_RESULTS,
+) -> str:
     """Write ``results.md``, ``quality.png``, ``curves.png`` and ``pseudo_labels.png`` under
-    ``docs`` (the last two when the rows have per-epoch histories)."""
-    markdown = render_markdown(protocol, rows)
+    ``docs`` (the last two when the rows have per-epoch histories); ``results`` is the rows'
+    file as the markdown names it."""
+    markdown = render_markdown(protocol, rows, results)
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "results.md").write_text(markdown)
     plot_quality(rows, docs / "quality.png")
     plot_curves(rows, docs / "curves.png", protocol.get("warmup_epochs"))
-    plot_pseudo(rows, docs / "pseudo_labels.png")
+    plot_pseudo(rows, docs / "pseudo_labels.png", pseudo_ratio(rows))
     return markdown
 
 
@@ -1473,16 +1644,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _shown_path(path: Path) -> str:
+    """A results file as the markdown names it: relative to the repository where it lies in it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else path)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.merge:
         protocol, rows = merge_results(args.merge)
         save_results(args.out, protocol, rows)
-        print(summarise(protocol, rows, args.docs))
+        print(summarise(protocol, rows, args.docs, _shown_path(args.out)))
         return
     if args.summarise_only:
         protocol, rows = load_results(args.out)
-        print(summarise(protocol, rows, args.docs))
+        print(summarise(protocol, rows, args.docs, _shown_path(args.out)))
         return
     command = " ".join(
         [
@@ -1511,7 +1688,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps({k: v for k, v in row.items() if k != "history"}), flush=True)
         save_results(args.out, protocol, rows)
     save_results(args.out, protocol, rows)
-    print(summarise(protocol, rows, args.docs))
+    print(summarise(protocol, rows, args.docs, _shown_path(args.out)))
     print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
 
