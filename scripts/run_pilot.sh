@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 name=${1:?usage: run_pilot.sh NAME ARGS}
 shift
 mkdir -p /tmp/pilots
+# The fixed flags are the log's protocol whatever quality.py's defaults (the defaults became
+# this protocol with reflected borders later, so black borders are pinned here: a logged
+# command without --strong-border ran with black ones).
 python benchmarks/quality.py --threads 1 --val-every 1 --world-version v4 --clip tiny-clip-v4 \
-  --epochs 10 --strong-ops colour_preserving --cutout-max 0.15 "$@" \
+  --epochs 10 --strong-ops colour_preserving --cutout-max 0.15 --strong-border none "$@" \
   --out "benchmarks/results/pilots/$name.json" --docs "/tmp/pilots/$name" > "/tmp/pilots/$name.log" 2>&1
 echo "$name rc=$? $(date +%T)" >> /tmp/pilots/done.txt

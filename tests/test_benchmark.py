@@ -243,7 +243,9 @@ def test_plan_runs_each_key_once():
         "supervised+EMA",
         "supervised+EMA+label-specific",
         "CAP",
+        "CAP + prior, known classes",
         "CSSA",
+        "CSSA + prior, known classes",
         "D2L",
         "fully supervised",
     ]
@@ -263,7 +265,7 @@ def test_run_configs():
     assert model["use_consistency"] is False and "teacher_restart" not in model
     # Default protocol: the best validation epoch is tested, so every epoch is validated.
     assert config["trainer"]["check_val_every_n_epoch"] == 1
-    final_only = quality.Protocol(test_weights="final")
+    final_only = quality.Protocol(test_weights="final", val_every=None)
     config_final = quality.run_config(final_only, "CAP", 0.1, 3, Path("/tmp/x"), "world")
     assert config_final["trainer"]["check_val_every_n_epoch"] == protocol.epochs
     config = quality.run_config(protocol, "supervised+EMA", 0.05, 1, Path("/tmp/x"), "world")
@@ -370,12 +372,17 @@ def test_protocol_options_are_passed_only_when_set():
                 model[name] = model[group][field]
         return model, config["data"]["init_args"]
 
-    default = quality.Protocol()
+    unset = quality.Protocol(strong_ops=None, strong_border=None)
     for method in ["zero-shot", "supervised", "CAP", "CSSA"]:
-        model, data = init_args(default, method)
+        model, data = init_args(unset, method)
         assert not set(NEW_OPTIONS) & (model.keys() | data.keys()), method
-        assert data["world_version"] == "v2"
-        assert model["clip_checkpoint"] == data["clip_processor"] == "tiny-clip"
+        assert "strong_border" not in data, method
+        # The default world and CLIP: v4, where half of the classes were never named.
+        assert data["world_version"] == "v4"
+        assert model["clip_checkpoint"] == data["clip_processor"] == "tiny-clip-v4"
+    # The default protocol's strong view: colour kept, borders mirrored (docs/protocol.md).
+    _, data = init_args(quality.Protocol(), "CAP")
+    assert (data["strong_ops"], data["strong_border"]) == ("colour_preserving", "reflect")
     changed = quality.Protocol(**NEW_OPTIONS, world_version="v3", clip="tiny-clip-v3")
     data_options = {k: v for k, v in NEW_OPTIONS.items() if k.startswith("strong_")}
     expected_model = {
@@ -401,6 +408,7 @@ def test_protocol_options_are_passed_only_when_set():
         world_version="v3",
         clip="tiny-clip-v3",
         consistency_target="hard",
+        strong_ops=None,  # the default's colour-preserving pool unset: the data module's own
     )
     record = quality.protocol_record(args.protocol, "cmd", "w")
     assert record["clip"] == "tiny-clip-v3" and record["world_version"] == "v3"
