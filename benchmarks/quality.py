@@ -206,18 +206,29 @@ MAIN_METHODS = [
 ]
 MAIN_RATIOS = [0.05, 0.1]
 MAIN_SEEDS = [1, 2, 3, 4, 5]
-# "w/o label-specific" is the global feature with the alignment off; the "many-to-one" row
-# keeps the alignment, which with one feature for every label pulls the global feature towards
-# every positive's target at once (rows written before the split are of that kind).
+# The ablations of a CSSA method: each switches one thing off on that method's options, named
+# "<method> <switch>". "w/o label-specific" is the global feature with the alignment off; the
+# "many-to-one" row keeps the alignment, which with one feature for every label pulls the
+# global feature towards every positive's target at once (rows written before the split are of
+# that kind).
+ABLATION_SWITCHES: dict[str, dict[str, Any]] = {
+    "w/o label-specific": {"label_specific": False, "use_alignment": False},
+    "w/o label-specific, many-to-one alignment": {"label_specific": False},
+    "w/o alignment": {"use_alignment": False},
+    "w/o context": {"use_context": False},
+    "w/o consistency": {"use_consistency": False},
+}
+ABLATED = ("CSSA", CSSA_PRIOR)  # the methods with ablations
+
+
+def ablations_of(method: str) -> list[str]:
+    """The ablation methods of ``method`` (one of ``ABLATED``), in ``ABLATION_SWITCHES`` order."""
+    return [f"{method} {switch}" for switch in ABLATION_SWITCHES]
+
+
+ABLATIONS = ablations_of("CSSA")
 MANY_TO_ONE = "CSSA w/o label-specific, many-to-one alignment"
-ABLATIONS = [
-    "CSSA w/o label-specific",
-    MANY_TO_ONE,
-    "CSSA w/o alignment",
-    "CSSA w/o context",
-    "CSSA w/o consistency",
-]
-ABLATION_RATIO = 0.1
+ABLATION_RATIO = 0.1  # the default of --ablation-ratio
 ABLATION_SEEDS = [1, 2, 3]
 # CAP rerun with another torch thread count (1 if the protocol uses more, else 2), nothing else
 # changed: the run-to-run noise floor.
@@ -274,11 +285,6 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # D2L with its decoupled heads and MAT but no local (patch-token) branch.
     "D2L w/o local branch": (D2L, {**D2L_OPTIONS, "local_branch": False}, {}),
     "fully supervised": (MEAN_TEACHER, NO_CONSISTENCY, {}),
-    "CSSA w/o label-specific": (CSSA, {"label_specific": False, "use_alignment": False}, {}),
-    MANY_TO_ONE: (CSSA, {"label_specific": False}, {}),
-    "CSSA w/o alignment": (CSSA, {"use_alignment": False}, {}),
-    "CSSA w/o context": (CSSA, {"use_context": False}, {}),
-    "CSSA w/o consistency": (CSSA, {"use_consistency": False}, {}),
     NOISE_METHOD: (MEAN_TEACHER, {}, {}),
     # Not a method: CAP with the hidden labels as pseudo-labels, its ceiling under this protocol.
     "CAP, hidden labels as pseudo-labels (oracle)": (HIDDEN_LABELS_CAP, {}, {}),
@@ -286,6 +292,11 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "CAP, hidden labels 80 % right (oracle)": (HIDDEN_LABELS_CAP, {"wrong_fraction": 0.2}, {}),
     "CAP, hidden labels 55 % right (oracle)": (HIDDEN_LABELS_CAP, {"wrong_fraction": 0.45}, {}),
 }
+for _base in ABLATED:
+    _task, _options, _data = METHODS[_base]
+    for _switch, _off in ABLATION_SWITCHES.items():
+        METHODS[f"{_base} {_switch}"] = (_task, {**_options, **_off}, _data)
+assert MANY_TO_ONE in METHODS and set(ABLATIONS) <= METHODS.keys()
 UNTRAINED = {"zero-shot"}
 # No EMA teacher: the headline ("teacher") value of these is the model's own (the student's).
 NO_TEACHER = {"zero-shot", "supervised"}
@@ -568,9 +579,10 @@ def plan(args: argparse.Namespace) -> list[tuple[str, float, int, int]]:
         for seed in args.seeds:
             for ratio in args.ratios:
                 runs += [(m, ratio, seed) for m in args.methods]
-    if args.ablations:  # CSSA at the same seeds is the reference of every ablation
+    if args.ablations:  # the ablated method at the same seeds is every ablation's reference
+        base = args.ablation_of
         for seed in ABLATION_SEEDS:
-            runs += [(m, ABLATION_RATIO, seed) for m in ["CSSA", *ABLATIONS]]
+            runs += [(m, args.ablation_ratio, seed) for m in [base, *ablations_of(base)]]
     if args.noise_floor:  # CAP at the same seeds, then again with one thread
         for seed in NOISE_SEEDS:
             runs += [("CAP", NOISE_RATIO, seed), (NOISE_METHOD, NOISE_RATIO, seed)]
@@ -729,9 +741,8 @@ def comparisons(ratios: Sequence[float]) -> list[tuple[str, str, list[float]]]:
         ("fully supervised", "supervised+EMA"),
         ("supervised+EMA", "zero-shot"),
     ]
-    return [(a, b, list(ratios)) for a, b in main] + [
-        (ablation, "CSSA", [ABLATION_RATIO]) for ablation in ABLATIONS
-    ]
+    main += [(ablation, base) for base in ABLATED for ablation in ablations_of(base)]
+    return [(a, b, list(ratios)) for a, b in main]
 
 
 # -- tested weights selected inside the warm-up ------------------------------------------------
@@ -1617,7 +1628,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--ablations",
         action="store_true",
-        help=f"add the ablations at ratio {ABLATION_RATIO}, seeds {ABLATION_SEEDS}",
+        help=f"add the ablations of --ablation-of at --ablation-ratio, seeds {ABLATION_SEEDS}",
+    )
+    parser.add_argument(
+        "--ablation-of",
+        choices=ABLATED,
+        default="CSSA",
+        help="the method whose switches the ablations turn off, one each (default CSSA)",
+    )
+    parser.add_argument(
+        "--ablation-ratio",
+        type=float,
+        default=ABLATION_RATIO,
+        help=f"the labeled ratio of the ablations (default {ABLATION_RATIO})",
     )
     parser.add_argument(
         "--noise-floor",

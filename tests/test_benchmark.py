@@ -797,3 +797,42 @@ def test_caption_class_table_splits_the_never_named_classes_of_world_v4():
     assert "| CAP | 42.50 ± 3.54 / 75.00 ± 7.07 |" in table
     assert "supervised+EMA" not in table
     assert quality.table_caption_classes(rows, "v2") is None  # every v2 class is named
+
+
+def test_ablations_of_the_prior_variant_switch_one_thing_off_on_its_options():
+    base = quality.CSSA_PRIOR
+    args = quality.parse_args(
+        ["--no-main", "--ablations", "--ablation-of", base, "--ablation-ratio", "0.05"]
+    )
+    runs = quality.plan(args)
+    assert {run[1] for run in runs} == {0.05} and {run[2] for run in runs} == {1, 2, 3}
+    assert [run[0] for run in runs if run[2] == 1] == [base, *quality.ablations_of(base)]
+
+    def model(method):
+        config = quality.run_config(quality.Protocol(), method, 0.05, 1, Path("/x"), "w")
+        return config["model"]["init_args"]
+
+    reference = model(base)
+    assert reference["pseudo"] == {
+        "prior_weight": 1.0,
+        "prior_weighting": "labeled_ap",
+        "min_prior_skill": 0.15,
+    }
+    from cssa_lightning.methods.options import FLAT_NAMES
+
+    for switch, off in quality.ABLATION_SWITCHES.items():
+        ablation = model(f"{base} {switch}")
+        expected = {k: dict(v) if isinstance(v, dict) else v for k, v in reference.items()}
+        for name, value in off.items():  # use_alignment -> alignment: {enabled: ...}
+            if name in FLAT_NAMES:
+                group, field = FLAT_NAMES[name]
+                expected.setdefault(group, {})[field] = value
+            else:
+                expected[name] = value
+        assert ablation == expected, switch  # the switch, and nothing else, differs
+    # The plain CSSA ablations keep their names and options (rows of earlier grids).
+    assert quality.ablations_of("CSSA") == quality.ABLATIONS
+    assert quality.MANY_TO_ONE == "CSSA w/o label-specific, many-to-one alignment"
+    assert "pseudo" not in model("CSSA w/o context")
+    rows = [row(base, 0.05, 1, 50.0), row(f"{base} w/o context", 0.05, 1, 49.0)]
+    assert f"| {base} w/o context − {base} | -1.00" in quality.table_differences(rows)
