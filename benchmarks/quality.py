@@ -922,13 +922,13 @@ def pseudo_gain_at_selected_epoch(
     """``{seed: precision(cssa) − precision(cap)}`` at cap's recall, in the epoch whose weights
     were tested for ``cssa`` in that seed."""
     at_recall = pseudo_at_cap_recall(rows, cssa, ratio, reference=cap)
-    selected = {s: r.get("selected_epoch") for s, r in rows_by_seed(rows, cssa, ratio).items()}
-    return {
-        seed: b - a
-        for seed, epoch in selected.items()
-        if (pair := at_recall.get(epoch, {}).get(seed)) is not None
-        for a, b in [pair]
-    }
+    gains = {}
+    for seed, row in rows_by_seed(rows, cssa, ratio).items():
+        pair = at_recall.get(row.get("selected_epoch"), {}).get(seed)
+        if pair is not None:
+            cap_precision, cssa_precision = pair
+            gains[seed] = cssa_precision - cap_precision
+    return gains
 
 
 def noise_floor(rows: Sequence[dict[str, Any]]) -> dict[int, tuple[float, float, float]]:
