@@ -854,7 +854,9 @@ def calibration_checks(rows: Sequence[dict[str, Any]]) -> list[Check]:
         ),
     ]
     # The CAP targets, for CAP and (where it ran) for the CAP variant the benchmark ships.
-    caps = ["CAP"] + [CAP_PRIOR] * any(r["method"] == CAP_PRIOR for r in rows)
+    caps = ["CAP"]
+    if any(r["method"] == CAP_PRIOR for r in rows):
+        caps.append(CAP_PRIOR)
     for cap in caps:
         checks += [difference_check(rows, cap, "supervised", r, 3.0) for r in (0.05, 0.1)]
         for ratio, minimum in ((0.05, 1.5), (0.1, 1.0)):
@@ -1056,12 +1058,18 @@ def table_differences(rows: Sequence[dict[str, Any]]) -> str:
     return _table(["difference", *(f"{r:.0%} labels" for r in ratios)], body)
 
 
-def table_checks(rows: Sequence[dict[str, Any]]) -> str:
-    verdict = {True: "met", False: "**missed**", None: "not enough rows"}
+VERDICTS = {True: "met", False: "**missed**", None: "not enough rows"}
+
+
+def checks_table(checks: Sequence[Check], first_column: str = "target") -> str:
+    """Checks as a markdown table: target (or goal), value and verdict."""
     return _table(
-        ["target", "value", "verdict"],
-        [[c.target, c.value, verdict[c.met]] for c in calibration_checks(rows)],
+        [first_column, "value", "verdict"], [[c.target, c.value, VERDICTS[c.met]] for c in checks]
     )
+
+
+def table_checks(rows: Sequence[dict[str, Any]]) -> str:
+    return checks_table(calibration_checks(rows))
 
 
 def rows_by_seed(
@@ -1291,12 +1299,7 @@ def table_caption_classes(rows: Sequence[dict[str, Any]], world: str) -> str | N
 
 def table_cssa_checks(rows: Sequence[dict[str, Any]]) -> str | None:
     checks = cssa_checks(rows)
-    if not checks:
-        return None
-    verdict = {True: "met", False: "**missed**", None: "not enough rows"}
-    return _table(
-        ["goal", "value", "verdict"], [[c.target, c.value, verdict[c.met]] for c in checks]
-    )
+    return checks_table(checks, "goal") if checks else None
 
 
 DEFAULT_RESULTS = "benchmarks/results/quality.json"
@@ -1658,9 +1661,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="keep the rows of --out and skip their (method, ratio, seed)",
     )
     parser.add_argument("--world-root", default="~/.cache/cssa_lightning/world")
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json"
-    )
+    parser.add_argument("--out", type=Path, default=ROOT / DEFAULT_RESULTS)
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument(
         "--summarise-only", action="store_true", help="rewrite the docs from --out, train nothing"
