@@ -102,6 +102,7 @@ class Protocol:
     context_unlabeled_targets: str | None = None
     context_reduction: str | None = None
     context_inform_queries: bool | None = None
+    label_specific_max_skill: float | None = None
     labeled_view: str = "weak"
     cutout_max: float = 0.15
     trainable_vision_layers: int | None = None  # None: the whole vision tower trains
@@ -174,6 +175,7 @@ OPTIONAL_CSSA_OPTIONS = (
     "context_unlabeled_targets",
     "context_reduction",
     "context_inform_queries",
+    "label_specific_max_skill",
 )
 # Protocol fields passed to every trained method's task when set (None: the task's default).
 OPTIONAL_MODEL_OPTIONS = ("layer_lr_decay", "pct_start")

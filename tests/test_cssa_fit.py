@@ -129,6 +129,38 @@ def test_cssa_options_run(tmp_path, image_folders, tiny_clip_dir, options):
         assert torch.isfinite(metrics[key]), key
 
 
+def test_label_specific_features_only_where_the_start_network_knows_little(
+    tmp_path, image_folders, tiny_clip_dir
+):
+    # The prior weighed by its labeled AP (prior_weight 1) records the start skill per class.
+    options = {
+        **FAST,
+        "alignment": WEIGHTED,
+        "label_specific_max_skill": 0.5,
+        "pseudo": {"prior_weight": 1.0, "prior_weighting": "labeled_ap"},
+    }
+    cli, metrics = run_fit(tmp_path, image_folders, tiny_clip_dir, options)
+    model = cli.model
+    skill = model.prior_class_weights
+    expected = (skill < 0.5).float()
+    assert 0 < expected.sum() < len(expected)  # both kinds of class on this data
+    torch.testing.assert_close(model.net.label_specific_classes, expected)
+    # The teacher (an EMA of the student's buffers too) and the prior hold the same subset.
+    torch.testing.assert_close(model.teacher.module.label_specific_classes, expected)
+    assert torch.isfinite(metrics["train/loss_align_epoch"])
+    # Only the subset's pairs are aligned.
+    weights = torch.ones(2, len(expected))
+    torch.testing.assert_close(model.aligned_pairs(weights), weights * expected)
+    restored = CSSATask.load_from_checkpoint(next((tmp_path / "run").rglob("*.ckpt")))
+    torch.testing.assert_close(restored.net.label_specific_classes, expected)
+    plain = CSSATask(model.class_names, clip_checkpoint=str(tiny_clip_dir), attention_heads=4)
+    assert plain.net.label_specific_mask is None and torch.equal(
+        plain.aligned_pairs(weights), weights
+    )
+    with pytest.raises(ValueError, match="label_specific_max_skill"):
+        CSSATask(model.class_names, clip_checkpoint=str(tiny_clip_dir), label_specific_max_skill=2)
+
+
 def test_soft_consistency_with_a_reliability_margin_fit(tmp_path, image_folders, tiny_clip_dir):
     # From the CLI to the loss: a margin masks entries out (a mask ratio below 1, which is
     # exactly 1 without a margin or negative_keep), soft targets train the consistency term.

@@ -71,6 +71,30 @@ def test_decoder_block_starts_at_zero_shot_then_learns_per_label(tiny_clip_dir, 
         LabelQueryDecoder(dim=8, num_heads=2, depth=0)
 
 
+def test_label_specific_subset_scores_the_other_classes_from_the_global_feature(tiny_clip_dir):
+    options = {"label_specific": True, "attention_heads": 4}
+    plain = make_net(tiny_clip_dir, **options).eval()
+    subset = make_net(tiny_clip_dir, label_specific_subset=True, **options).eval()
+    assert "label_specific_classes" not in plain.state_dict()  # other checkpoints unchanged
+    subset.load_state_dict(plain.state_dict(), strict=False)
+    assert subset.label_specific_mask.tolist() == [1.0] * 6  # every class until a task sets it
+    with torch.no_grad():
+        plain.cross_attention.attention.out_proj.weight.normal_()
+        subset.cross_attention.attention.out_proj.weight.copy_(
+            plain.cross_attention.attention.out_proj.weight
+        )
+        subset.label_specific_classes.copy_(torch.tensor([1.0, 0, 1, 0, 0, 1]))
+    images = torch.randn(4, 3, 32, 32)
+    out, reference = subset(images), plain(images)
+    global_scores = subset.alignment(out.global_feature)
+    kept, gated = [0, 2, 5], [1, 3, 4]
+    torch.testing.assert_close(out.logits[:, kept], reference.logits[:, kept])
+    torch.testing.assert_close(out.logits[:, gated], global_scores[:, gated])
+    assert not torch.allclose(reference.logits[:, gated], global_scores[:, gated])
+    with pytest.raises(ValueError, match="label-specific"):
+        make_net(tiny_clip_dir, label_specific_subset=True)
+
+
 @pytest.mark.parametrize("block", ["attention", "decoder"])
 def test_context_informed_queries_start_unchanged_then_follow_the_contexts(tiny_clip_dir, block):
     options = {"label_specific": True, "attention_heads": 4, "label_query_block": block}

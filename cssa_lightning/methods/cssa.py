@@ -84,6 +84,12 @@ class CSSATask(MeanTeacherTask):
         label_query_depth: Blocks of the ``decoder`` (1-2 are usual).
         cross_attention_lr: Peak learning rate of the cross-attention; ``None`` uses
             ``head_lr``.
+        label_specific_max_skill: Label-specific features only for the classes the start
+            network (the zero-shot CLIP) does not know: those whose skill on the labeled
+            images as the fit starts (AP above chance, as ``pseudo.min_prior_skill`` measures
+            it) is below this. The others are scored from the global feature, as CLIP was
+            pre-trained to score them, and get no alignment or push (it would pull the one
+            global feature towards several targets). ``None``: every class (the paper).
         alignment: The one-to-one semantic alignment of label features and the absent-label
             push (:class:`~cssa_lightning.methods.options.AlignmentOptions`).
         context: The context identification task
@@ -154,10 +160,15 @@ class CSSATask(MeanTeacherTask):
         label_query_block: Literal["attention", "decoder"] = "attention",
         label_query_depth: int = 1,
         cross_attention_lr: float | None = None,
+        label_specific_max_skill: float | None = None,
         alignment: AlignmentOptions = ALIGNMENT_DEFAULTS,
         context: ContextOptions = CONTEXT_DEFAULTS,
         **kwargs: Any,
     ):
+        if label_specific_max_skill is not None and not 0.0 <= label_specific_max_skill <= 1.0:
+            raise ValueError(
+                f"label_specific_max_skill must be in [0, 1], got {label_specific_max_skill}"
+            )
         move_flat_names(kwargs, ("pseudo", "alignment", "context"))
         alignment = take_group(AlignmentOptions, "alignment", alignment, kwargs, ALIGNMENT_DEFAULTS)
         context = take_group(ContextOptions, "context", context, kwargs, CONTEXT_DEFAULTS)
@@ -189,7 +200,30 @@ class CSSATask(MeanTeacherTask):
             context_hidden=context.hidden,
             context_input=context.input,
             context_queries=context.enabled and context.inform_queries,
+            label_specific_subset=self.label_specific_subset(),
         )
+
+    def label_specific_subset(self) -> bool:
+        """Whether some classes may be scored from the global feature
+        (``label_specific_max_skill``; no effect without label-specific features)."""
+        hp = self.hparams
+        return bool(hp.label_specific) and hp.get("label_specific_max_skill") is not None
+
+    def uses_start_skill(self) -> bool:
+        return super().uses_start_skill() or self.label_specific_subset()
+
+    def trust_classes(self, skill: Tensor) -> None:
+        """Also the classes with label-specific features (``label_specific_max_skill``)."""
+        super().trust_classes(skill)
+        if self.label_specific_subset():
+            max_skill = self.hparams.label_specific_max_skill
+            self.net.label_specific_classes.copy_((skill < max_skill).float())
+            log.info(
+                "label-specific features for %d of %d classes (start skill < %g)",
+                int(self.net.label_specific_classes.sum()),
+                len(skill),
+                max_skill,
+            )
 
     def parameter_lr(self, name: str) -> float:
         lr = self.hparams.cross_attention_lr
@@ -236,10 +270,17 @@ class CSSATask(MeanTeacherTask):
             targets.append(self.net.alignment.prototypes)
         return targets
 
+    def aligned_pairs(self, weights: Tensor) -> Tensor:
+        """``weights`` of the ``(image, label)`` pairs without the classes scored from the
+        global feature (``label_specific_max_skill``)."""
+        mask = self.net.label_specific_mask
+        return weights if mask is None else weights * mask
+
     def alignment_loss(self, encoded: Encoded, positives: Tensor) -> Tensor:
         """One-to-one alignment of each positive label's feature with its class text and/or
         its classifier prototype (``alignment.target``)."""
         temperature = self.alignment_options.temperature
+        positives = self.aligned_pairs(positives)
         normalizer = self.pair_normalizer(positives)
         losses = [
             semantic_alignment_loss(
@@ -252,6 +293,7 @@ class CSSATask(MeanTeacherTask):
     def absent_push_loss(self, encoded: Encoded, negatives: Tensor) -> Tensor:
         """Push absent labels' features away from their class's alignment target."""
         margin = self.alignment_options.absent_push_margin
+        negatives = self.aligned_pairs(negatives)
         normalizer = self.pair_normalizer(negatives)
         losses = [
             absent_push_loss(encoded.label_features, target, negatives, margin, normalizer)

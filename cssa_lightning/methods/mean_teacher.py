@@ -311,12 +311,13 @@ class MeanTeacherTask(MultiLabelTask):
         datamodule = self.trainer.datamodule
         self.learn_label_statistics(torch.as_tensor(datamodule.labeled_targets()))
         if int(self.teacher.n_averaged) == 0:
-            # Start the teacher (and the prior) from the (bias-calibrated) student, not from
-            # __init__'s copy.
+            # What the start network knows first (it may set network buffers), then the
+            # teacher (and the prior) from the (bias-calibrated) student, not from __init__'s
+            # copy.
+            self.set_class_trust()
             self.teacher.module.load_state_dict(self.net.state_dict())
             if self.prior is not None:
                 self.prior.load_state_dict(self.net.state_dict())
-            self.set_class_trust()
         if (
             getattr(datamodule, "streams_unlabeled", False)
             and self.pseudo_labeller.memory_size is None
@@ -330,16 +331,24 @@ class MeanTeacherTask(MultiLabelTask):
             num_unlabeled = len(datamodule.unlabeled_indices)
         self.pseudo_labeller.allocate(num_unlabeled)  # a restored memory is kept
 
-    def set_class_trust(self) -> None:
-        """From the start network's skill on the labeled images (one pass, only when an
-        option needs it): the prior's weight per class (``pseudo.prior_weighting="labeled_ap"``)
-        and the classes the unlabeled losses may use (``pseudo.min_prior_skill``)."""
+    def uses_start_skill(self) -> bool:
+        """Whether an option needs :meth:`start_skill` (a subclass adds its own)."""
         options = self.pseudo_options
         weigh = self.prior is not None and options.prior_weighting == "labeled_ap"
-        if not weigh and options.min_prior_skill <= 0:
-            return
-        skill = self.start_skill()
-        if weigh:
+        return weigh or options.min_prior_skill > 0
+
+    def set_class_trust(self) -> None:
+        """From the start network's skill on the labeled images (one pass, only when an
+        option needs it, :meth:`uses_start_skill`): what :meth:`trust_classes` sets."""
+        if self.uses_start_skill():
+            self.trust_classes(self.start_skill())
+
+    def trust_classes(self, skill: Tensor) -> None:
+        """From the ``(C,)`` start skill: the prior's weight per class
+        (``pseudo.prior_weighting="labeled_ap"``) and the classes the unlabeled losses may use
+        (``pseudo.min_prior_skill``). A subclass sets its own per-class state too."""
+        options = self.pseudo_options
+        if self.prior is not None and options.prior_weighting == "labeled_ap":
             self.prior_class_weights.copy_(options.prior_weight * skill)
             log.info(
                 "prior weight per class from its labeled AP: mean %.3f, %d of %d classes at 0",

@@ -63,6 +63,10 @@ class MultiLabelCLIPNet(nn.Module):
             token, a per-class softmax over the patches pools the scores
             (:func:`~cssa_lightning.networks.heads.softmax_pool`), and the label score is the mean of
             the global and the local score.
+        label_specific_subset: Label-specific features for some classes only: a ``(C,)``
+            buffer ``label_specific_classes`` (1: the label-specific feature, 0: the global
+            feature ``g``; all 1 until the task sets it) gates the cross-attention's residual
+            per class. Needs the label-query block.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class MultiLabelCLIPNet(nn.Module):
         label_query_block: Literal["attention", "decoder"] = "attention",
         label_query_depth: int = 1,
         context_queries: bool = False,
+        label_specific_subset: bool = False,
     ):
         super().__init__()
         if context_queries and not (label_specific and num_contexts and context_input == "global"):
@@ -101,6 +106,12 @@ class MultiLabelCLIPNet(nn.Module):
             self.cross_attention = LabelQueryCrossAttention(dim, attention_heads)
         elif label_specific:
             self.cross_attention = LabelQueryDecoder(dim, attention_heads, label_query_depth)
+        if label_specific_subset:
+            if self.cross_attention is None:
+                raise ValueError("label_specific_subset needs label-specific features")
+            # Saved in checkpoints; only networks with the option have it, so the others'
+            # state dicts are unchanged.
+            self.register_buffer("label_specific_classes", torch.ones(len(self.class_names)))
         self.alignment = AlignmentHead(text_features, logit_scale, learnable_prototypes)
         self.context_head = (
             ContextHead(dim, num_contexts, context_hidden, context_input) if num_contexts else None
@@ -113,6 +124,12 @@ class MultiLabelCLIPNet(nn.Module):
             if local_branch
             else None
         )
+
+    @property
+    def label_specific_mask(self) -> Tensor | None:
+        """``(C,)`` 1 for the classes scored from their label-specific feature; ``None``: every
+        class (no ``label_specific_subset``)."""
+        return getattr(self, "label_specific_classes", None)
 
     def class_text_features(self) -> Tensor:
         """``(C, D)`` normalised class texts: stored, or recomputed when the text tower trains."""
@@ -131,6 +148,11 @@ class MultiLabelCLIPNet(nn.Module):
                 weights = torch.sigmoid(context_logits.detach())
                 queries = queries + (weights @ self.context_embedding.to(weights.dtype))[:, None]
             label_features = self.cross_attention(queries, features.patch_tokens, global_feature)
+            if self.label_specific_mask is not None:
+                # v_k = g + m_k (v_k - g): the global feature where m_k = 0.
+                residual = label_features - global_feature.unsqueeze(1)
+                mask = self.label_specific_mask.to(residual.dtype)[None, :, None]
+                label_features = global_feature.unsqueeze(1) + mask * residual
         else:
             label_features = global_feature.unsqueeze(1).expand(-1, len(self.class_names), -1)
         logits = self.alignment(label_features)
