@@ -640,9 +640,15 @@ def protocol_record(protocol: Protocol, command: str, world_root: str) -> dict[s
 
 
 def merge_protocol(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """The record of a resumed file: the protocol must not have changed; commands accumulate."""
-    fields = [f.name for f in dataclasses.fields(Protocol)]
-    changed = {k: (old.get(k), new[k]) for k in fields if k in old and old[k] != new[k]}
+    """The record of a resumed file: the protocol must not have changed; commands accumulate.
+    A field a record lacks was added to ``Protocol`` after it was written, when the code did
+    what the field's default does: it counts as the default."""
+    defaults = dataclasses.asdict(Protocol())
+    changed = {
+        k: (old.get(k, default), new.get(k, default))
+        for k, default in defaults.items()
+        if old.get(k, default) != new.get(k, default)
+    }
     if changed:
         raise SystemExit(f"--resume with a different protocol than the file's: {changed}")
     return {**new, "commands": [*old.get("commands", []), *new["commands"]]}

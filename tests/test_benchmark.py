@@ -211,6 +211,16 @@ def test_results_file_round_trip_and_resume_guard(rows, tmp_path):
     changed = quality.protocol_record(quality.Protocol(epochs=9), "python ...", "w")
     with pytest.raises(SystemExit, match="epochs"):
         quality.merge_protocol(protocol, changed)
+    # A record written before a field existed (here the newest one) merges, either way round,
+    # with one that has the field's default, and not with one that sets it.
+    older = {k: v for k, v in protocol.items() if k != "label_specific_max_skill"}
+    assert quality.merge_protocol(older, again)["commands"][-1] == "python ... --resume"
+    assert quality.merge_protocol(again, older)["commands"][-1] == "python benchmarks/quality.py"
+    gated = quality.protocol_record(
+        quality.Protocol(label_specific_max_skill=0.15), "python ...", "w"
+    )
+    with pytest.raises(SystemExit, match="label_specific_max_skill"):
+        quality.merge_protocol(older, gated)
 
 
 def test_plan_runs_each_key_once():
