@@ -1586,9 +1586,15 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _optional(kind):
+# Protocol fields for which "none" is one of the option's values, not "leave it to the task":
+# their flag takes "default" for that (every other optional flag takes "none" or "default").
+NONE_IS_A_VALUE = {"alignment_unlabeled"}
+
+
+def _optional(kind, none_is_a_value: bool = False):
     def parse(text: str):
-        return None if text.lower() == "none" else kind(text)
+        unset = ("default",) if none_is_a_value else ("none", "default")
+        return None if text.lower() in unset else kind(text)
 
     parse.__name__ = kind.__name__
     return parse
@@ -1602,7 +1608,7 @@ def add_protocol_flags(parser: argparse.ArgumentParser) -> None:
         name = str(field.type)
         kind = {"int": int, "float": float, "str": str, "bool": _bool}[name.split(" ")[0]]
         if "None" in name:
-            kind = _optional(kind)
+            kind = _optional(kind, field.name in NONE_IS_A_VALUE)
         group.add_argument(
             "--" + field.name.replace("_", "-"),
             dest=field.name,

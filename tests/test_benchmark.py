@@ -745,6 +745,21 @@ def test_protocol_flags_of_group_options_reach_the_group():
     assert "context" not in cap["init_args"]  # a CSSA option: CAP has no contexts
 
 
+def test_none_is_a_value_of_the_unlabeled_alignment_flag_and_unset_elsewhere():
+    def protocol(*flags):
+        return quality.parse_args(["--no-main", *flags]).protocol
+
+    labeled_only = protocol("--alignment-unlabeled", "none")
+    assert labeled_only.alignment_unlabeled == "none"
+    config = quality.run_config(labeled_only, quality.CSSA_PRIOR, 0.05, 1, Path("/x"), "w")
+    assert config["model"]["init_args"]["alignment"]["unlabeled"] == "none"
+    assert protocol("--alignment-unlabeled", "default").alignment_unlabeled is None
+    # Other optional flags: "none" (as the pilot log writes it) or "default" leave it unset.
+    assert protocol("--strong-border", "none").strong_border is None
+    assert protocol("--strong-border", "default").strong_border is None
+    assert protocol("--min-prior-skill", "none").min_prior_skill is None
+
+
 def test_cssa_goals_pair_each_cssa_variant_with_its_cap_and_its_architecture_control():
     def entry(epoch, recall, *precisions):
         levels = dict(zip(quality.RECALL_LEVELS, precisions, strict=False))
