@@ -103,6 +103,9 @@ class Protocol:
     context_reduction: str | None = None
     context_inform_queries: bool | None = None
     label_specific_max_skill: float | None = None
+    alignment_temperature: float | None = None
+    alignment_loss: str | None = None
+    alignment_detach_targets: bool | None = None
     labeled_view: str = "weak"
     cutout_max: float = 0.15
     trainable_vision_layers: int | None = None  # None: the whole vision tower trains
@@ -161,6 +164,8 @@ PROTOCOL_GROUP_NAMES = {
     "teacher_prior_weighting": ("pseudo", "prior_weighting"),
     "min_prior_skill": ("pseudo", "min_prior_skill"),
     "context_inform_queries": ("context", "inform_queries"),
+    "alignment_loss": ("alignment", "loss"),
+    "alignment_detach_targets": ("alignment", "detach_targets"),
 }
 # Protocol fields passed to every CSSATask run when set.
 OPTIONAL_CSSA_OPTIONS = (
@@ -176,6 +181,9 @@ OPTIONAL_CSSA_OPTIONS = (
     "context_reduction",
     "context_inform_queries",
     "label_specific_max_skill",
+    "alignment_temperature",
+    "alignment_loss",
+    "alignment_detach_targets",
 )
 # Protocol fields passed to every trained method's task when set (None: the task's default).
 OPTIONAL_MODEL_OPTIONS = ("layer_lr_decay", "pct_start")

@@ -743,6 +743,20 @@ def test_protocol_flags_of_group_options_reach_the_group():
     assert cssa["init_args"]["pseudo"] == {"prior_weighting": "labeled_ap"}
     cap = quality.run_config(protocol, "CAP", 0.05, 1, Path("/tmp/x"), "world")["model"]
     assert "context" not in cap["init_args"]  # a CSSA option: CAP has no contexts
+    pull_only = quality.parse_args(
+        [
+            "--no-main",
+            *("--alignment-loss", "cosine", "--alignment-detach-targets", "true"),
+            *("--alignment-temperature", "0.5"),
+        ]
+    ).protocol
+    cssa = quality.run_config(pull_only, quality.CSSA_PRIOR, 0.05, 1, Path("/x"), "w")["model"]
+    alignment = cssa["init_args"]["alignment"]
+    assert (alignment["loss"], alignment["detach_targets"], alignment["temperature"]) == (
+        "cosine",
+        True,
+        0.5,
+    )
 
 
 def test_none_is_a_value_of_the_unlabeled_alignment_flag_and_unset_elsewhere():

@@ -10,7 +10,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cssa_lightning.methods.contexts import cluster_contexts, context_targets, cooccurrence_affinity
 from cssa_lightning.methods.cssa import CSSATask
-from cssa_lightning.methods.losses import pair_normalizer, semantic_alignment_loss
+from cssa_lightning.methods.losses import (
+    cosine_alignment_loss,
+    pair_normalizer,
+    semantic_alignment_loss,
+)
 from cssa_lightning.methods.pseudo_labels import (
     PseudoLabels,
     cat_thresholds,
@@ -358,6 +362,64 @@ def test_alignment_target_prototype_follows_the_classifier(cssa_task):
     torch.testing.assert_close(losses["prototype"], proto)
     torch.testing.assert_close(losses["both"], (text + proto) / 2)
     assert not torch.allclose(text, proto)
+
+
+def test_cosine_alignment_loss_is_the_pull_alone():
+    torch.manual_seed(0)
+    features, targets = torch.randn(3, 4, 6), torch.randn(4, 6)
+    positives = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 1, 1]], dtype=torch.float32)
+    pairs = [(b, k) for b in range(3) for k in range(4) if positives[b, k]]
+    want = sum(1 - F.cosine_similarity(features[b, k], targets[k], dim=0) for b, k in pairs)
+    got = cosine_alignment_loss(features, targets, positives)
+    assert got.item() == pytest.approx((want / len(pairs)).item(), rel=1e-5)
+    assert cosine_alignment_loss(features, targets, torch.zeros(3, 4)).item() == 0.0
+    # No push: the targets of classes without a positive do not enter it (the contrast's do).
+    moved = targets.clone()
+    moved[0] = torch.randn(6)
+    only_class_2 = torch.zeros(3, 4)
+    only_class_2[:, 2] = 1
+    torch.testing.assert_close(
+        cosine_alignment_loss(features, moved, only_class_2),
+        cosine_alignment_loss(features, targets, only_class_2),
+    )
+    assert not torch.allclose(
+        semantic_alignment_loss(features, moved, only_class_2),
+        semantic_alignment_loss(features, targets, only_class_2),
+    )
+
+
+def test_alignment_loss_options_pull_only_and_detached_targets(cssa_task):
+    task = cssa_task
+    saved = task.alignment_options
+    prototypes = task.net.alignment.prototypes
+    positives = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    try:
+        task.alignment_options = replace(saved, target="prototype", loss="cosine")
+        features = torch.randn(2, 3, task.net.text_features.shape[1], requires_grad=True)
+        encoded = task.encode(torch.randn(2, 3, 32, 32))._replace(label_features=features)
+        torch.testing.assert_close(
+            task.alignment_loss(encoded, positives),
+            cosine_alignment_loss(features, prototypes, positives),
+        )
+        for detach in (False, True):
+            task.alignment_options = replace(saved, target="prototype", detach_targets=detach)
+            prototypes.grad = None
+            features.grad = None
+            loss = task.alignment_loss(encoded, positives)
+            loss = loss + task.absent_push_loss(encoded, 1 - positives)
+            loss.backward()
+            assert features.grad.abs().sum() > 0, detach
+            moved = prototypes.grad is not None and prototypes.grad.abs().sum() > 0
+            assert moved != detach  # detached: the alignment and push leave the prototypes alone
+            # The value itself does not change, only where its gradient goes.
+            torch.testing.assert_close(
+                loss.detach(),
+                semantic_alignment_loss(features, prototypes, positives, saved.temperature).detach()
+                + task.absent_push_loss(encoded, 1 - positives).detach(),
+            )
+    finally:
+        task.alignment_options = saved
+        prototypes.grad = None
 
 
 def _consistency(task, probs):

@@ -23,6 +23,7 @@ from cssa_lightning.methods.loss_terms import LossTerm, option
 from cssa_lightning.methods.losses import (
     absent_push_loss,
     context_loss,
+    cosine_alignment_loss,
     pair_normalizer,
     semantic_alignment_loss,
 )
@@ -268,6 +269,8 @@ class CSSATask(MeanTeacherTask):
             targets.append(self.net.class_text_features())
         if target in ("prototype", "both"):
             targets.append(self.net.alignment.prototypes)
+        if self.alignment_options.detach_targets:
+            return [features.detach() for features in targets]
         return targets
 
     def aligned_pairs(self, weights: Tensor) -> Tensor:
@@ -278,16 +281,24 @@ class CSSATask(MeanTeacherTask):
 
     def alignment_loss(self, encoded: Encoded, positives: Tensor) -> Tensor:
         """One-to-one alignment of each positive label's feature with its class text and/or
-        its classifier prototype (``alignment.target``)."""
-        temperature = self.alignment_options.temperature
+        its classifier prototype (``alignment.target``): contrastive, or the pull alone
+        (``alignment.loss``)."""
+        options = self.alignment_options
         positives = self.aligned_pairs(positives)
         normalizer = self.pair_normalizer(positives)
-        losses = [
-            semantic_alignment_loss(
-                encoded.label_features, target, positives, temperature, normalizer
-            )
-            for target in self.alignment_targets()
-        ]
+        features = encoded.label_features
+        if options.loss == "cosine":
+            losses = [
+                cosine_alignment_loss(features, target, positives, normalizer)
+                for target in self.alignment_targets()
+            ]
+        else:
+            losses = [
+                semantic_alignment_loss(
+                    features, target, positives, options.temperature, normalizer
+                )
+                for target in self.alignment_targets()
+            ]
         return sum(losses) / len(losses)
 
     def absent_push_loss(self, encoded: Encoded, negatives: Tensor) -> Tensor:

@@ -84,6 +84,28 @@ def semantic_alignment_loss(
     return -(own * weights).sum() / _normalizer(weights, normalizer)
 
 
+def cosine_alignment_loss(
+    label_features: Tensor,
+    targets: Tensor,
+    positives: Tensor,
+    normalizer: Tensor | float | None = None,
+) -> Tensor:
+    """The pull of :func:`semantic_alignment_loss` without its push: for each positive
+    ``(b, k)``, ``1 - cos(v_bk, a_k)``, averaged over the positives (zero when there is none).
+
+    Args:
+        label_features: ``(B, C, D)`` label-specific image features ``V``.
+        targets: ``(C, D)`` each class's alignment target ``a_k`` (text or prototype).
+        positives: ``(B, C)`` 0/1 (or weights): which ``(image, label)`` pairs to align.
+        normalizer: As in :func:`semantic_alignment_loss`.
+    """
+    features = F.normalize(label_features.float(), dim=-1)
+    target = F.normalize(targets.float(), dim=-1)
+    cosine = torch.einsum("bkd,kd->bk", features, target)
+    weights = positives.to(cosine.dtype)
+    return ((1 - cosine) * weights).sum() / _normalizer(weights, normalizer)
+
+
 def context_loss(
     logits: Tensor, targets: Tensor, single_label: bool = False, reduction: str = "mean"
 ) -> Tensor:

@@ -131,6 +131,16 @@ class AlignmentOptions:
             absent label (labeled negatives; trusted pseudo-negatives) is pushed below cosine
             ``absent_push_margin`` with the alignment target of its class.
         absent_push_margin: Cosine above which an absent label's feature is pushed.
+        loss: How a positive's label feature is aligned with its class's target: the paper's
+            one-to-one contrast (``contrastive``: ``-log softmax_j(cos(v_bk, a_j) / tau)[k]``,
+            which pulls ``v_bk`` to ``a_k`` and, through the softmax, pushes it from every other
+            class's target, hardest from the most similar ones), or the pull alone (``cosine``:
+            ``1 - cos(v_bk, a_k)``, no push; ``temperature`` unused). The pair separates what
+            the pull and the push each do.
+        detach_targets: Stop the alignment's and the push's gradients at their targets, so
+            that only the label features move: the learnable prototypes are then trained by the
+            classification loss alone, as the scores read them, instead of being pushed apart by
+            the label features of other classes (no effect on the frozen text targets).
     """
 
     enabled: bool = True
@@ -142,6 +152,8 @@ class AlignmentOptions:
     in_warmup: bool = False
     absent_push_weight: float = 0.0
     absent_push_margin: float = 0.0
+    loss: Literal["contrastive", "cosine"] = "contrastive"
+    detach_targets: bool = False
 
 
 @dataclass(frozen=True)
