@@ -106,6 +106,7 @@ class Protocol:
     alignment_temperature: float | None = None
     alignment_loss: str | None = None
     alignment_detach_targets: bool | None = None
+    alignment_detach_features: bool | None = None
     labeled_view: str = "weak"
     cutout_max: float = 0.15
     trainable_vision_layers: int | None = None  # None: the whole vision tower trains
@@ -166,6 +167,7 @@ PROTOCOL_GROUP_NAMES = {
     "context_inform_queries": ("context", "inform_queries"),
     "alignment_loss": ("alignment", "loss"),
     "alignment_detach_targets": ("alignment", "detach_targets"),
+    "alignment_detach_features": ("alignment", "detach_features"),
 }
 # Protocol fields passed to every CSSATask run when set.
 OPTIONAL_CSSA_OPTIONS = (
@@ -184,6 +186,7 @@ OPTIONAL_CSSA_OPTIONS = (
     "alignment_temperature",
     "alignment_loss",
     "alignment_detach_targets",
+    "alignment_detach_features",
 )
 # Protocol fields passed to every trained method's task when set (None: the task's default).
 OPTIONAL_MODEL_OPTIONS = ("layer_lr_decay", "pct_start")

@@ -747,16 +747,18 @@ def test_protocol_flags_of_group_options_reach_the_group():
         [
             "--no-main",
             *("--alignment-loss", "cosine", "--alignment-detach-targets", "true"),
-            *("--alignment-temperature", "0.5"),
+            *("--alignment-temperature", "0.5", "--alignment-detach-features", "false"),
         ]
     ).protocol
     cssa = quality.run_config(pull_only, quality.CSSA_PRIOR, 0.05, 1, Path("/x"), "w")["model"]
     alignment = cssa["init_args"]["alignment"]
-    assert (alignment["loss"], alignment["detach_targets"], alignment["temperature"]) == (
-        "cosine",
-        True,
-        0.5,
-    )
+    assert alignment == {
+        **alignment,
+        "loss": "cosine",
+        "detach_targets": True,
+        "detach_features": False,
+        "temperature": 0.5,
+    }
 
 
 def test_none_is_a_value_of_the_unlabeled_alignment_flag_and_unset_elsewhere():

@@ -401,16 +401,25 @@ def test_alignment_loss_options_pull_only_and_detached_targets(cssa_task):
             task.alignment_loss(encoded, positives),
             cosine_alignment_loss(features, prototypes, positives),
         )
-        for detach in (False, True):
-            task.alignment_options = replace(saved, target="prototype", detach_targets=detach)
+
+        def moved(tensor):
+            return tensor.grad is not None and bool(tensor.grad.abs().sum() > 0)
+
+        for targets, label_features in ((False, False), (True, False), (False, True)):
+            task.alignment_options = replace(
+                saved,
+                target="prototype",
+                detach_targets=targets,
+                detach_features=label_features,
+            )
             prototypes.grad = None
             features.grad = None
             loss = task.alignment_loss(encoded, positives)
             loss = loss + task.absent_push_loss(encoded, 1 - positives)
             loss.backward()
-            assert features.grad.abs().sum() > 0, detach
-            moved = prototypes.grad is not None and prototypes.grad.abs().sum() > 0
-            assert moved != detach  # detached: the alignment and push leave the prototypes alone
+            # What is detached is left alone by the alignment and the push; the other moves.
+            assert moved(features) != label_features, (targets, label_features)
+            assert moved(prototypes) != targets, (targets, label_features)
             # The value itself does not change, only where its gradient goes.
             torch.testing.assert_close(
                 loss.detach(),
@@ -420,6 +429,10 @@ def test_alignment_loss_options_pull_only_and_detached_targets(cssa_task):
     finally:
         task.alignment_options = saved
         prototypes.grad = None
+    with pytest.raises(ValueError, match="detach_features"):
+        replace(saved, target="prototype", detach_targets=True, detach_features=True)
+    with pytest.raises(ValueError, match="detach_features"):
+        replace(saved, target="text", detach_features=True)
 
 
 def _consistency(task, probs):

@@ -273,6 +273,12 @@ class CSSATask(MeanTeacherTask):
             return [features.detach() for features in targets]
         return targets
 
+    def aligned_features(self, encoded: Encoded) -> Tensor:
+        """The label features the alignment and the push read: without their gradient with
+        ``alignment.detach_features`` (only the prototypes then move)."""
+        features = encoded.label_features
+        return features.detach() if self.alignment_options.detach_features else features
+
     def aligned_pairs(self, weights: Tensor) -> Tensor:
         """``weights`` of the ``(image, label)`` pairs without the classes scored from the
         global feature (``label_specific_max_skill``)."""
@@ -286,7 +292,7 @@ class CSSATask(MeanTeacherTask):
         options = self.alignment_options
         positives = self.aligned_pairs(positives)
         normalizer = self.pair_normalizer(positives)
-        features = encoded.label_features
+        features = self.aligned_features(encoded)
         if options.loss == "cosine":
             losses = [
                 cosine_alignment_loss(features, target, positives, normalizer)
@@ -307,7 +313,7 @@ class CSSATask(MeanTeacherTask):
         negatives = self.aligned_pairs(negatives)
         normalizer = self.pair_normalizer(negatives)
         losses = [
-            absent_push_loss(encoded.label_features, target, negatives, margin, normalizer)
+            absent_push_loss(self.aligned_features(encoded), target, negatives, margin, normalizer)
             for target in self.alignment_targets()
         ]
         return sum(losses) / len(losses)

@@ -141,6 +141,13 @@ class AlignmentOptions:
             that only the label features move: the learnable prototypes are then trained by the
             classification loss alone, as the scores read them, instead of being pushed apart by
             the label features of other classes (no effect on the frozen text targets).
+        detach_features: The other way round: stop the alignment's and the push's gradients
+            at the label features, so that only the learnable prototypes move (needs
+            ``target="prototype"`` or ``"both"``, and not ``detach_targets``): the contrast then
+            places the prototypes among the label features (a never-named class's prototype,
+            which starts from a text the pre-training tied to nothing, is pulled to its
+            positives and pushed from the other classes' features), while the label features
+            are trained by the classification loss alone.
     """
 
     enabled: bool = True
@@ -154,6 +161,14 @@ class AlignmentOptions:
     absent_push_margin: float = 0.0
     loss: Literal["contrastive", "cosine"] = "contrastive"
     detach_targets: bool = False
+    detach_features: bool = False
+
+    def __post_init__(self) -> None:
+        if self.detach_features and (self.detach_targets or self.target == "text"):
+            raise ValueError(
+                "alignment.detach_features leaves only the prototypes to move: it needs "
+                "alignment.target 'prototype' or 'both' and alignment.detach_targets false"
+            )
 
 
 @dataclass(frozen=True)
