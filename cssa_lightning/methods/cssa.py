@@ -293,18 +293,15 @@ class CSSATask(MeanTeacherTask):
         positives = self.aligned_pairs(positives)
         normalizer = self.pair_normalizer(positives)
         features = self.aligned_features(encoded)
-        if options.loss == "cosine":
-            losses = [
-                cosine_alignment_loss(features, target, positives, normalizer)
-                for target in self.alignment_targets()
-            ]
-        else:
-            losses = [
-                semantic_alignment_loss(
-                    features, target, positives, options.temperature, normalizer
-                )
-                for target in self.alignment_targets()
-            ]
+
+        def align(target: Tensor) -> Tensor:
+            if options.loss == "cosine":
+                return cosine_alignment_loss(features, target, positives, normalizer)
+            return semantic_alignment_loss(
+                features, target, positives, options.temperature, normalizer
+            )
+
+        losses = [align(target) for target in self.alignment_targets()]
         return sum(losses) / len(losses)
 
     def absent_push_loss(self, encoded: Encoded, negatives: Tensor) -> Tensor:
@@ -312,8 +309,9 @@ class CSSATask(MeanTeacherTask):
         margin = self.alignment_options.absent_push_margin
         negatives = self.aligned_pairs(negatives)
         normalizer = self.pair_normalizer(negatives)
+        features = self.aligned_features(encoded)
         losses = [
-            absent_push_loss(self.aligned_features(encoded), target, negatives, margin, normalizer)
+            absent_push_loss(features, target, negatives, margin, normalizer)
             for target in self.alignment_targets()
         ]
         return sum(losses) / len(losses)

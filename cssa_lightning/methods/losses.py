@@ -84,6 +84,12 @@ def semantic_alignment_loss(
     return -(own * weights).sum() / _normalizer(weights, normalizer)
 
 
+def own_target_cosine(label_features: Tensor, targets: Tensor) -> Tensor:
+    """``(B, C)`` cosine of each label feature ``v_bk`` with its own class's target ``a_k``."""
+    features = F.normalize(label_features.float(), dim=-1)
+    return torch.einsum("bkd,kd->bk", features, F.normalize(targets.float(), dim=-1))
+
+
 def cosine_alignment_loss(
     label_features: Tensor,
     targets: Tensor,
@@ -99,9 +105,7 @@ def cosine_alignment_loss(
         positives: ``(B, C)`` 0/1 (or weights): which ``(image, label)`` pairs to align.
         normalizer: As in :func:`semantic_alignment_loss`.
     """
-    features = F.normalize(label_features.float(), dim=-1)
-    target = F.normalize(targets.float(), dim=-1)
-    cosine = torch.einsum("bkd,kd->bk", features, target)
+    cosine = own_target_cosine(label_features, targets)
     weights = positives.to(cosine.dtype)
     return ((1 - cosine) * weights).sum() / _normalizer(weights, normalizer)
 
@@ -147,9 +151,7 @@ def absent_push_loss(
         margin: Cosine below which an absent label's feature is left alone.
         normalizer: As in :func:`semantic_alignment_loss`.
     """
-    features = F.normalize(label_features.float(), dim=-1)
-    target = F.normalize(targets.float(), dim=-1)
-    cosine = torch.einsum("bkd,kd->bk", features, target)
+    cosine = own_target_cosine(label_features, targets)
     weights = negatives.to(cosine.dtype)
     return ((cosine - margin).clamp(min=0) * weights).sum() / _normalizer(weights, normalizer)
 
