@@ -119,6 +119,9 @@ class Protocol:
     teacher_prior_weight: float | None = None
     teacher_prior_weighting: str | None = None
     min_prior_skill: float | None = None
+    prior_source: str | None = None
+    neighbours: int | None = None
+    neighbour_temperature: float | None = None
     # The CLIP checkpoint of the model and the image processor of the data module.
     clip: str = "tiny-clip-v4"
     world_version: str = "v4"
@@ -158,12 +161,18 @@ OPTIONAL_MEAN_TEACHER_OPTIONS = (
     "teacher_prior_weight",
     "teacher_prior_weighting",
     "min_prior_skill",
+    "prior_source",
+    "neighbours",
+    "neighbour_temperature",
 )
 # Protocol fields of group options that have no flat name of 0.2 (FLAT_NAMES maps those).
 PROTOCOL_GROUP_NAMES = {
     "teacher_prior_weight": ("pseudo", "prior_weight"),
     "teacher_prior_weighting": ("pseudo", "prior_weighting"),
     "min_prior_skill": ("pseudo", "min_prior_skill"),
+    "prior_source": ("pseudo", "prior_source"),
+    "neighbours": ("pseudo", "neighbours"),
+    "neighbour_temperature": ("pseudo", "neighbour_temperature"),
     "context_inform_queries": ("context", "inform_queries"),
     "alignment_loss": ("alignment", "loss"),
     "alignment_detach_targets": ("alignment", "detach_targets"),

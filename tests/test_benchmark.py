@@ -759,6 +759,17 @@ def test_protocol_flags_of_group_options_reach_the_group():
         "detach_features": False,
         "temperature": 0.5,
     }
+    votes = quality.parse_args(
+        ["--no-main", "--prior-source", "best", "--neighbours", "20"]
+    ).protocol
+    cap = quality.run_config(votes, quality.CAP_PRIOR, 0.05, 1, Path("/x"), "w")["model"]
+    pseudo = cap["init_args"]["pseudo"]
+    assert (pseudo["prior_source"], pseudo["neighbours"], pseudo["prior_weight"]) == (
+        "best",
+        20,
+        1.0,
+    )
+    assert "neighbour_temperature" not in pseudo  # unset: the task's default
 
 
 def test_none_is_a_value_of_the_unlabeled_alignment_flag_and_unset_elsewhere():

@@ -11,7 +11,9 @@ from cssa_lightning import CSSATask, MeanTeacherTask
 from cssa_lightning.commands.cli import build_cli
 from cssa_lightning.commands.trained import load_trained
 from cssa_lightning.methods.loss_terms import LossTerm, option
-from cssa_lightning.methods.mean_teacher import frozen_probs, prior_skill
+from cssa_lightning.methods.mean_teacher import frozen_outputs, frozen_probs, prior_skill
+from cssa_lightning.methods.neighbours import NeighbourVote
+from cssa_lightning.methods.options import PseudoLabelOptions
 
 from .conftest import CLASS_NAMES, fit_config
 from .test_cli import RecordMetrics
@@ -372,6 +374,83 @@ def test_min_prior_skill_leaves_the_classes_pretraining_never_learnt_out_of_unla
     assert torch.equal(restored.unlabeled_classes, model.unlabeled_classes)
 
 
+def test_neighbour_votes_are_the_nearest_labeled_images_weighted_label_shares():
+    voters = NeighbourVote(num_classes=2, neighbours=2, temperature=0.5)
+    features = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])  # unit rows
+    targets = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    voters.fit(3 * features, targets)  # stored normalised
+    torch.testing.assert_close(voters.features, features)
+    # The image (1, 0): its two nearest voters are rows 0 (cos 1) and 1 (cos 0.8).
+    weights = torch.softmax(torch.tensor([1.0, 0.8]) / 0.5, dim=0)
+    expected = weights[0] * targets[0] + weights[1] * targets[1]
+    torch.testing.assert_close(voters(torch.tensor([[2.0, 0.0]])), expected.unsqueeze(0))
+    # Leave-one-out: row 0 is voted by rows 1 (cos 0.8) and 2 (cos 0), never by itself.
+    weights = torch.softmax(torch.tensor([0.8, 0.0]) / 0.5, dim=0)
+    loo = voters.leave_one_out()
+    torch.testing.assert_close(loo[0], weights[0] * targets[1] + weights[1] * targets[2])
+    # More voters asked for than stored: all of them vote (one fewer when leaving one out).
+    many = NeighbourVote(num_classes=2, neighbours=10, temperature=1e-3)
+    many.fit(features, targets)
+    torch.testing.assert_close(many(torch.tensor([[0.0, 1.0]])), targets[2:])
+    assert many.leave_one_out().shape == (3, 2)
+    with pytest.raises(RuntimeError, match="call fit"):
+        NeighbourVote(num_classes=2)(features)
+    with pytest.raises(ValueError, match="prior_weight"):
+        PseudoLabelOptions(prior_source="neighbours")
+    with pytest.raises(ValueError, match="neighbours"):
+        PseudoLabelOptions(prior_weight=0.5, prior_source="best", neighbours=0)
+
+
+@pytest.mark.parametrize("source", ["neighbours", "best"])
+def test_the_prior_from_the_labeled_images_votes_is_fitted_weighted_and_checkpointed(
+    tmp_path, image_folders, tiny_clip_dir, source
+):
+    options = {
+        **FAST,
+        "pseudo": {
+            "prior_weight": 0.8,
+            "prior_weighting": "labeled_ap",
+            "min_prior_skill": 0.1,
+            "prior_source": source,
+            "neighbours": 5,
+        },
+    }
+    cli, metrics = fit(tmp_path, image_folders, tiny_clip_dir, MT, options)
+    model = cli.model
+    # The voters are the labeled images seen by the frozen start network (the prior).
+    images, targets = [], []
+    for batch in cli.datamodule.labeled_eval_dataloader():
+        images.append(batch["image"])
+        targets.append(batch["target"])
+    images, targets = torch.cat(images), torch.cat(targets)
+    start_probs, start_features = frozen_outputs(model.prior, images)
+    torch.testing.assert_close(model.prior_votes.targets, targets)
+    torch.testing.assert_close(
+        model.prior_votes.features, torch.nn.functional.normalize(start_features, dim=-1)
+    )
+    # Per class the source: every class voted, or the one more skilled on the labeled images
+    # (the votes' leave-one-out AP against the start network's); weights and gate from it.
+    start_skill = prior_skill(start_probs, targets)
+    vote_skill = prior_skill(model.prior_votes.leave_one_out(), targets)
+    voted = torch.ones(len(CLASS_NAMES)) if source == "neighbours" else (vote_skill > start_skill)
+    torch.testing.assert_close(model.classes_voted, voted.float())
+    skill = torch.where(voted.bool(), vote_skill, start_skill)
+    torch.testing.assert_close(model.prior_class_weights, 0.8 * skill)
+    torch.testing.assert_close(model.unlabeled_classes, (skill >= 0.1).float())
+    # The pseudo-labels' probabilities: the teacher blended with that prior.
+    probs = model.pseudo_label_probs(images[:4])
+    prior = torch.where(voted.bool(), model.prior_votes(start_features[:4]), start_probs[:4])
+    weight = model.prior_class_weights
+    expected = (1 - weight) * model.teacher_probs(images[:4]) + weight * prior
+    torch.testing.assert_close(probs, expected)
+    assert metrics["train/loss_cons_epoch"] > 0
+    restored = MeanTeacherTask.load_from_checkpoint(next((tmp_path / "run").rglob("*.ckpt")))
+    for name in ("features", "targets"):
+        assert torch.equal(getattr(restored.prior_votes, name), getattr(model.prior_votes, name))
+    assert torch.equal(restored.classes_voted, model.classes_voted)
+    torch.testing.assert_close(restored.pseudo_label_probs(images[:4]), probs)
+
+
 def test_prior_skill_is_average_precision_above_chance():
     targets = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 0], [0, 1, 0]])
     probs = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.5], [0.1, 0.3, 0.5], [0.3, 0.2, 0.5]])
@@ -384,6 +463,23 @@ def test_prior_skill_is_average_precision_above_chance():
 
 
 # -- grouped options -----------------------------------------------------------------------------
+def test_an_option_group_refuses_a_value_outside_its_choices(tiny_clip_dir):
+    from cssa_lightning.methods.options import AlignmentOptions, ContextOptions, options_of
+
+    # Built in Python (a notebook, a checkpoint's hyperparameters), not only on the command line.
+    with pytest.raises(ValueError, match="pseudo.threshold must be one of 'cat', 'fixed', 'fbeta'"):
+        PseudoLabelOptions(threshold="CAT")
+    with pytest.raises(ValueError, match="got 'texts'"):
+        AlignmentOptions(target="texts")
+    with pytest.raises(ValueError, match="context.reduction"):
+        options_of(ContextOptions, {"reduction": "avg"}, "context")
+    with pytest.raises(ValueError, match="pseudo.refresh"):
+        MeanTeacherTask(
+            CLASS_NAMES[:3], clip_checkpoint=str(tiny_clip_dir), pseudo={"refresh": "epochs"}
+        )
+    assert PseudoLabelOptions(threshold="fbeta").threshold == "fbeta"
+
+
 def test_grouped_options_are_stored_as_plain_dicts_and_the_flat_names_of_0_2_still_load(
     tiny_clip_dir,
 ):

@@ -27,6 +27,7 @@ from cssa_lightning.methods.loss_terms import LossTerm, Stream, check_table, opt
 from cssa_lightning.methods.metrics import average_precision
 from cssa_lightning.methods.monitoring import PseudoLabelMonitor
 from cssa_lightning.methods.multilabel import MultiLabelTask, one_cycle_factor
+from cssa_lightning.methods.neighbours import NeighbourVote
 from cssa_lightning.methods.options import (
     FLAT_NAMES,
     PSEUDO_DEFAULTS,
@@ -151,6 +152,15 @@ class MeanTeacherTask(MultiLabelTask):
             self.register_buffer(
                 "prior_class_weights", torch.full((len(class_names),), pseudo.prior_weight)
             )
+        # The labeled images' votes of pseudo.prior_source, and 1 for the classes whose prior
+        # probabilities they are (every class with "neighbours"; chosen at fit start with
+        # "best"); both filled in on_fit_start and saved in checkpoints.
+        self.prior_votes = None
+        if pseudo.prior_source != "start_network":
+            self.prior_votes = NeighbourVote(
+                num_classes, pseudo.neighbours, pseudo.neighbour_temperature
+            )
+            self.register_buffer("classes_voted", torch.ones(num_classes))
         if pseudo.min_prior_skill > 0:
             # 1 for the classes the unlabeled losses may use (pseudo.min_prior_skill), set in
             # on_fit_start and saved in checkpoints.
@@ -279,8 +289,17 @@ class MeanTeacherTask(MultiLabelTask):
         probs = self.teacher_probs(images)
         if self.prior is not None:
             weight = self.prior_class_weights
-            probs = (1.0 - weight) * probs + weight * frozen_probs(self.prior, images)
+            probs = (1.0 - weight) * probs + weight * self.prior_probs(images)
         return probs
+
+    def prior_probs(self, images: Tensor) -> Tensor:
+        """The prior's probabilities (``pseudo.prior_source``): the frozen start network's, or
+        per class the labeled images' votes from its global image features."""
+        probs, features = frozen_outputs(self.prior, images)
+        if self.prior_votes is None:
+            return probs
+        voted = self.classes_voted
+        return voted * self.prior_votes(features) + (1.0 - voted) * probs
 
     def pseudo_labels(self, probs: Tensor) -> PseudoLabels:
         """Hard pseudo-labels and the mask of usable entries (without the classes that
@@ -332,16 +351,44 @@ class MeanTeacherTask(MultiLabelTask):
         self.pseudo_labeller.allocate(num_unlabeled)  # a restored memory is kept
 
     def uses_start_skill(self) -> bool:
-        """Whether an option needs :meth:`start_skill` (a subclass adds its own)."""
+        """Whether an option needs :meth:`start_pass` (a subclass adds its own)."""
         options = self.pseudo_options
         weigh = self.prior is not None and options.prior_weighting == "labeled_ap"
-        return weigh or options.min_prior_skill > 0
+        return weigh or options.min_prior_skill > 0 or self.prior_votes is not None
 
     def set_class_trust(self) -> None:
         """From the start network's skill on the labeled images (one pass, only when an
-        option needs it, :meth:`uses_start_skill`): what :meth:`trust_classes` sets."""
-        if self.uses_start_skill():
-            self.trust_classes(self.start_skill())
+        option needs it, :meth:`uses_start_skill`): what :meth:`trust_classes` sets. With
+        the labeled images' votes (``pseudo.prior_source``) the same pass stores their
+        features, and the skill is the prior's chosen source's."""
+        if not self.uses_start_skill():
+            return
+        probs, features, targets = self.start_pass()
+        skill = prior_skill(probs, targets)
+        if self.prior_votes is not None:
+            skill = self.fit_prior_votes(features, targets, skill)
+        self.trust_classes(skill.to(self.device))
+
+    def fit_prior_votes(self, features: Tensor, targets: Tensor, skill: Tensor) -> Tensor:
+        """Store the labeled images as voters and choose, per class, the prior's source
+        (``pseudo.prior_source``) from the votes' leave-one-out skill against the start
+        network's ``skill``. Returns the chosen source's ``(C,)`` skill."""
+        self.prior_votes.fit(features, targets)
+        vote_skill = prior_skill(self.prior_votes.leave_one_out().cpu(), targets)
+        if self.pseudo_options.prior_source == "neighbours":
+            voted = torch.ones_like(skill)
+        else:  # "best"
+            voted = (vote_skill > skill).float()
+        self.classes_voted.copy_(voted)
+        log.info(
+            "prior from the labeled images' votes for %d of %d classes (their skill %.3f, the "
+            "start network's %.3f, on average over the classes)",
+            int(voted.sum()),
+            len(voted),
+            float(vote_skill.mean()),
+            float(skill.mean()),
+        )
+        return voted * vote_skill + (1.0 - voted) * skill
 
     def trust_classes(self, skill: Tensor) -> None:
         """From the ``(C,)`` start skill: the prior's weight per class
@@ -366,14 +413,17 @@ class MeanTeacherTask(MultiLabelTask):
             )
 
     @torch.no_grad()
-    def start_skill(self) -> Tensor:
-        """``(C,)`` skill (:func:`prior_skill`) of the network as the fit starts (the student
-        before any step: the prior) on the labeled images. Every process runs the same pass."""
-        probs, targets = [], []
+    def start_pass(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The network as the fit starts (the student before any step: the prior) on the
+        labeled images: ``(N, C)`` probabilities, ``(N, D)`` global features and ``(N, C)``
+        labels, on the CPU. Every process runs the same pass."""
+        probs, features, targets = [], [], []
         for batch in self.trainer.datamodule.labeled_eval_dataloader():
-            probs.append(frozen_probs(self.net, batch["image"].to(self.device)).cpu())
+            batch_probs, batch_features = frozen_outputs(self.net, batch["image"].to(self.device))
+            probs.append(batch_probs.cpu())
+            features.append(batch_features.cpu())
             targets.append(batch["target"].cpu())
-        return prior_skill(torch.cat(probs), torch.cat(targets)).to(self.device)
+        return torch.cat(probs), torch.cat(features), torch.cat(targets)
 
     def task_callbacks(self) -> list[Callback]:
         """The guards, and the pseudo-label quality against the hidden labels
@@ -533,14 +583,21 @@ def prior_skill(probs: Tensor, targets: Tensor) -> Tensor:
 
 
 def frozen_probs(model: torch.nn.Module, images: Tensor) -> Tensor:
-    """Probabilities of a network that does not train (the teacher, the prior), in eval mode
-    (its mode is put back after: Lightning warns of modules left in eval mode at a fit's
-    start)."""
+    """Probabilities of a network that does not train (the teacher, the prior)."""
+    return frozen_outputs(model, images)[0]
+
+
+def frozen_outputs(model: torch.nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
+    """Probabilities ``(B, C)`` and global features ``(B, D)`` of a network that does not
+    train, in eval mode (its mode is put back after: Lightning warns of modules left in eval
+    mode at a fit's start)."""
     was_training = model.training
     model.eval()
     with torch.inference_mode():  # no autograd bookkeeping at all
-        probs = torch.sigmoid(model(images).logits.float())
+        encoded = model(images)
+        probs = torch.sigmoid(encoded.logits.float())
+        features = encoded.global_feature.float()
     model.train(was_training)
-    # Cloned outside inference mode into a normal tensor: the losses use the probabilities
+    # Cloned outside inference mode into normal tensors: the losses use the probabilities
     # as weights, and inference tensors cannot be saved for a backward pass.
-    return probs.clone()
+    return probs.clone(), features.clone()

@@ -24,10 +24,33 @@ command line take the groups only (an old name there is one line naming the new 
 from __future__ import annotations
 
 import dataclasses
+import typing
 import warnings
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+
+
+def check_choices(options: Any, group: str) -> None:
+    """Raise on a field of the dataclass ``options`` whose value is not one of its ``Literal``
+    choices: the command line checks them, but a group built in Python (a notebook, a
+    checkpoint's hyperparameters) would otherwise take a typo and fall back to a default
+    branch silently.
+
+    Raises:
+        ValueError: Naming ``group.field``, the value and the choices.
+    """
+    hints = typing.get_type_hints(type(options))
+    for field in dataclasses.fields(options):
+        if typing.get_origin(hints[field.name]) is not Literal:
+            continue
+        choices = typing.get_args(hints[field.name])
+        value = getattr(options, field.name)
+        if value not in choices:
+            raise ValueError(
+                f"{group}.{field.name} must be one of {', '.join(map(repr, choices))}, "
+                f"got {value!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -75,6 +98,19 @@ class PseudoLabelOptions:
             unlabeled loss: a class pre-training never learnt has only the teacher's
             pseudo-labels, whose errors are the student's own. ``0`` keeps every class; a
             gated class still learns from its labels.
+        prior_source: Where the prior's probabilities come from: the frozen start network's
+            scores (``start_network``: zero-shot CLIP with its calibrated biases), the votes
+            of the ``neighbours`` labeled images nearest in the start network's global image
+            space (``neighbours``: a kNN classifier over the labeled images, which knows every
+            class, also those pre-training never named; see
+            :class:`~cssa_lightning.methods.neighbours.NeighbourVote`), or per class the one
+            more skilled on the labeled images (``best``: the start network's AP against the
+            votes' leave-one-out AP). With ``neighbours`` or ``best`` the skill that
+            ``prior_weighting="labeled_ap"`` and ``min_prior_skill`` read is the chosen
+            source's. Needs ``prior_weight > 0``; the labeled images' features (``N x D``
+            floats) are kept in memory and in checkpoints.
+        neighbours: How many nearest labeled images vote.
+        neighbour_temperature: Softmax temperature over the voters' cosine similarities.
     """
 
     threshold: Literal["cat", "fixed", "fbeta"] = "cat"
@@ -88,8 +124,12 @@ class PseudoLabelOptions:
     prior_weight: float = 0.0
     prior_weighting: Literal["uniform", "labeled_ap"] = "uniform"
     min_prior_skill: float = 0.0
+    prior_source: Literal["start_network", "neighbours", "best"] = "start_network"
+    neighbours: int = 50
+    neighbour_temperature: float = 0.2
 
     def __post_init__(self) -> None:
+        check_choices(self, "pseudo")
         if self.scores == "pass" and self.refresh != "pass":
             raise ValueError("pseudo.scores='pass' needs pseudo.refresh='pass'")
         if self.memory is not None and self.refresh == "pass":
@@ -102,6 +142,16 @@ class PseudoLabelOptions:
         if not 0.0 <= self.min_prior_skill <= 1.0:
             raise ValueError(
                 f"pseudo.min_prior_skill must be in [0, 1], got {self.min_prior_skill}"
+            )
+        if self.prior_source != "start_network" and self.prior_weight == 0:
+            raise ValueError(
+                f"pseudo.prior_source={self.prior_source!r} chooses the prior's probabilities: "
+                "it needs pseudo.prior_weight > 0"
+            )
+        if self.neighbours < 1 or self.neighbour_temperature <= 0:
+            raise ValueError(
+                "pseudo.neighbours must be >= 1 and pseudo.neighbour_temperature > 0, got "
+                f"{self.neighbours} and {self.neighbour_temperature}"
             )
 
 
@@ -164,6 +214,7 @@ class AlignmentOptions:
     detach_features: bool = False
 
     def __post_init__(self) -> None:
+        check_choices(self, "alignment")
         if self.detach_features and (self.detach_targets or self.target == "text"):
             raise ValueError(
                 "alignment.detach_features leaves only the prototypes to move: it needs "
@@ -209,6 +260,7 @@ class ContextOptions:
     inform_queries: bool = False
 
     def __post_init__(self) -> None:
+        check_choices(self, "context")
         if self.inform_queries and not (self.enabled and self.input == "global"):
             raise ValueError(
                 "context.inform_queries needs context.enabled and context.input='global'"
