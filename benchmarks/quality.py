@@ -213,9 +213,12 @@ QUICK_PROTOCOL = {"num_train": 600, "num_val": 300, "num_test": 300, "epochs": 3
 SUPERVISED_CONTROLS = ["supervised", "supervised+EMA", "supervised+EMA+label-specific"]
 QUICK_METHODS = ["zero-shot", *SUPERVISED_CONTROLS, "CAP", "CSSA"]
 
-# CAP and CSSA with the shipped pseudo-label options (PRIOR_KNOWN_CLASSES below).
+# CAP and CSSA with the shipped pseudo-label options (PRIOR_KNOWN_CLASSES below), and with the
+# labeled images' votes as the prior where they know a class better (PRIOR_AND_VOTES).
 CAP_PRIOR = "CAP + prior, known classes"
 CSSA_PRIOR = "CSSA + prior, known classes"
+CAP_VOTES = "CAP + prior and votes"
+CSSA_VOTES = "CSSA + prior and votes"
 MAIN_METHODS = [
     "zero-shot",
     *SUPERVISED_CONTROLS,
@@ -240,7 +243,7 @@ ABLATION_SWITCHES: dict[str, dict[str, Any]] = {
     "w/o context": {"use_context": False},
     "w/o consistency": {"use_consistency": False},
 }
-ABLATED = ("CSSA", CSSA_PRIOR)  # the methods with ablations
+ABLATED = ("CSSA", CSSA_PRIOR, CSSA_VOTES)  # the methods with ablations
 
 
 def ablations_of(method: str) -> list[str]:
@@ -286,6 +289,9 @@ PRIOR_KNOWN_CLASSES = {
     "teacher_prior_weighting": "labeled_ap",
     "min_prior_skill": 0.15,
 }
+# The same, with the prior of each class from the labeled images' votes where they rank the
+# labeled images better than the zero-shot scores (docs/protocol.md: "A prior for every class").
+PRIOR_AND_VOTES = {**PRIOR_KNOWN_CLASSES, "prior_source": "best"}
 
 # method -> (task class, model options, data options); "zero-shot" is tested untrained.
 METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
@@ -303,6 +309,8 @@ METHODS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     CAP_PRIOR: (MEAN_TEACHER, PRIOR_KNOWN_CLASSES, {}),
     "CSSA": (CSSA, {}, {}),
     CSSA_PRIOR: (CSSA, PRIOR_KNOWN_CLASSES, {}),
+    CAP_VOTES: (MEAN_TEACHER, PRIOR_AND_VOTES, {}),
+    CSSA_VOTES: (CSSA, PRIOR_AND_VOTES, {}),
     "D2L": (D2L, D2L_OPTIONS, {}),
     # D2L with its decoupled heads and MAT but no local (patch-token) branch.
     "D2L w/o local branch": (D2L, {**D2L_OPTIONS, "local_branch": False}, {}),

@@ -770,6 +770,19 @@ def test_protocol_flags_of_group_options_reach_the_group():
         1.0,
     )
     assert "neighbour_temperature" not in pseudo  # unset: the task's default
+    # The named methods with the votes: the shipped prior options plus prior_source best.
+    for method, task in (
+        (quality.CAP_VOTES, quality.MEAN_TEACHER),
+        (quality.CSSA_VOTES, quality.CSSA),
+    ):
+        model = quality.run_config(quality.Protocol(), method, 0.05, 1, Path("/x"), "w")["model"]
+        assert model["class_path"] == task
+        assert model["init_args"]["pseudo"] == {
+            "prior_weight": 1.0,
+            "prior_weighting": "labeled_ap",
+            "min_prior_skill": 0.15,
+            "prior_source": "best",
+        }
 
 
 def test_none_is_a_value_of_the_unlabeled_alignment_flag_and_unset_elsewhere():
