@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cssa_lightning.methods.buffers import adopt_stored_shapes
+
 
 class NeighbourVote(nn.Module):
     """The labeled images' features and labels, and the votes of the nearest ones.
@@ -74,9 +76,6 @@ class NeighbourVote(nn.Module):
         return torch.einsum("bk,bkc->bc", weights, self.targets[index])
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        # The stored voters' number and width come from the data: take the stored shapes.
-        for name in ("features", "targets"):
-            stored = state_dict.get(prefix + name)
-            if stored is not None and stored.shape != getattr(self, name).shape:
-                setattr(self, name, torch.empty_like(stored, device=self.targets.device))
+        # The stored voters' number and width come from the data.
+        adopt_stored_shapes(self, state_dict, prefix, ("features", "targets"))
         super()._load_from_state_dict(state_dict, prefix, *args)

@@ -19,6 +19,8 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from cssa_lightning.methods.buffers import adopt_stored_shapes
+
 ThresholdRule = Literal["cat", "fixed", "fbeta"]
 ThresholdRefresh = Literal["epoch", "step", "pass"]
 
@@ -282,10 +284,7 @@ class PseudoLabeller(nn.Module):
         # Checkpoints from before the ring have no cursor: the memory they hold is per image.
         state_dict.setdefault(prefix + "cursor", torch.zeros_like(self.cursor))
         # The memory's size comes from the data: take the stored one instead of failing.
-        for name in ("scores", "seen"):
-            stored = state_dict.get(prefix + name)
-            if stored is not None and stored.shape != getattr(self, name).shape:
-                setattr(self, name, torch.empty_like(stored, device=self.thresholds.device))
+        adopt_stored_shapes(self, state_dict, prefix, ("scores", "seen"))
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     # -- thresholds --------------------------------------------------------------------------
